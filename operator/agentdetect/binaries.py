@@ -1,0 +1,268 @@
+"""Locate or build the Kubernetes control-plane binaries (etcd, kube-apiserver,
+kube-controller-manager, kubectl).
+
+``KUBEBUILDER_ASSETS`` wins, as in envtest, so users with downloaded binaries never
+build. Otherwise the binaries are compiled from the Go module proxy into a cache
+outside the repository, keyed by version, and reused on every later run.
+
+``k8s.io/kubernetes`` cannot be ``go install``-ed: its go.mod requires the staging
+modules at ``v0.0.0`` and fixes them with ``replace`` directives, which Go ignores
+in dependencies. So we generate a tiny wrapper module that repeats those replaces
+with the matching ``v0.35.N`` tags, plus a ``main`` for etcd's ``etcdmain``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.35.4"
+#: Bumped whenever the build recipe changes, so caches built by an older recipe are rebuilt.
+BUILD_RECIPE = 2
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+_K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
+BUILD_INFO = "build-info.json"
+
+
+class BinariesError(RuntimeError):
+    """The binaries could be neither found nor built."""
+
+
+@dataclass(frozen=True)
+class Binaries:
+    directory: Path
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    @property
+    def etcd(self) -> Path:
+        return self.path("etcd")
+
+    @property
+    def kube_apiserver(self) -> Path:
+        return self.path("kube-apiserver")
+
+    @property
+    def kube_controller_manager(self) -> Path:
+        return self.path("kube-controller-manager")
+
+    @property
+    def kubectl(self) -> Path:
+        return self.path("kubectl")
+
+    def missing(self) -> list[str]:
+        return [n for n in BINARIES if not os.access(self.path(n), os.X_OK)]
+
+
+def cache_root() -> Path:
+    base = os.environ.get("AGENTDETECT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "agentdetect"
+    )
+    return Path(base)
+
+
+def staging_replaces(kubernetes_gomod: str, version: str) -> dict[str, str]:
+    """Map each ``k8s.io/*`` module required at ``v0.0.0`` to its ``v0.MINOR.PATCH`` tag."""
+    m = re.fullmatch(r"v1\.(\d+\.\d+)", version)
+    if not m:
+        raise BinariesError(f"unexpected Kubernetes version {version!r}, want v1.MINOR.PATCH")
+    staging_tag = f"v0.{m.group(1)}"
+    modules = sorted(set(re.findall(r"^\s*(k8s\.io/[\w.\-/]+)\s+v0\.0\.0\s*$", kubernetes_gomod, re.M)))
+    if not modules:
+        raise BinariesError("found no k8s.io/* v0.0.0 requirements in the kubernetes go.mod")
+    return {mod: staging_tag for mod in modules}
+
+
+def pinned_etcd(kubernetes_gomod: str) -> str:
+    """The etcd server release the kubernetes go.mod pins (the one Kubernetes is tested with)."""
+    m = re.search(r"^\s*go\.etcd\.io/etcd/server/v3\s+(v3\.\S+)", kubernetes_gomod, re.M)
+    if not m:
+        raise BinariesError("the kubernetes go.mod does not require go.etcd.io/etcd/server/v3")
+    return m.group(1)
+
+
+def wrapper_gomod(version: str, replaces: dict[str, str]) -> str:
+    lines = [
+        "module agentdetect.local/k8sbuild",
+        "",
+        "go 1.25.0",
+        "",
+        f"require k8s.io/kubernetes {version}",
+        "",
+        "replace (",
+        *(f"\t{mod} => {mod} {tag}" for mod, tag in sorted(replaces.items())),
+        ")",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+ETCD_MAIN = """package main
+
+import (
+\t"os"
+
+\t"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+"""
+
+
+def _ldflags(version: str) -> str:
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate=1970-01-01T00:00:00Z",
+        ]
+    return " ".join(flags)
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, log: Path) -> None:
+    with log.open("a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        proc = subprocess.run(cmd, cwd=cwd, env=_go_env(), stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
+        raise BinariesError(f"{' '.join(cmd[:3])} failed (exit {proc.returncode}); log {log}:\n{tail}")
+
+
+def build(version: str, dest: Path, log: Path) -> None:
+    """Build the four binaries for ``version`` into ``dest`` (created atomically)."""
+    if shutil.which("go") is None:
+        raise BinariesError("`go` is not on PATH: install Go, or set KUBEBUILDER_ASSETS to envtest binaries")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="k8sbuild-", dir=dest.parent))
+    try:
+        out = subprocess.run(
+            ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
+            cwd=work,
+            env=_go_env(),
+            capture_output=True,
+            text=True,
+        )
+        info = json.loads(out.stdout or "{}")
+        if out.returncode != 0 or "GoMod" not in info:
+            raise BinariesError(
+                f"go mod download k8s.io/kubernetes@{version} failed: {info.get('Error') or out.stderr}"
+            )
+        gomod = Path(info["GoMod"]).read_text()
+        replaces = staging_replaces(gomod, version)
+        etcd_version = pinned_etcd(gomod)
+        (work / "go.mod").write_text(wrapper_gomod(version, replaces))
+        (work / "etcd").mkdir()
+        (work / "etcd" / "main.go").write_text(ETCD_MAIN)
+        # An explicit version: a bare `go get` would take etcd's newest release and
+        # drag Kubernetes' shared dependencies up with it.
+        _run(["go", "get", f"go.etcd.io/etcd/server/v3/etcdmain@{etcd_version}"], work, log)
+        bin_dir = work / "bin"
+        bin_dir.mkdir()
+        _run(
+            [
+                "go",
+                "build",
+                "-trimpath",
+                "-ldflags",
+                _ldflags(version),
+                "-o",
+                str(bin_dir) + "/",
+                *(f"k8s.io/kubernetes/cmd/{c}" for c in _K8S_COMMANDS),
+                "./etcd",
+            ],
+            work,
+            log,
+        )
+        missing = Binaries(bin_dir).missing()
+        if missing:
+            raise BinariesError(f"build finished without {missing}; log {log}")
+        (bin_dir / BUILD_INFO).write_text(
+            json.dumps({"kubernetes": version, "etcd": etcd_version, "recipe": BUILD_RECIPE}) + "\n"
+        )
+        if dest.exists():
+            shutil.rmtree(dest)
+        bin_dir.rename(dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _cache_current(dest: Path) -> bool:
+    try:
+        info = json.loads((dest / BUILD_INFO).read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("recipe") == BUILD_RECIPE and not Binaries(dest).missing()
+
+
+def ensure(version: str = KUBERNETES_VERSION, *, quiet: bool = False) -> Binaries:
+    """Return usable binaries: ``KUBEBUILDER_ASSETS`` if set, else the cache, building once."""
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets:
+        found = Binaries(Path(assets))
+        missing = found.missing()
+        if missing:
+            raise BinariesError(
+                f"KUBEBUILDER_ASSETS={assets} lacks {', '.join(missing)} "
+                "(kube-controller-manager must sit beside the envtest binaries)"
+            )
+        return found
+    dest = cache_root() / f"k8s-{version}"
+    cached = Binaries(dest)
+    if _cache_current(dest):
+        return cached
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".k8s-{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run waits and reuses our build
+        if _cache_current(dest):
+            return cached
+        log = dest.parent / f"build-k8s-{version}.log"
+        log.write_text("")
+        if not quiet:
+            print(
+                f"agentdetect: building Kubernetes {version} binaries into {dest} (log: {log})",
+                file=sys.stderr,
+            )
+        started = time.monotonic()
+        build(version, dest, log)
+        if not quiet:
+            print(f"agentdetect: built in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    return cached
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", default=KUBERNETES_VERSION)
+    args = parser.parse_args(argv)
+    try:
+        found = ensure(args.version)
+    except BinariesError as exc:
+        print(f"agentdetect: {exc}", file=sys.stderr)
+        return 1
+    print(found.directory)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
