@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +276,29 @@ def test_failed_start_reports_log_tail_and_cleans_up(control_plane: ControlPlane
     assert "boom: cannot listen" in str(err.value)
     assert [p.name for p in cp.processes] == ["etcd", "kube-apiserver"]
     assert all(p.exited() is not None for p in cp.processes), "etcd must be stopped after the failed start"
+
+
+OWNER_SCRIPT = """
+import json, sys, time
+from agentdetect.binaries import Binaries
+from agentdetect.controlplane import ControlPlane
+with ControlPlane(Binaries(__import__("pathlib").Path(sys.argv[1]))) as cp:
+    print(json.dumps(cp.pids), flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["interrupted", "killed"])
+def test_processes_die_with_their_owner(control_plane: ControlPlane, sig: signal.Signals) -> None:
+    """Ctrl-C runs the normal stop; SIGKILL, which runs nothing, is covered by PR_SET_PDEATHSIG."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER_SCRIPT, str(control_plane.binaries.directory)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert owner.stdout is not None
+    pids = json.loads(owner.stdout.readline())
+    assert len(pids) == 3 and all(_alive(p) for p in pids)
+    owner.send_signal(sig)
+    owner.wait(30)
+    eventually(lambda: not any(_alive(p) for p in pids), timeout=15, what="control-plane processes gone")
