@@ -1,0 +1,458 @@
+"""The profile API (``agentdetect.io/v1alpha1``): the single source of truth.
+
+The CRDs in ``crds/`` are generated from these models (``agentdetect crds``), so every
+constraint lives here twice over on purpose: as a pydantic check (used offline by
+``agentdetect validate`` and by the operator before rendering) and, through
+``json_schema_extra``, as OpenAPI/CEL that the API server enforces at admission.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from agentdetect import catalog
+
+GROUP = "agentdetect.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+_CATALOG = catalog.load()
+
+
+def _cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def _extra(*rules: dict[str, str], **more: Any) -> dict[str, Any]:
+    extra: dict[str, Any] = dict(more)
+    if rules:
+        extra["x-kubernetes-validations"] = list(rules)
+    return extra
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_enum_values=True)
+
+    def dump(self) -> dict[str, Any]:
+        """The object as the API server stores it: camelCase, no unset/None fields."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# ---- scalar types --------------------------------------------------------------------------
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# "[.]" rather than "\." so the same pattern is valid in Python, RE2 and a CEL string literal.
+_HOSTNAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+_LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a CIDR; write an address as 10.0.0.1/32 or 2001:db8::1/128"
+        ) from None
+
+
+def _in(names: list[str], what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if value not in names:
+            raise ValueError(f"unknown {what} {value!r}; known: {', '.join(names)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _label_key(value: str) -> str:
+    if len(value) > 317 or not re.match(_LABEL_KEY, value):
+        raise ValueError(f"{value!r} is not a valid label key")
+    return value
+
+
+DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS_LABEL)]
+Hostname = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=_HOSTNAME,
+        description="A DNS name, lower case, resolved by the operator (no wildcards).",
+    ),
+]
+Cidr = Annotated[
+    str,
+    AfterValidator(_cidr),
+    Field(
+        max_length=64,
+        description="An IPv4 or IPv6 network in CIDR form; a single address is /32 or /128.",
+        json_schema_extra=_extra(_cel("isCIDR(self)", "must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32")),
+    ),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=_LABEL_VALUE)]
+PathValue = Annotated[str, Field(min_length=1, max_length=255, pattern=_NO_CONTROL)]
+ProviderName = Annotated[
+    str,
+    _in(list(_CATALOG.providers), "provider"),
+    Field(json_schema_extra={"enum": list(_CATALOG.providers)}),
+]
+FilePresetName = Annotated[
+    str,
+    _in(list(_CATALOG.file_presets), "file preset"),
+    Field(json_schema_extra={"enum": list(_CATALOG.file_presets)}),
+]
+ProcessPresetName = Annotated[
+    str,
+    _in(list(_CATALOG.process_presets), "process preset"),
+    Field(json_schema_extra={"enum": list(_CATALOG.process_presets)}),
+]
+
+
+class Mode(StrEnum):
+    MONITOR = "Monitor"
+    ENFORCE = "Enforce"
+
+
+# ---- selectors -----------------------------------------------------------------------------
+
+
+class LabelSelectorRequirement(_Model):
+    key: Annotated[str, AfterValidator(_label_key), Field(min_length=1, max_length=317)]
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: Annotated[list[LabelValue], Field(max_length=64)] = []
+
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> LabelSelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"operator {self.operator} needs values")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"operator {self.operator} takes no values")
+        return self
+
+
+_SELECTOR_RULES = (
+    _cel(
+        "!has(self.matchLabels) || self.matchLabels.all(k, size(k) <= 317 && k.matches('"
+        + _LABEL_KEY
+        + "'))",
+        "matchLabels keys must be valid label keys",
+        reason="FieldValueInvalid",
+    ),
+    _cel(
+        "!has(self.matchExpressions) || self.matchExpressions.all(e, "
+        "(e.operator in ['In', 'NotIn']) == (has(e.values) && size(e.values) > 0))",
+        "In and NotIn need values; Exists and DoesNotExist take none",
+        reason="FieldValueInvalid",
+    ),
+)
+
+
+class LabelSelector(_Model):
+    """A Kubernetes label selector; an empty selector selects everything."""
+
+    model_config = ConfigDict(json_schema_extra=_extra(*_SELECTOR_RULES))
+
+    match_labels: Annotated[
+        dict[Annotated[str, AfterValidator(_label_key)], LabelValue],
+        Field(max_length=32, json_schema_extra={"maxProperties": 32}),
+    ] = Field(default_factory=dict, alias="matchLabels")
+    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=16)] = Field(
+        default_factory=list, alias="matchExpressions"
+    )
+
+    def selects_all(self) -> bool:
+        return not self.match_labels and not self.match_expressions
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        for key, value in self.match_labels.items():
+            if labels.get(key) != value:
+                return False
+        for req in self.match_expressions:
+            present = req.key in labels
+            if req.operator == "In" and (not present or labels[req.key] not in req.values):
+                return False
+            if req.operator == "NotIn" and present and labels[req.key] in req.values:
+                return False
+            if req.operator == "Exists" and not present:
+                return False
+            if req.operator == "DoesNotExist" and present:
+                return False
+        return True
+
+
+# ---- rules ---------------------------------------------------------------------------------
+
+_ENFORCE = Field(
+    False,
+    description="Kill the process (Sigkill) when this rule matches. Takes effect only with "
+    "spec.mode Enforce and an operator started with enforcement allowed.",
+)
+
+
+class Destination(_Model):
+    """A network destination: a catalog provider (for its tenant endpoints), addresses, or names."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_extra(
+            _cel(
+                "has(self.provider) || (has(self.cidrs) && size(self.cidrs) > 0) || "
+                "(has(self.hostnames) && size(self.hostnames) > 0)",
+                "give a provider, cidrs or hostnames",
+                reason="FieldValueRequired",
+            ),
+        )
+    )
+
+    name: DnsLabel = Field(description="Names the destination in status and in detections.")
+    provider: ProviderName | None = Field(
+        None,
+        description="A catalog provider. Its hostnames and ports are used unless hostnames or ports "
+        "are given here; providers with per-customer endpoints (azure-openai, pinecone, ...) take "
+        "your endpoint in hostnames.",
+    )
+    cidrs: Annotated[list[Cidr], Field(max_length=64)] = Field(default_factory=list)
+    hostnames: Annotated[list[Hostname], Field(max_length=32)] = Field(default_factory=list)
+    ports: Annotated[list[Port], Field(max_length=16)] = Field(
+        default_factory=list, description="Destination ports; empty means any port."
+    )
+    enforce: bool = _ENFORCE
+
+    @model_validator(mode="after")
+    def _has_target(self) -> Destination:
+        if self.provider is None and not self.cidrs and not self.hostnames:
+            raise ValueError("give a provider, cidrs or hostnames")
+        if self.provider is not None and self.hostnames:
+            suffixes = _CATALOG.providers[self.provider].tenant_suffixes
+            bad = [h for h in self.hostnames if suffixes and not h.endswith(suffixes)]
+            if bad:
+                raise ValueError(
+                    f"hostnames {bad} are not {self.provider} endpoints (they end in {', '.join(suffixes)})"
+                )
+        return self
+
+
+class Network(_Model):
+    """Outbound TCP connections (Tetragon hook ``tcp_connect``)."""
+
+    providers: Annotated[
+        list[ProviderName], Field(max_length=32, json_schema_extra={"x-kubernetes-list-type": "set"})
+    ] = Field(default_factory=list, description="Catalog providers to detect (observe only).")
+    destinations: Annotated[
+        list[Destination],
+        Field(
+            max_length=32,
+            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        ),
+    ] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Network:
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique: {dupes}")
+        clash = sorted(set(names) & set(self.providers))
+        if clash:
+            raise ValueError(f"destination names {clash} clash with providers of the same name")
+        return self
+
+
+_RULE_ONE_OF = _cel(
+    "[has(self.equal), has(self.prefix), has(self.postfix)].filter(x, x).size() == 1",
+    "give exactly one of equal, prefix, postfix",
+    reason="FieldValueInvalid",
+)
+
+
+class PathRule(_Model):
+    """A file path match, on the path of the file a process opens."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_extra(
+            _RULE_ONE_OF,
+            _cel(
+                "(!has(self.equal) || self.equal.startsWith('/')) && "
+                "(!has(self.prefix) || self.prefix.startsWith('/'))",
+                "equal and prefix paths must be absolute",
+                reason="FieldValueInvalid",
+            ),
+        )
+    )
+
+    equal: PathValue | None = Field(None, description="The whole path, e.g. /etc/shadow.")
+    prefix: PathValue | None = Field(None, description="The path starts with this, e.g. /etc/ssl/private/.")
+    postfix: PathValue | None = Field(None, description="The path ends with this, e.g. /.ssh/id_rsa.")
+    enforce: bool = _ENFORCE
+
+    @model_validator(mode="after")
+    def _one_absolute(self) -> PathRule:
+        if sum(v is not None for v in (self.equal, self.prefix, self.postfix)) != 1:
+            raise ValueError("give exactly one of equal, prefix, postfix")
+        for v in (self.equal, self.prefix):
+            if v is not None and not v.startswith("/"):
+                raise ValueError("equal and prefix paths must be absolute")
+        return self
+
+    def match(self) -> catalog.MatchRule:
+        return catalog.MatchRule(equal=self.equal, prefix=self.prefix, postfix=self.postfix)
+
+
+class BinaryRule(PathRule):
+    """An executable, matched on the file name given to execve."""
+
+    equal: PathValue | None = Field(None, description="The whole executable path, e.g. /usr/bin/curl.")
+    prefix: PathValue | None = Field(None, description="The path starts with this, e.g. /tmp/.")
+    postfix: PathValue | None = Field(None, description="The path ends with this, e.g. /curl.")
+
+
+class Files(_Model):
+    """Files opened by processes (Tetragon hook ``fd_install``)."""
+
+    presets: Annotated[
+        list[FilePresetName], Field(max_length=16, json_schema_extra={"x-kubernetes-list-type": "set"})
+    ] = Field(default_factory=list, description="Catalog file presets (observe only).")
+    paths: Annotated[list[PathRule], Field(max_length=64)] = Field(default_factory=list)
+
+
+class Processes(_Model):
+    """Programs executed (Tetragon hook ``sys_execve``)."""
+
+    presets: Annotated[
+        list[ProcessPresetName], Field(max_length=16, json_schema_extra={"x-kubernetes-list-type": "set"})
+    ] = Field(default_factory=list, description="Catalog process presets (observe only).")
+    binaries: Annotated[list[BinaryRule], Field(max_length=64)] = Field(default_factory=list)
+
+
+# ---- spec ----------------------------------------------------------------------------------
+
+_NON_EMPTY = _cel(
+    "(has(self.network) && ((has(self.network.providers) && size(self.network.providers) > 0) || "
+    "(has(self.network.destinations) && size(self.network.destinations) > 0))) || "
+    "(has(self.files) && ((has(self.files.presets) && size(self.files.presets) > 0) || "
+    "(has(self.files.paths) && size(self.files.paths) > 0))) || "
+    "(has(self.processes) && ((has(self.processes.presets) && size(self.processes.presets) > 0) || "
+    "(has(self.processes.binaries) && size(self.processes.binaries) > 0)))",
+    "a profile must detect something: give network.providers, network.destinations, files.presets, "
+    "files.paths, processes.presets or processes.binaries",
+    reason="FieldValueRequired",
+)
+
+
+class ProfileSpec(_Model):
+    """What to detect, in which pods."""
+
+    model_config = ConfigDict(json_schema_extra=_extra(_NON_EMPTY))
+
+    mode: Mode = Field(
+        Mode.MONITOR,
+        description="Monitor observes only. Enforce also kills processes on rules marked enforce: true, "
+        "if the operator allows enforcement.",
+    )
+    selector: LabelSelector | None = Field(
+        None, description="Pods to watch, by label (Tetragon podSelector). Absent: every pod in scope."
+    )
+    container_selector: LabelSelector | None = Field(
+        None,
+        alias="containerSelector",
+        description="Containers to watch within those pods, by container field (key: name).",
+    )
+    network: Network | None = None
+    files: Files | None = None
+    processes: Processes | None = None
+
+    @model_validator(mode="after")
+    def _detects_something(self) -> ProfileSpec:
+        if not self.hooks():
+            raise ValueError(_NON_EMPTY["message"])
+        return self
+
+    def hooks(self) -> list[str]:
+        hooks = []
+        if self.network and (self.network.providers or self.network.destinations):
+            hooks.append("tcp_connect")
+        if self.files and (self.files.presets or self.files.paths):
+            hooks.append("fd_install")
+        if self.processes and (self.processes.presets or self.processes.binaries):
+            hooks.append("execve")
+        return hooks
+
+    def enforcing_rules(self) -> list[str]:
+        """Rules that ask for enforcement, by field path."""
+        found = []
+        for i, d in enumerate(self.network.destinations if self.network else []):
+            if d.enforce:
+                found.append(f"spec.network.destinations[{i}]")
+        for i, p in enumerate(self.files.paths if self.files else []):
+            if p.enforce:
+                found.append(f"spec.files.paths[{i}]")
+        for i, b in enumerate(self.processes.binaries if self.processes else []):
+            if b.enforce:
+                found.append(f"spec.processes.binaries[{i}]")
+        return found
+
+
+class ClusterProfileSpec(ProfileSpec):
+    """A profile for many namespaces."""
+
+    namespace_selector: LabelSelector | None = Field(
+        None,
+        alias="namespaceSelector",
+        description="Namespaces to watch. Absent or empty: every namespace, rendered as one cluster-wide "
+        "TracingPolicy; otherwise one TracingPolicyNamespaced per selected namespace.",
+    )
+
+
+# ---- status --------------------------------------------------------------------------------
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str = Field(alias="lastTransitionTime")
+    observed_generation: int | None = Field(None, alias="observedGeneration")
+
+
+class PolicyRef(_Model):
+    kind: Literal["TracingPolicy", "TracingPolicyNamespaced"]
+    namespace: str | None = None
+    name: str
+    hook: Literal["tcp_connect", "fd_install", "execve"]
+
+
+class ResolvedDestination(_Model):
+    name: str = Field(description="The provider or destination name.")
+    hostname: str
+    addresses: list[str] = Field(default_factory=list)
+    resolved_at: str = Field(alias="resolvedAt", description="When this set of addresses was first seen.")
+    error: str | None = None
+
+
+class ProfileStatus(_Model):
+    observed_generation: int | None = Field(None, alias="observedGeneration")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    policies: list[PolicyRef] = Field(default_factory=list, description="The Tetragon policies rendered.")
+    policy_count: int = Field(0, alias="policyCount")
+    resolved: list[ResolvedDestination] = Field(
+        default_factory=list, description="Hostnames resolved into the network policy, with their addresses."
+    )
