@@ -1,0 +1,373 @@
+"""Profile -> Tetragon policies. Pure: no Kubernetes access, so ``agentdetect render`` and the
+operator produce byte-identical policies.
+
+The templates only lay out YAML; every value enters through the ``json`` filter, and the
+output is parsed and checked against :class:`RenderedPolicy` (closed: no unknown keys)
+before anyone may apply it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agentdetect import catalog
+from agentdetect.models import Destination, LabelSelector, Mode, ProfileSpec
+from agentdetect.resolve import Resolution, as_cidr
+
+BUILTIN_TEMPLATES = Path(__file__).with_name("templates")
+HOOKS = ("tcp_connect", "fd_install", "execve")
+_HOOK_SHORT = {"tcp_connect": "net", "fd_install": "file", "execve": "exec"}
+#: Selectors per kprobe; more are spread over further kprobes on the same call, keeping each
+#: hook's in-kernel selector program small.
+MAX_SELECTORS = 5
+MANAGED_BY = "agentdetect"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PROFILE_KIND = "agentdetect.io/profile-kind"
+LABEL_PROFILE_NAME = "agentdetect.io/profile-name"
+LABEL_PROFILE_NAMESPACE = "agentdetect.io/profile-namespace"
+LABEL_HOOK = "agentdetect.io/hook"
+ANNOTATION_HASH = "agentdetect.io/spec-hash"
+ACTION_OBSERVE = "Post"
+ACTION_ENFORCE = "Sigkill"
+
+ProfileKind = Literal["AgentDetectionProfile", "ClusterAgentDetectionProfile"]
+PolicyKind = Literal["TracingPolicy", "TracingPolicyNamespaced"]
+
+
+class RenderError(Exception):
+    """A template produced something that is not a valid policy of ours."""
+
+
+# ---- the shape we allow out of a template --------------------------------------------------
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Arg(_Closed):
+    index: int = Field(ge=0, le=5)
+    type: Literal["sock", "int", "file", "string"]
+
+
+class _MatchArg(_Closed):
+    index: int = Field(ge=0, le=5)
+    operator: Literal["DAddr", "DPort", "Equal", "Prefix", "Postfix"]
+    values: list[str] = Field(min_length=1)
+
+
+class _Action(_Closed):
+    action: Literal["Post", "Sigkill"]
+
+
+class _Selector(_Closed):
+    match_args: list[_MatchArg] = Field(alias="matchArgs")
+    match_actions: list[_Action] = Field(alias="matchActions", min_length=1, max_length=1)
+
+
+class _Kprobe(_Closed):
+    call: Literal["tcp_connect", "fd_install", "sys_execve"]
+    syscall: bool
+    args: list[_Arg] = Field(min_length=1)
+    selectors: list[_Selector] = Field(min_length=1, max_length=MAX_SELECTORS)
+
+
+class _Metadata(_Closed):
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str | None = None
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+class _Spec(_Closed):
+    pod_selector: dict[str, Any] | None = Field(None, alias="podSelector")
+    container_selector: dict[str, Any] | None = Field(None, alias="containerSelector")
+    kprobes: list[_Kprobe] = Field(min_length=1)
+
+
+class RenderedPolicy(_Closed):
+    api_version: Literal["cilium.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["TracingPolicy", "TracingPolicyNamespaced"]
+    metadata: _Metadata
+    spec: _Spec
+
+
+# ---- contexts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a policy goes: a cluster-wide TracingPolicy, or a namespace."""
+
+    kind: PolicyKind
+    namespace: str | None
+
+
+@dataclass(frozen=True)
+class Profile:
+    kind: ProfileKind
+    name: str
+    namespace: str | None
+    spec: ProfileSpec
+
+
+@dataclass
+class NetworkTarget:
+    """A provider or destination as rendered: what the event matcher maps addresses back to."""
+
+    name: str
+    cidrs: set[str] = field(default_factory=set)
+    ports: tuple[int, ...] = ()
+    any_address: bool = False
+    enforce: bool = False
+    unresolved: list[str] = field(default_factory=list)
+
+
+def network_targets(spec: ProfileSpec, resolved: Mapping[str, Resolution]) -> list[NetworkTarget]:
+    cat = catalog.load()
+    net = spec.network
+    if net is None:
+        return []
+    targets: list[NetworkTarget] = []
+
+    def add(
+        name: str,
+        hostnames: Iterable[str],
+        cidrs: Iterable[str],
+        ports: Iterable[int],
+        any_address: bool,
+        enforce: bool,
+    ) -> None:
+        t = NetworkTarget(name, set(cidrs), tuple(sorted(set(ports))), any_address, enforce)
+        for host in hostnames:
+            res = resolved.get(host)
+            if res and res.addresses:
+                t.cidrs.update(as_cidr(a) for a in res.addresses)
+            else:
+                t.unresolved.append(host)
+        targets.append(t)
+
+    for name in net.providers:
+        p = cat.providers[name]
+        add(name, p.hostnames, (), p.ports, p.any_address, False)
+    for d in net.destinations:
+        add(d.name, *_destination_parts(d, cat))
+    return targets
+
+
+def _destination_parts(
+    d: Destination, cat: catalog.Catalog
+) -> tuple[tuple[str, ...], list[str], tuple[int, ...], bool, bool]:
+    p = cat.providers[d.provider] if d.provider else None
+    hostnames = tuple(d.hostnames) or (p.hostnames if p and not d.cidrs else ())
+    ports = tuple(d.ports) or (p.ports if p else ())
+    any_address = bool(p and p.any_address and not d.cidrs and not d.hostnames)
+    return hostnames, list(d.cidrs), ports, any_address, d.enforce
+
+
+def hostnames_of(spec: ProfileSpec) -> list[str]:
+    """Every hostname the profile needs resolved."""
+    cat = catalog.load()
+    net = spec.network
+    if net is None:
+        return []
+    hosts = [h for name in net.providers for h in cat.providers[name].hostnames]
+    for d in net.destinations:
+        hosts.extend(_destination_parts(d, cat)[0])
+    return sorted(set(hosts))
+
+
+def _action(enforce: bool, mode: str) -> str:
+    return ACTION_ENFORCE if enforce and mode == Mode.ENFORCE else ACTION_OBSERVE
+
+
+def network_selectors(spec: ProfileSpec, targets: list[NetworkTarget]) -> list[dict[str, Any]]:
+    """Targets grouped by (ports, action): one selector each, DAddr AND DPort."""
+    groups: dict[tuple[tuple[int, ...], str, bool], set[str]] = defaultdict(set)
+    for t in targets:
+        if not t.cidrs and not t.any_address:
+            continue  # nothing resolved yet; reported in status, rendered once it resolves
+        key = (t.ports, _action(t.enforce, spec.mode), t.any_address)
+        groups[key].update(t.cidrs)
+    out = []
+    for (ports, action, any_address), cidrs in sorted(groups.items()):
+        out.append(
+            {
+                "addresses": [] if any_address else sorted(cidrs),
+                "ports": [str(p) for p in ports],
+                "action": action,
+            }
+        )
+    return out
+
+
+def _string_selectors(rules: Iterable[tuple[catalog.MatchRule, bool]], mode: str) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for rule, enforce in rules:
+        groups[(_action(enforce, mode), rule.operator)].add(rule.value)
+    return [
+        {"operator": op, "values": sorted(values), "action": action}
+        for (action, op), values in sorted(groups.items())
+    ]
+
+
+def file_selectors(spec: ProfileSpec) -> list[dict[str, Any]]:
+    cat = catalog.load()
+    files = spec.files
+    if files is None:
+        return []
+    rules = [(r, False) for name in files.presets for r in cat.file_presets[name].rules]
+    rules += [(p.match(), p.enforce) for p in files.paths]
+    return _string_selectors(rules, spec.mode)
+
+
+def process_selectors(spec: ProfileSpec) -> list[dict[str, Any]]:
+    cat = catalog.load()
+    procs = spec.processes
+    if procs is None:
+        return []
+    rules = [(r, False) for name in procs.presets for r in cat.process_presets[name].rules]
+    rules += [(b.match(), b.enforce) for b in procs.binaries]
+    return _string_selectors(rules, spec.mode)
+
+
+# ---- names and labels ----------------------------------------------------------------------
+
+
+def policy_name(profile: Profile, target: Target, hook: str) -> str:
+    """Unique across namespaces and both Tetragon kinds (cilium/tetragon#2299, #2440): the hash
+    covers every part of the policy's identity, the readable part is for people."""
+    identity = "/".join(
+        [profile.kind, profile.namespace or "", profile.name, target.kind, target.namespace or "", hook]
+    )
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
+    readable = profile.name
+    if target.namespace and target.namespace != profile.namespace:
+        readable = f"{profile.name}-{target.namespace}"
+    suffix = f"-{_HOOK_SHORT[hook]}-{digest}"
+    return readable[: 63 - len(suffix)].rstrip("-.") + suffix
+
+
+def owner_labels(profile: Profile) -> dict[str, str]:
+    labels = {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_PROFILE_KIND: profile.kind,
+        LABEL_PROFILE_NAME: profile.name,
+    }
+    if profile.namespace:
+        labels[LABEL_PROFILE_NAMESPACE] = profile.namespace
+    return labels
+
+
+def spec_hash(labels: Mapping[str, str], spec: Mapping[str, Any]) -> str:
+    canonical = json.dumps({"labels": labels, "spec": spec}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# ---- the renderer --------------------------------------------------------------------------
+
+
+def _json(value: Any) -> str:
+    # ASCII-only output: every non-ASCII or control character becomes a \u escape, which YAML
+    # reads back exactly, so no character in a value can act as YAML syntax.
+    return json.dumps(value, ensure_ascii=True, sort_keys=True)
+
+
+@functools.cache
+def environment(template_dir: Path | None = None) -> jinja2.Environment:
+    loaders: list[jinja2.BaseLoader] = []
+    if template_dir is not None:
+        loaders.append(jinja2.FileSystemLoader(str(template_dir)))
+    loaders.append(jinja2.FileSystemLoader(str(BUILTIN_TEMPLATES)))
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["json"] = _json
+    return env
+
+
+def _selector_dict(sel: LabelSelector | None) -> dict[str, Any] | None:
+    if sel is None or sel.selects_all():
+        return None
+    return {k: v for k, v in sel.dump().items() if v}
+
+
+def render_hook(
+    profile: Profile,
+    target: Target,
+    hook: str,
+    selectors: list[dict[str, Any]],
+    template_dir: Path | None = None,
+) -> dict[str, Any]:
+    labels = {**owner_labels(profile), LABEL_HOOK: hook}
+    policy = {
+        "kind": target.kind,
+        "name": policy_name(profile, target, hook),
+        "namespace": target.namespace,
+        "labels": labels,
+        "annotations": {},
+    }
+    context = {
+        "policy": policy,
+        "pod_selector": _selector_dict(profile.spec.selector),
+        "container_selector": _selector_dict(profile.spec.container_selector),
+        "selectors": selectors,
+        "max_selectors": MAX_SELECTORS,
+    }
+    try:
+        text = environment(template_dir).get_template(f"{hook}.yaml.j2").render(context)
+    except (jinja2.TemplateError, TypeError, ValueError) as exc:
+        raise RenderError(f"template {hook}.yaml.j2: {exc}") from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RenderError(f"template {hook}.yaml.j2 produced invalid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise RenderError(f"template {hook}.yaml.j2 did not produce one mapping")
+    try:
+        RenderedPolicy.model_validate(doc)
+    except ValidationError as exc:
+        raise RenderError(f"template {hook}.yaml.j2 produced an invalid policy: {exc}") from exc
+    meta = doc["metadata"]
+    # The identity comes from us, not from a (possibly user-supplied) template.
+    if (meta["name"], meta.get("namespace"), doc["kind"]) != (policy["name"], target.namespace, target.kind):
+        raise RenderError(f"template {hook}.yaml.j2 changed the policy's kind, name or namespace")
+    if any(meta["labels"].get(k) != v for k, v in labels.items()):
+        raise RenderError(f"template {hook}.yaml.j2 dropped or changed the ownership labels")
+    meta["annotations"][ANNOTATION_HASH] = spec_hash(meta["labels"], doc["spec"])
+    return doc
+
+
+def render(
+    profile: Profile,
+    targets: Iterable[Target],
+    resolved: Mapping[str, Resolution],
+    template_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Every policy for ``profile``: one per hook it uses, per target."""
+    spec = profile.spec
+    per_hook = {
+        "tcp_connect": network_selectors(spec, network_targets(spec, resolved)),
+        "fd_install": file_selectors(spec),
+        "execve": process_selectors(spec),
+    }
+    docs = []
+    for target in targets:
+        for hook in HOOKS:
+            if per_hook[hook]:
+                docs.append(render_hook(profile, target, hook, per_hook[hook], template_dir))
+    return docs
