@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agentdetect import binaries, tetragon_crds
-from agentdetect.controlplane import ControlPlane
+from agentdetect.controlplane import ControlPlane, load_yaml_documents
+from tests.standin_crds import standin_tetragon_crds
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -25,13 +29,34 @@ def control_plane() -> Iterator[ControlPlane]:
 
 
 @pytest.fixture(scope="session")
-def tetragon(control_plane: ControlPlane) -> list[str]:
-    """Installs Tetragon's CRDs; skips, naming the exact error, where they cannot be obtained."""
+def tetragon_crd_docs() -> tuple[list[dict[str, Any]], str | None]:
+    """Tetragon's real CRDs, or the stand-ins and the exact reason the real ones are missing."""
     try:
-        docs = tetragon_crds.load()
+        return tetragon_crds.load(), None
     except tetragon_crds.TetragonCRDsUnavailable as exc:
-        pytest.skip(f"Tetragon CRDs unavailable: {exc}")
-    return control_plane.install_crds(docs)
+        return standin_tetragon_crds(), str(exc)
+
+
+@pytest.fixture(scope="session")
+def policy_kinds(
+    control_plane: ControlPlane, tetragon_crd_docs: tuple[list[dict[str, Any]], str | None]
+) -> bool:
+    """TracingPolicy kinds served by the API server; True when they carry Tetragon's real schema."""
+    docs, missing = tetragon_crd_docs
+    control_plane.install_crds(docs)
+    return missing is None
+
+
+@pytest.fixture(scope="session")
+def tetragon(policy_kinds: bool, tetragon_crd_docs: tuple[list[dict[str, Any]], str | None]) -> None:
+    """For tests about Tetragon's schema: skips, naming the exact error, without the real CRDs."""
+    if not policy_kinds:
+        pytest.skip(f"Tetragon CRDs unavailable: {tetragon_crd_docs[1]}")
+
+
+@pytest.fixture(scope="session")
+def profile_crds(control_plane: ControlPlane) -> list[str]:
+    return control_plane.install_crds(load_yaml_documents(sorted((REPO / "crds").glob("*.yaml"))))
 
 
 @pytest.fixture

@@ -3,14 +3,147 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from agentdetect import __version__, binaries, tetragon_crds
+import yaml
+
+from agentdetect import __version__, binaries, crdgen, tetragon_crds
 from agentdetect.controlplane import ControlPlane, ControlPlaneError, load_yaml_documents
+from agentdetect.reconcile import Config, describe_invalid, now_rfc3339, parse_profile, targets_for
+from agentdetect.render import RenderError, hostnames_of, render
+from agentdetect.resolve import Resolver, StaticResolver, SystemResolver, resolve_all
+
+PROFILE_KINDS = ("AgentDetectionProfile", "ClusterAgentDetectionProfile")
+
+
+class CliError(Exception):
+    pass
+
+
+def _profile_documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, document) for every profile in the files, directories or "-" given."""
+    files: list[Path | None] = []
+    for p in paths:
+        if p == "-":
+            files.append(None)
+        elif Path(p).is_dir():
+            files.extend(sorted(q for q in Path(p).rglob("*") if q.suffix in (".yaml", ".yml")))
+        else:
+            files.append(Path(p))
+    for f in files:
+        where = "<stdin>" if f is None else str(f)
+        try:
+            text = sys.stdin.read() if f is None else f.read_text()
+            docs = list(yaml.safe_load_all(text))
+        except (OSError, yaml.YAMLError) as exc:
+            raise CliError(f"{where}: {exc}") from exc
+        for i, doc in enumerate(docs):
+            if isinstance(doc, dict) and doc.get("kind") in PROFILE_KINDS:
+                name = doc.get("metadata", {}).get("name", f"#{i}")
+                yield f"{where}: {doc['kind']}/{name}", doc
+
+
+def _resolver(args: argparse.Namespace) -> Resolver:
+    if args.static_hosts:
+        try:
+            table = yaml.safe_load(Path(args.static_hosts).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise CliError(f"--static-hosts {args.static_hosts}: {exc}") from exc
+        if not isinstance(table, dict):
+            raise CliError(f"--static-hosts {args.static_hosts}: want a mapping of hostname to addresses")
+        return StaticResolver({str(k): [str(a) for a in (v or [])] for k, v in table.items()})
+    return SystemResolver()
+
+
+def _namespaces(specs: list[str]) -> list[tuple[str, dict[str, str]]]:
+    out = []
+    for item in specs:
+        name, _, labels = item.partition(":")
+        pairs = [kv.split("=", 1) for kv in labels.split(",") if kv]
+        if any(len(p) != 2 for p in pairs):
+            raise CliError(f"--namespace {item!r}: want NAME or NAME:key=value,key=value")
+        out.append((name, {k: v for k, v in pairs}))
+    return out
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    files = crdgen.crds_yaml()
+    if args.write:
+        out = Path(args.write)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (out / name).write_text(text)
+            print(out / name)
+    else:
+        print("---\n".join(files.values()), end="")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    failures = 0
+    found = 0
+    for where, doc in _profile_documents(args.filename):
+        found += 1
+        try:
+            parse_profile(doc)
+        except ValueError as exc:
+            failures += 1
+            print(f"{where}: invalid: {describe_invalid(exc)}", file=sys.stderr)
+        else:
+            print(f"{where}: valid")
+    if not found:
+        raise CliError(
+            f"no AgentDetectionProfile or ClusterAgentDetectionProfile in {', '.join(args.filename)}"
+        )
+    return 1 if failures else 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    resolver = _resolver(args)
+    namespaces = _namespaces(args.namespace)
+    out: list[dict[str, Any]] = []
+    failures = 0
+    for where, doc in _profile_documents(args.filename):
+        try:
+            profile = parse_profile(doc)
+        except ValueError as exc:
+            failures += 1
+            print(f"{where}: invalid: {describe_invalid(exc)}", file=sys.stderr)
+            continue
+        resolved = resolve_all(hostnames_of(profile.spec), resolver, {}, now_rfc3339())
+        for res in resolved.values():
+            if res.error:
+                print(f"{where}: warning: {res.error}; rendered without it", file=sys.stderr)
+        try:
+            out.extend(render(profile, targets_for(profile, namespaces), resolved, args.templates))
+        except RenderError as exc:
+            failures += 1
+            print(f"{where}: {exc}", file=sys.stderr)
+    print(yaml.safe_dump_all(out, sort_keys=False), end="")
+    return 1 if failures else 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from agentdetect.runner import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = Config(
+        allow_enforcement=args.allow_enforcement,
+        template_dir=args.templates,
+        resolver=_resolver(args),
+        resolve_interval=args.resolve_interval,
+    )
+    kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
+    asyncio.run(serve(cfg, kubeconfig, args.namespace or None))
+    return 0
 
 
 def _cmd_binaries(args: argparse.Namespace) -> int:
@@ -43,6 +176,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"agentdetect {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("crds", help="print the CRDs (generated from the models)")
+    p.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR instead")
+    p.set_defaults(func=_cmd_crds)
+
+    p = sub.add_parser("validate", help="check profiles offline; exit 1 naming each invalid field")
+    p.add_argument("-f", "--filename", action="append", required=True, help="file, directory or -")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("render", help="print the Tetragon policies profiles render to (GitOps review, CMP)")
+    p.add_argument("-f", "--filename", action="append", required=True, help="file, directory or -")
+    p.add_argument("--templates", type=Path, help="template directory overriding the built-in templates")
+    p.add_argument("--static-hosts", help="YAML mapping hostname -> [addresses] instead of DNS")
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NAME[:k=v,...]",
+        help="namespaces (with labels) a ClusterAgentDetectionProfile's namespaceSelector chooses from",
+    )
+    p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("run", help="run the operator against the cluster in KUBECONFIG or in-cluster")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    p.add_argument("--namespace", action="append", help="watch only these namespaces (default: all)")
+    p.add_argument(
+        "--allow-enforcement",
+        action="store_true",
+        default=os.environ.get("AGENTDETECT_ALLOW_ENFORCEMENT", "").lower() in ("1", "true", "yes"),
+        help="let profiles in Enforce mode render Sigkill actions (env AGENTDETECT_ALLOW_ENFORCEMENT)",
+    )
+    p.add_argument(
+        "--templates",
+        type=Path,
+        default=os.environ.get("AGENTDETECT_TEMPLATES") or None,
+        help="template directory overriding the built-in templates (env AGENTDETECT_TEMPLATES)",
+    )
+    p.add_argument("--resolve-interval", type=float, default=300.0, help="seconds between DNS re-resolutions")
+    p.add_argument("--static-hosts", help="YAML mapping hostname -> [addresses] instead of DNS")
+    p.set_defaults(func=_cmd_run)
+
     p = sub.add_parser(
         "binaries", help="print the directory of etcd/kube-apiserver/... building them once if needed"
     )
@@ -62,7 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (binaries.BinariesError, ControlPlaneError, tetragon_crds.TetragonCRDsUnavailable) as exc:
+    except (
+        CliError,
+        binaries.BinariesError,
+        ControlPlaneError,
+        tetragon_crds.TetragonCRDsUnavailable,
+    ) as exc:
         print(f"agentdetect: {exc}", file=sys.stderr)
         return 1
 

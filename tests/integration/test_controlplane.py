@@ -51,7 +51,7 @@ def test_server_reports_the_built_version(control_plane: ControlPlane) -> None:
     assert versions["clientVersion"]["gitVersion"] == KUBERNETES_VERSION
 
 
-def test_tracing_policy_round_trip(api: Any, tetragon: list[str], namespace: str) -> None:
+def test_tracing_policy_round_trip(api: Any, tetragon: None, namespace: str) -> None:
     custom = client.CustomObjectsApi(api)
     name = f"tp-{namespace}"
     custom.create_cluster_custom_object(
@@ -91,7 +91,7 @@ def test_tracing_policy_round_trip(api: Any, tetragon: list[str], namespace: str
     assert got["spec"]["kprobes"][0]["args"] == [{"index": 0, "type": "sock"}]
 
 
-def test_tracing_policy_with_wrong_type_is_rejected(api: Any, tetragon: list[str]) -> None:
+def test_tracing_policy_with_wrong_type_is_rejected(api: Any, tetragon: None) -> None:
     bad = {"kprobes": [{**TCP_CONNECT_POLICY["kprobes"][0], "args": [{"index": "zero", "type": "sock"}]}]}
     with pytest.raises(ApiException) as err:
         client.CustomObjectsApi(api).create_cluster_custom_object(

@@ -1,0 +1,123 @@
+"""kopf wiring: which watch events lead to which reconcile. No logic of its own."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import kopf
+
+from agentdetect import catalog
+from agentdetect.kube import POLICY_PLURALS, PROFILE_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
+from agentdetect.models import GROUP, VERSION
+from agentdetect.reconcile import Reconciler
+from agentdetect.render import (
+    LABEL_MANAGED_BY,
+    LABEL_PROFILE_KIND,
+    LABEL_PROFILE_NAME,
+    LABEL_PROFILE_NAMESPACE,
+    MANAGED_BY,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _needs_resolution(spec: Any, **_: Any) -> bool:
+    net = (spec or {}).get("network") or {}
+    cat = catalog.load()
+    if any(
+        d.get("hostnames") or (d.get("provider") and not d.get("cidrs"))
+        for d in net.get("destinations") or []
+    ):
+        return True
+    return any(cat.providers.get(p) and cat.providers[p].hostnames for p in net.get("providers") or [])
+
+
+def build_registry(reconciler: Reconciler) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    config = reconciler.config
+
+    def reconcile(body: kopf.Body) -> None:
+        outcome = reconciler.reconcile(body)
+        if outcome.retry_after is not None:
+            raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
+
+    def reconcile_by_key(kind: str, name: str, namespace: str | None) -> None:
+        body = reconciler.cluster.get_profile(kind, name, namespace)
+        if body is not None:
+            reconciler.reconcile(body)
+
+    for kind, plural in PROFILE_PLURALS.items():
+
+        @kopf.on.resume(GROUP, VERSION, plural, registry=registry)
+        @kopf.on.create(GROUP, VERSION, plural, registry=registry)
+        @kopf.on.update(GROUP, VERSION, plural, registry=registry)
+        def profile_changed(body: kopf.Body, **_: Any) -> None:
+            reconcile(body)
+
+        @kopf.timer(
+            GROUP,
+            VERSION,
+            plural,
+            registry=registry,
+            interval=config.resolve_interval,
+            initial_delay=config.resolve_interval,
+            when=_needs_resolution,
+        )
+        def re_resolve(body: kopf.Body, **_: Any) -> None:
+            """Hostnames move; the policy follows only when the address set changed."""
+            reconcile(body)
+
+        @kopf.on.event(GROUP, VERSION, plural, registry=registry)
+        def profile_event(type: str | None, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
+            if type == "DELETED":
+                reconciler.forget(_kind, body.metadata.name or "", body.metadata.namespace)
+
+    for plural in POLICY_PLURALS.values():
+
+        @kopf.on.event(
+            TETRAGON_GROUP, TETRAGON_VERSION, plural, registry=registry, labels={LABEL_MANAGED_BY: MANAGED_BY}
+        )
+        def policy_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+            """A rendered policy edited or deleted by hand is put back."""
+            if type is None or not reconciler.drifted(type, body):
+                return
+            labels = body.metadata.labels
+            log.info(
+                "policy %s/%s drifted (%s); restoring",
+                body.metadata.namespace or "-",
+                body.metadata.name,
+                type.lower(),
+            )
+            reconcile_by_key(
+                labels[LABEL_PROFILE_KIND], labels[LABEL_PROFILE_NAME], labels.get(LABEL_PROFILE_NAMESPACE)
+            )
+
+    @kopf.on.event("", "v1", "namespaces", registry=registry)
+    def namespace_event(type: str | None, body: kopf.Body, status: kopf.Status, **_: Any) -> None:
+        """Namespaces that come, go or are relabelled change what cluster profiles select."""
+        gone = type == "DELETED" or status.get("phase") == "Terminating"
+        name = body.metadata.name or ""
+        for profile in reconciler.cluster_profiles_affected_by(name, dict(body.metadata.labels), gone):
+            reconcile_by_key("ClusterAgentDetectionProfile", profile, None)
+
+    return registry
+
+
+def settings_for(max_workers: int = 16) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # Progress and the last-handled spec go in our annotations: the status schema is strict.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Our own Events say what happened; kopf's per-handler "succeeded" Events would only add writes.
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = max_workers
+    return settings
+
+
+def emit_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    # kopf reads only apiVersion/kind/metadata from it; a plain mapping serves.
+    kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message[:1024])

@@ -1,0 +1,211 @@
+"""The Kubernetes edge: every API call the reconciler makes, and nothing else."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from agentdetect.models import GROUP, VERSION
+from agentdetect.render import (
+    LABEL_MANAGED_BY,
+    LABEL_PROFILE_KIND,
+    LABEL_PROFILE_NAME,
+    LABEL_PROFILE_NAMESPACE,
+)
+from agentdetect.render import MANAGED_BY as _MANAGED_BY
+
+TETRAGON_GROUP, TETRAGON_VERSION = "cilium.io", "v1alpha1"
+POLICY_PLURALS = {"TracingPolicy": "tracingpolicies", "TracingPolicyNamespaced": "tracingpoliciesnamespaced"}
+PROFILE_PLURALS = {
+    "AgentDetectionProfile": "agentdetectionprofiles",
+    "ClusterAgentDetectionProfile": "clusteragentdetectionprofiles",
+}
+FIELD_MANAGER = "agentdetect"
+_APPLY = "application/apply-patch+yaml"
+_MERGE = "application/merge-patch+json"
+
+
+@dataclass(frozen=True)
+class ObjectKey:
+    kind: str
+    namespace: str | None
+    name: str
+
+
+def key_of(obj: dict[str, Any]) -> ObjectKey:
+    meta = obj["metadata"]
+    return ObjectKey(obj["kind"], meta.get("namespace"), meta["name"])
+
+
+class Cluster:
+    """Thin typed wrapper over the generated client; one instance per operator."""
+
+    def __init__(self, api: client.ApiClient, field_manager: str = FIELD_MANAGER) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.field_manager = field_manager
+        self._tetragon_seen_at = 0.0
+
+    # ---- discovery -------------------------------------------------------------------------
+
+    def tetragon_installed(self, ttl: float = 60.0) -> bool:
+        """Whether both Tetragon policy kinds are served. A positive answer is cached for ``ttl``;
+        a negative one is asked again every time, so installing Tetragon is noticed at once."""
+        if time.monotonic() - self._tetragon_seen_at < ttl:
+            return True
+        try:
+            resources = self.custom.get_api_resources(TETRAGON_GROUP, TETRAGON_VERSION)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        names = {r.name for r in resources.resources or []}
+        if set(POLICY_PLURALS.values()) <= names:
+            self._tetragon_seen_at = time.monotonic()
+            return True
+        return False
+
+    # ---- policies --------------------------------------------------------------------------
+
+    def list_owned(self, profile_kind: str, name: str, namespace: str | None) -> list[dict[str, Any]]:
+        """Policies labelled as rendered from this profile: what pruning compares against."""
+        selector = ",".join(
+            [
+                f"{LABEL_MANAGED_BY}={_MANAGED_BY}",
+                f"{LABEL_PROFILE_KIND}={profile_kind}",
+                f"{LABEL_PROFILE_NAME}={name}",
+            ]
+            + ([f"{LABEL_PROFILE_NAMESPACE}={namespace}"] if namespace else [f"!{LABEL_PROFILE_NAMESPACE}"])
+        )
+        items: list[dict[str, Any]] = []
+        if namespace:  # a namespaced profile only ever owns policies in its own namespace
+            resp = self.custom.list_namespaced_custom_object(
+                TETRAGON_GROUP,
+                TETRAGON_VERSION,
+                namespace,
+                POLICY_PLURALS["TracingPolicyNamespaced"],
+                label_selector=selector,
+            )
+            items.extend(_with_kind(resp, "TracingPolicyNamespaced"))
+            return items
+        for kind, plural in POLICY_PLURALS.items():
+            resp = self.custom.list_cluster_custom_object(
+                TETRAGON_GROUP, TETRAGON_VERSION, plural, label_selector=selector
+            )
+            items.extend(_with_kind(resp, kind))
+        return items
+
+    def apply(self, doc: dict[str, Any], owner: dict[str, Any]) -> None:
+        """Server-side apply, forcing our field manager's ownership back (that is drift repair).
+        The response body is not used: the generated client leaves it undecoded when the apply
+        creates the object (201)."""
+        body = {**doc, "metadata": {**doc["metadata"], "ownerReferences": [owner]}}
+        key = key_of(doc)
+        plural = POLICY_PLURALS[key.kind]
+        if key.namespace:
+            self.custom.patch_namespaced_custom_object(
+                TETRAGON_GROUP,
+                TETRAGON_VERSION,
+                key.namespace,
+                plural,
+                key.name,
+                body,
+                field_manager=self.field_manager,
+                force=True,
+                _content_type=_APPLY,
+            )
+        else:
+            self.custom.patch_cluster_custom_object(
+                TETRAGON_GROUP,
+                TETRAGON_VERSION,
+                plural,
+                key.name,
+                body,
+                field_manager=self.field_manager,
+                force=True,
+                _content_type=_APPLY,
+            )
+
+    def delete(self, key: ObjectKey) -> None:
+        plural = POLICY_PLURALS[key.kind]
+        try:
+            if key.namespace:
+                self.custom.delete_namespaced_custom_object(
+                    TETRAGON_GROUP, TETRAGON_VERSION, key.namespace, plural, key.name
+                )
+            else:
+                self.custom.delete_cluster_custom_object(TETRAGON_GROUP, TETRAGON_VERSION, plural, key.name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # ---- profiles and namespaces -----------------------------------------------------------
+
+    def get_profile(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
+        plural = PROFILE_PLURALS[kind]
+        try:
+            if namespace:
+                return _obj(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name))
+            return _obj(self.custom.get_cluster_custom_object(GROUP, VERSION, plural, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_status(self, kind: str, name: str, namespace: str | None, status: dict[str, Any]) -> None:
+        plural = PROFILE_PLURALS[kind]
+        body = {"status": status}
+        try:
+            if namespace:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, plural, name, body, _content_type=_MERGE
+                )
+            else:
+                self.custom.patch_cluster_custom_object_status(
+                    GROUP, VERSION, plural, name, body, _content_type=_MERGE
+                )
+        except ApiException as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing to report to
+                raise
+
+    def namespaces(self) -> list[tuple[str, dict[str, str]]]:
+        """Active namespaces and their labels (a terminating one accepts no new objects)."""
+        out = []
+        for ns in self.core.list_namespace().items:
+            if ns.status is not None and ns.status.phase == "Terminating":
+                continue
+            meta = ns.metadata
+            assert meta is not None and meta.name is not None
+            out.append((meta.name, dict(meta.labels or {})))
+        return out
+
+
+def _obj(value: object) -> dict[str, Any]:
+    """The custom-objects API is typed ``object``; it returns decoded JSON objects."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object from the API, got {type(value).__name__}")
+    return value
+
+
+def _with_kind(resp: object, kind: str) -> Iterable[dict[str, Any]]:
+    for item in _obj(resp).get("items", []):
+        item.setdefault("kind", kind)  # list items may omit kind
+        yield item
+
+
+def owner_reference(profile: dict[str, Any]) -> dict[str, Any]:
+    meta = profile["metadata"]
+    return {
+        "apiVersion": profile.get("apiVersion", f"{GROUP}/{VERSION}"),
+        "kind": profile["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

@@ -1,0 +1,416 @@
+"""Reconcile one profile: validate, resolve, render, apply what changed, prune, report.
+
+Every entry point (create, update, resume, the re-resolution timer, a drifted policy, a
+namespace that came or went) calls :meth:`Reconciler.reconcile` with the profile's body, so
+there is one path to get right. Writes happen only for differences: a policy whose rendered
+hash and live content already match is left alone, and the status is patched only when it
+changed, which is what makes resumes and no-op reconciles free.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agentdetect.kube import Cluster, ObjectKey, key_of, owner_reference
+from agentdetect.models import ClusterProfileSpec, Mode, ProfileSpec, ResolvedDestination
+from agentdetect.render import (
+    ANNOTATION_HASH,
+    Profile,
+    ProfileKind,
+    RenderError,
+    Target,
+    hostnames_of,
+    render,
+)
+from agentdetect.resolve import Resolution, Resolver, SystemResolver, resolve_all
+
+log = logging.getLogger(__name__)
+
+TETRAGON_INSTALL_HINT = (
+    "Tetragon's TracingPolicy CRDs (cilium.io/v1alpha1) are not installed. Install Tetragon, e.g. "
+    "`helm repo add cilium https://helm.cilium.io && helm install tetragon cilium/tetragon -n kube-system`; "
+    "this profile is applied as soon as they appear"
+)
+
+
+@dataclass
+class Config:
+    allow_enforcement: bool = False
+    template_dir: Path | None = None
+    resolver: Resolver = field(default_factory=SystemResolver)
+    resolve_interval: float = 300.0
+    #: Retry delay while Tetragon is missing or the API server failed.
+    retry_delay: float = 10.0
+
+
+@dataclass
+class Outcome:
+    ready: bool
+    reason: str
+    message: str
+    applied: int = 0
+    pruned: int = 0
+    retry_after: float | None = None
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = err["loc"]
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        parts.append(f"{path or '(root)'}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def describe_invalid(exc: ValueError) -> str:
+    return format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+
+
+class _Meta(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    # Profile names label the policies they render, and label values stop at 63 characters.
+    name: str = Field(min_length=1, max_length=63)
+    namespace: str | None = None
+
+
+class _Namespaced(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    metadata: _Meta
+    spec: ProfileSpec
+
+
+class _Clustered(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    metadata: _Meta
+    spec: ClusterProfileSpec
+
+
+def parse_profile(body: Mapping[str, Any]) -> Profile:
+    """Raises ``ValidationError`` whose locations are field paths such as ``spec.network...``."""
+    kind: ProfileKind = body["kind"]
+    doc = {"metadata": body.get("metadata") or {}, "spec": body.get("spec") or {}}
+    parsed = (_Clustered if kind == "ClusterAgentDetectionProfile" else _Namespaced).model_validate(doc)
+    if kind == "AgentDetectionProfile" and not parsed.metadata.namespace:
+        raise ValueError("an AgentDetectionProfile needs metadata.namespace")
+    return Profile(kind, parsed.metadata.name, parsed.metadata.namespace, parsed.spec)
+
+
+def targets_for(profile: Profile, namespaces: list[tuple[str, dict[str, str]]] | None) -> list[Target]:
+    """A namespaced profile renders into its own namespace and nowhere else."""
+    if profile.kind == "AgentDetectionProfile":
+        assert profile.namespace is not None
+        return [Target("TracingPolicyNamespaced", profile.namespace)]
+    spec = profile.spec
+    assert isinstance(spec, ClusterProfileSpec)
+    if spec.namespace_selector is None or spec.namespace_selector.selects_all():
+        return [Target("TracingPolicy", None)]
+    return [
+        Target("TracingPolicyNamespaced", name)
+        for name, labels in sorted(namespaces or [])
+        if spec.namespace_selector.matches(labels)
+    ]
+
+
+def contains(desired: Any, live: Any) -> bool:
+    """Whether ``live`` still holds everything we set: server defaults may add fields, but a
+    changed or removed value, or a list of another length, is drift."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(k in live and contains(v, live[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        return isinstance(live, list) and len(desired) == len(live) and all(map(contains, desired, live))
+    return bool(desired == live)
+
+
+def in_sync(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    if live is None:
+        return False
+    dmeta, lmeta = desired["metadata"], live.get("metadata", {})
+    return (
+        lmeta.get("annotations", {}).get(ANNOTATION_HASH) == dmeta["annotations"][ANNOTATION_HASH]
+        and contains(dmeta["labels"], lmeta.get("labels", {}))
+        and contains(desired["spec"], live.get("spec"))
+    )
+
+
+def previous_resolutions(status: Mapping[str, Any] | None) -> dict[str, Resolution]:
+    out = {}
+    for r in (status or {}).get("resolved", []) or []:
+        out[r["hostname"]] = Resolution(tuple(r.get("addresses", [])), r["resolvedAt"], r.get("error"))
+    return out
+
+
+def resolved_status(profile: Profile, resolved: Mapping[str, Resolution]) -> list[dict[str, Any]]:
+    from agentdetect import catalog
+
+    cat = catalog.load()
+    net = profile.spec.network
+    owners: dict[str, str] = {}
+    if net:
+        for name in net.providers:
+            for h in cat.providers[name].hostnames:
+                owners.setdefault(h, name)
+        for d in net.destinations:
+            hosts = d.hostnames or (cat.providers[d.provider].hostnames if d.provider and not d.cidrs else ())
+            for h in hosts:
+                owners.setdefault(h, d.name)
+    return [
+        ResolvedDestination(
+            name=owners.get(host, host),
+            hostname=host,
+            addresses=list(r.addresses),
+            resolvedAt=r.resolved_at,
+            error=r.error,
+        ).dump()
+        for host, r in sorted(resolved.items())
+    ]
+
+
+def ready_condition(
+    previous: list[dict[str, Any]], generation: int | None, ready: bool, reason: str, message: str, now: str
+) -> list[dict[str, Any]]:
+    status = "True" if ready else "False"
+    old = next((c for c in previous if c.get("type") == "Ready"), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == status else now
+    cond = {
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
+    return [c for c in previous if c.get("type") != "Ready"] + [cond]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        cluster: Cluster,
+        config: Config,
+        emit: Callable[[dict[str, Any], str, str, str], None] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.config = config
+        self.emit = emit or (lambda body, type_, reason, message: None)
+        self._locks: dict[tuple[str, str | None, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        #: What we last applied or confirmed, per policy: drift events compare against it
+        #: without a round trip to the API server.
+        self.desired: dict[ObjectKey, dict[str, Any]] = {}
+        #: Cluster profiles with a namespace selector, and the namespaces they currently render into.
+        self.cluster_selections: dict[str, tuple[ClusterProfileSpec, set[str]]] = {}
+
+    def _lock(self, kind: str, namespace: str | None, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault((kind, namespace, name), threading.Lock())
+
+    def forget(self, kind: str, name: str, namespace: str | None) -> None:
+        """The profile is gone; its policies go with it by garbage collection."""
+        if kind == "ClusterAgentDetectionProfile":
+            self.cluster_selections.pop(name, None)
+        for key in [k for k, d in self.desired.items() if _owned_by(d, kind, name, namespace)]:
+            del self.desired[key]
+
+    # ---- the one entry point ---------------------------------------------------------------
+
+    def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        meta = body["metadata"]
+        with self._lock(body["kind"], meta.get("namespace"), meta["name"]):
+            now = now_rfc3339()
+            status = dict(body.get("status") or {})
+            outcome, new_status = self._reconcile(body, status, now)
+            new_status["observedGeneration"] = meta.get("generation")
+            new_status["conditions"] = ready_condition(
+                status.get("conditions") or [],
+                meta.get("generation"),
+                outcome.ready,
+                outcome.reason,
+                outcome.message,
+                now,
+            )
+            changed = {k: v for k, v in new_status.items() if status.get(k) != v}
+            if changed:
+                self.cluster.patch_status(body["kind"], meta["name"], meta.get("namespace"), changed)
+                old_reason = next(
+                    (c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"),
+                    None,
+                )
+                if outcome.applied or outcome.pruned or old_reason != outcome.reason:
+                    self.emit(
+                        dict(body), "Normal" if outcome.ready else "Warning", outcome.reason, outcome.message
+                    )
+            return outcome
+
+    def _reconcile(
+        self, body: Mapping[str, Any], status: dict[str, Any], now: str
+    ) -> tuple[Outcome, dict[str, Any]]:
+        try:
+            profile = parse_profile(body)
+        except ValueError as exc:
+            msg = describe_invalid(exc) + "; existing policies were left as they were"
+            return Outcome(False, "InvalidSpec", msg), {}
+
+        enforcing = profile.spec.enforcing_rules()
+        if profile.spec.mode == Mode.ENFORCE and enforcing and not self.config.allow_enforcement:
+            msg = (
+                f"spec.mode is Enforce and {', '.join(enforcing)} ask(s) for enforcement, but this "
+                "operator runs without --allow-enforcement; nothing was applied"
+            )
+            return Outcome(False, "EnforcementNotAllowed", msg), {}
+
+        if not self.cluster.tetragon_installed():
+            return Outcome(
+                False, "TetragonNotInstalled", TETRAGON_INSTALL_HINT, retry_after=self.config.retry_delay
+            ), {}
+
+        resolved = resolve_all(
+            hostnames_of(profile.spec), self.config.resolver, previous_resolutions(status), now
+        )
+        namespaces = self.cluster.namespaces() if profile.kind == "ClusterAgentDetectionProfile" else None
+        targets = targets_for(profile, namespaces)
+        try:
+            docs = render(profile, targets, resolved, self.config.template_dir)
+        except RenderError as exc:
+            return Outcome(False, "RenderFailed", f"{exc}; existing policies were left as they were"), {}
+
+        owner = owner_reference(dict(body))
+        try:
+            applied, pruned = self._sync(profile, docs, owner)
+        except ApiException as exc:
+            reason = "TetragonNotInstalled" if exc.status == 404 else "ApplyFailed"
+            message = TETRAGON_INSTALL_HINT if exc.status == 404 else _api_message(exc)
+            return Outcome(False, reason, message, retry_after=self.config.retry_delay), {
+                "resolved": resolved_status(profile, resolved)
+            }
+
+        if profile.kind == "ClusterAgentDetectionProfile":
+            spec = profile.spec
+            assert isinstance(spec, ClusterProfileSpec)
+            selects_all = spec.namespace_selector is None or spec.namespace_selector.selects_all()
+            if selects_all:
+                self.cluster_selections.pop(profile.name, None)
+            else:
+                self.cluster_selections[profile.name] = (spec, {t.namespace for t in targets if t.namespace})
+
+        refs = [
+            {
+                "kind": d["kind"],
+                **({"namespace": d["metadata"]["namespace"]} if d["metadata"].get("namespace") else {}),
+                "name": d["metadata"]["name"],
+                "hook": d["metadata"]["labels"]["agentdetect.io/hook"],
+            }
+            for d in docs
+        ]
+        new_status = {
+            "policies": refs,
+            "policyCount": len(refs),
+            "resolved": resolved_status(profile, resolved),
+        }
+
+        failed = {h: r for h, r in resolved.items() if r.error and not r.addresses}
+        notes = []
+        if profile.spec.mode == Mode.MONITOR and enforcing:
+            notes.append(f"{len(enforcing)} rule(s) marked enforce are observed only (mode Monitor)")
+        if not targets:
+            notes.append("no namespace matches namespaceSelector")
+        if failed:
+            errors = "; ".join(r.error or "" for r in failed.values())
+            msg = (
+                f"could not resolve {', '.join(sorted(failed))}: {errors}; {len(docs)} policies applied "
+                f"without them, retrying every {self.config.resolve_interval:.0f}s"
+            )
+            return Outcome(False, "ResolutionFailed", msg, applied, pruned), new_status
+        msg = f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied"
+        return Outcome(True, "Applied", "; ".join([msg, *notes]), applied, pruned), new_status
+
+    def _sync(self, profile: Profile, docs: list[dict[str, Any]], owner: dict[str, Any]) -> tuple[int, int]:
+        live = {
+            key_of(obj): obj for obj in self.cluster.list_owned(profile.kind, profile.name, profile.namespace)
+        }
+        wanted = {key_of(d): d for d in docs}
+        applied = 0
+        for key, doc in wanted.items():
+            if not in_sync(doc, live.get(key)) or not _owner_ok(live.get(key), owner):
+                self.cluster.apply(doc, owner)
+                applied += 1
+            self.desired[key] = doc
+        pruned = 0
+        for key in live.keys() - wanted.keys():
+            self.cluster.delete(key)
+            self.desired.pop(key, None)
+            pruned += 1
+        for key in [
+            k
+            for k, d in self.desired.items()
+            if k not in wanted and _owned_by(d, profile.kind, profile.name, profile.namespace)
+        ]:
+            del self.desired[key]
+        if applied or pruned:
+            log.info(
+                "profile %s/%s: applied %d, pruned %d",
+                profile.namespace or "-",
+                profile.name,
+                applied,
+                pruned,
+            )
+        return applied, pruned
+
+    # ---- event-driven checks (no API calls unless something is off) ------------------------
+
+    def drifted(self, event_type: str, obj: Mapping[str, Any]) -> bool:
+        """Whether a watched policy event means a policy no longer matches what we want."""
+        key = key_of(dict(obj))
+        desired = self.desired.get(key)
+        if desired is None:
+            return False  # not ours (any more), or not reconciled yet: resume will see to it
+        if event_type == "DELETED":
+            return True
+        return not in_sync(desired, dict(obj))
+
+    def cluster_profiles_affected_by(
+        self, namespace: str, labels: dict[str, str] | None, gone: bool
+    ) -> list[str]:
+        """Cluster profiles whose namespace selection changes because of this namespace."""
+        out = []
+        for name, (spec, selected) in self.cluster_selections.items():
+            assert spec.namespace_selector is not None
+            should = not gone and spec.namespace_selector.matches(labels or {})
+            if should != (namespace in selected):
+                out.append(name)
+        return out
+
+
+def _owned_by(doc: Mapping[str, Any], kind: str, name: str, namespace: str | None) -> bool:
+    labels = doc["metadata"]["labels"]
+    return bool(
+        labels.get("agentdetect.io/profile-kind") == kind
+        and labels.get("agentdetect.io/profile-name") == name
+        and labels.get("agentdetect.io/profile-namespace") == namespace
+    )
+
+
+def _owner_ok(live: Mapping[str, Any] | None, owner: Mapping[str, Any]) -> bool:
+    refs = (live or {}).get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("uid") == owner["uid"] and r.get("controller") for r in refs)
+
+
+def _api_message(exc: ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return f"{exc.status} {exc.reason}"

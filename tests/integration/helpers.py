@@ -1,0 +1,84 @@
+"""Small readers over the API for profile tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from agentdetect.models import GROUP, VERSION
+from tests.waiting import eventually
+
+
+def profile(api: Any, name: str, namespace: str | None = None) -> dict[str, Any]:
+    custom = client.CustomObjectsApi(api)
+    if namespace:
+        got = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "agentdetectionprofiles", name)
+    else:
+        got = custom.get_cluster_custom_object(GROUP, VERSION, "clusteragentdetectionprofiles", name)
+    assert isinstance(got, dict)
+    return got
+
+
+def ready(obj: dict[str, Any]) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return dict(cond)
+    return None
+
+
+def wait_condition(
+    api: Any, name: str, namespace: str | None, reason: str, timeout: float = 30
+) -> dict[str, Any]:
+    """The profile once its Ready condition has ``reason`` for its current generation."""
+
+    def probe() -> dict[str, Any] | None:
+        obj = profile(api, name, namespace)
+        cond = ready(obj)
+        current = obj["status"].get("observedGeneration") == obj["metadata"]["generation"] if cond else False
+        return obj if cond and cond["reason"] == reason and current else None
+
+    last: dict[str, Any] = {}
+
+    def tracked() -> dict[str, Any] | None:
+        nonlocal last
+        got = probe()
+        if got is None:
+            last = profile(api, name, namespace)
+        return got
+
+    try:
+        return eventually(tracked, timeout=timeout, what=f"Ready reason {reason} on {namespace}/{name}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last status: {last.get('status')}") from None
+
+
+def policies(api: Any, namespace: str | None = None, label_selector: str = "") -> list[dict[str, Any]]:
+    custom = client.CustomObjectsApi(api)
+    if namespace:
+        resp = custom.list_namespaced_custom_object(
+            "cilium.io", "v1alpha1", namespace, "tracingpoliciesnamespaced", label_selector=label_selector
+        )
+    else:
+        resp = custom.list_cluster_custom_object(
+            "cilium.io", "v1alpha1", "tracingpoliciesnamespaced", label_selector=label_selector
+        )
+    assert isinstance(resp, dict)
+    return list(resp["items"])
+
+
+def cluster_policies(api: Any, label_selector: str = "") -> list[dict[str, Any]]:
+    resp = client.CustomObjectsApi(api).list_cluster_custom_object(
+        "cilium.io", "v1alpha1", "tracingpolicies", label_selector=label_selector
+    )
+    assert isinstance(resp, dict)
+    return list(resp["items"])
+
+
+def gone(read: Any) -> bool:
+    try:
+        read()
+    except ApiException as exc:
+        return bool(exc.status == 404)
+    return False

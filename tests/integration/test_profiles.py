@@ -1,0 +1,182 @@
+"""Namespaced profiles against the real API server: apply, update, prune, drift, restart, GC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from agentdetect.controlplane import ControlPlane
+from agentdetect.models import GROUP, VERSION
+from agentdetect.reconcile import Config
+from agentdetect.runner import OperatorThread
+from tests.integration.helpers import gone, policies, profile, wait_condition
+from tests.waiting import eventually
+
+PROFILE = """
+apiVersion: agentdetect.io/v1alpha1
+kind: AgentDetectionProfile
+metadata: {{name: chatbot, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: chatbot}}}}
+  network:
+    providers: [openai, anthropic]
+    destinations:
+      - {{name: internal-vllm, cidrs: [10.20.0.0/16], ports: [8000]}}
+  files:
+    presets: [serviceaccount-token]
+  processes:
+    presets: [shells]
+"""
+
+
+def apply(cp: ControlPlane, text: str) -> None:
+    cp.kubectl("apply", "-f", "-", input=text)
+
+
+def by_hook(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {p["metadata"]["labels"]["agentdetect.io/hook"]: p for p in items}
+
+
+def test_profile_renders_owned_policies_and_reports_them(
+    control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
+) -> None:
+    apply(control_plane, PROFILE.format(ns=namespace))
+    obj = wait_condition(api, "chatbot", namespace, "Applied")
+    status = obj["status"]
+    assert status["policyCount"] == 3
+    assert status["conditions"][0]["status"] == "True"
+    assert status["conditions"][0]["observedGeneration"] == obj["metadata"]["generation"]
+    live = by_hook(policies(api, namespace))
+    assert set(live) == {"tcp_connect", "fd_install", "execve"}
+    assert sorted(p["name"] for p in status["policies"]) == sorted(
+        p["metadata"]["name"] for p in live.values()
+    )
+    for pol in live.values():
+        (ref,) = pol["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["uid"], ref["controller"]) == (
+            "AgentDetectionProfile",
+            obj["metadata"]["uid"],
+            True,
+        )
+        assert pol["spec"]["podSelector"] == {"matchLabels": {"app": "chatbot"}}
+    net = live["tcp_connect"]["spec"]["kprobes"][0]
+    addresses = [
+        a for s in net["selectors"] for m in s["matchArgs"] if m["operator"] == "DAddr" for a in m["values"]
+    ]
+    assert "104.18.6.192/32" in addresses and "160.79.104.10/32" in addresses and "10.20.0.0/16" in addresses
+    resolved = {r["hostname"]: r for r in status["resolved"]}
+    assert resolved["api.openai.com"]["addresses"] == ["104.18.6.192", "2606:4700::6812:6c0"]
+    assert resolved["api.openai.com"]["name"] == "openai"
+
+
+def test_update_prunes_and_delete_collects(
+    control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
+) -> None:
+    apply(control_plane, PROFILE.format(ns=namespace))
+    wait_condition(api, "chatbot", namespace, "Applied")
+    doc = yaml.safe_load(PROFILE.format(ns=namespace))
+    del doc["spec"]["processes"]
+    apply(control_plane, yaml.safe_dump(doc))
+    obj = wait_condition(api, "chatbot", namespace, "Applied")
+    assert obj["status"]["policyCount"] == 2
+    eventually(
+        lambda: set(by_hook(policies(api, namespace))) == {"tcp_connect", "fd_install"},
+        what="the execve policy pruned",
+    )
+
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, "agentdetectionprofiles", "chatbot"
+    )
+    eventually(lambda: policies(api, namespace) == [], what="policies garbage-collected with their profile")
+
+
+def test_drifted_policy_is_restored(
+    control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
+) -> None:
+    apply(control_plane, PROFILE.format(ns=namespace))
+    wait_condition(api, "chatbot", namespace, "Applied")
+    custom = client.CustomObjectsApi(api)
+    net = by_hook(policies(api, namespace))["tcp_connect"]
+    name = net["metadata"]["name"]
+    original = net["spec"]
+
+    tampered = {
+        "spec": {
+            "kprobes": [{**original["kprobes"][0], "selectors": original["kprobes"][0]["selectors"][:1]}]
+        }
+    }
+    custom.patch_namespaced_custom_object(
+        "cilium.io",
+        "v1alpha1",
+        namespace,
+        "tracingpoliciesnamespaced",
+        name,
+        tampered,
+        _content_type="application/merge-patch+json",
+    )
+    eventually(
+        lambda: (
+            custom.get_namespaced_custom_object(  # type: ignore[index]
+                "cilium.io", "v1alpha1", namespace, "tracingpoliciesnamespaced", name
+            )["spec"]
+            == original
+        ),
+        timeout=10,
+        what="edited policy restored",
+    )
+
+    custom.delete_namespaced_custom_object(
+        "cilium.io", "v1alpha1", namespace, "tracingpoliciesnamespaced", name
+    )
+    restored = eventually(
+        lambda: by_hook(policies(api, namespace)).get("tcp_connect"),
+        timeout=10,
+        what="deleted policy recreated",
+    )
+    assert restored["metadata"]["name"] == name and restored["spec"] == original
+
+
+def test_restart_recreates_nothing_and_catches_up(
+    control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
+) -> None:
+    apply(control_plane, PROFILE.format(ns=namespace))
+    before = wait_condition(api, "chatbot", namespace, "Applied")
+    live = {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in policies(api, namespace)}
+
+    operator.stop()
+    try:
+        # While the operator is away, someone deletes a policy.
+        gone_name = sorted(live)[0]
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(
+            "cilium.io", "v1alpha1", namespace, "tracingpoliciesnamespaced", gone_name
+        )
+        cfg: Config = operator.cfg
+        with OperatorThread(cfg, control_plane.kubeconfig):
+            eventually(
+                lambda: len(policies(api, namespace)) == 3, what="the deleted policy recreated on resume"
+            )
+            after = {
+                p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in policies(api, namespace)
+            }
+            untouched = {n: v for n, v in live.items() if n != gone_name}
+            assert {n: after[n] for n in untouched} == untouched, "resume rewrote policies that were in sync"
+            status = profile(api, "chatbot", namespace)["status"]
+            assert status["policies"] == before["status"]["policies"]
+    finally:
+        operator.start()
+
+
+def test_profile_in_one_namespace_never_touches_another(
+    control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
+) -> None:
+    apply(control_plane, PROFILE.format(ns=namespace))
+    wait_condition(api, "chatbot", namespace, "Applied")
+    mine = policies(api, None, f"agentdetect.io/profile-namespace={namespace}")
+    assert mine and {p["metadata"]["namespace"] for p in mine} == {namespace}
+    assert gone(
+        lambda: client.CustomObjectsApi(api).get_cluster_custom_object(
+            "cilium.io", "v1alpha1", "tracingpolicies", mine[0]["metadata"]["name"]
+        )
+    )
