@@ -1,0 +1,185 @@
+"""What the profile's Ready condition says when things are not simply fine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from agentdetect.controlplane import ControlPlane
+from agentdetect.resolve import StaticResolver
+from agentdetect.runner import OperatorThread
+from tests.integration.helpers import policies, profile, ready, wait_condition
+from tests.waiting import eventually
+
+ENFORCING = """
+apiVersion: agentdetect.io/v1alpha1
+kind: AgentDetectionProfile
+metadata: {{name: sandbox, namespace: {ns}}}
+spec:
+  mode: Enforce
+  processes:
+    presets: [shells]
+    binaries: [{{equal: /usr/bin/curl, enforce: true}}]
+"""
+
+
+@pytest.fixture
+def enforcement_allowed(operator: OperatorThread) -> Iterator[None]:
+    operator.cfg.allow_enforcement = True
+    yield
+    operator.cfg.allow_enforcement = False
+
+
+def _touch(api: Any, name: str, namespace: str) -> None:
+    """A label change is an update: the operator reconciles the profile again."""
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        "agentdetect.io",
+        "v1alpha1",
+        namespace,
+        "agentdetectionprofiles",
+        name,
+        {"metadata": {"labels": {"touched": "yes"}}},
+        _content_type="application/merge-patch+json",
+    )
+
+
+def test_enforcement_needs_the_operator_to_allow_it(
+    control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
+) -> None:
+    control_plane.kubectl("apply", "-f", "-", input=ENFORCING.format(ns=namespace))
+    obj = wait_condition(api, "sandbox", namespace, "EnforcementNotAllowed")
+    cond = ready(obj)
+    assert cond is not None and cond["status"] == "False"
+    assert "spec.processes.binaries[0]" in cond["message"] and "--allow-enforcement" in cond["message"]
+    assert policies(api, namespace) == [], "nothing may be applied"
+
+    operator.cfg.allow_enforcement = True
+    try:
+        _touch(api, "sandbox", namespace)
+        wait_condition(api, "sandbox", namespace, "Applied")
+        (exec_policy,) = policies(api, namespace)
+        actions = {
+            tuple(m["values"]): s["matchActions"][0]["action"]
+            for s in exec_policy["spec"]["kprobes"][0]["selectors"]
+            for m in s["matchArgs"]
+        }
+        assert actions[("/usr/bin/curl",)] == "Sigkill"
+        assert "Post" in actions.values(), "preset rules stay observe-only"
+    finally:
+        operator.cfg.allow_enforcement = False
+
+
+def test_spec_the_schema_cannot_catch_is_reported(
+    control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
+) -> None:
+    control_plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=f"""
+apiVersion: agentdetect.io/v1alpha1
+kind: AgentDetectionProfile
+metadata: {{name: wrong-tenant, namespace: {namespace}}}
+spec:
+  network:
+    destinations: [{{name: aoai, provider: azure-openai, hostnames: [evil.example.com]}}]
+""",
+    )
+    cond = ready(wait_condition(api, "wrong-tenant", namespace, "InvalidSpec"))
+    assert cond is not None
+    assert "spec.network.destinations[0]" in cond["message"] and ".openai.azure.com" in cond["message"]
+    assert policies(api, namespace) == []
+
+
+def test_hostnames_are_resolved_recorded_and_followed(
+    control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str, resolver: StaticResolver
+) -> None:
+    resolver.table["moving.example.com"] = ["10.9.0.1"]
+    control_plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=f"""
+apiVersion: agentdetect.io/v1alpha1
+kind: AgentDetectionProfile
+metadata: {{name: moving, namespace: {namespace}}}
+spec:
+  network:
+    destinations:
+      - {{name: gateway, hostnames: [moving.example.com], ports: [443]}}
+      - {{name: nowhere, hostnames: [unknown.example.com], ports: [443]}}
+""",
+    )
+    obj = wait_condition(api, "moving", namespace, "ResolutionFailed")
+    cond = ready(obj)
+    assert cond is not None and "unknown.example.com" in cond["message"]
+    resolved = {r["hostname"]: r for r in obj["status"]["resolved"]}
+    assert resolved["moving.example.com"]["addresses"] == ["10.9.0.1"]
+    assert resolved["moving.example.com"]["name"] == "gateway"
+    assert resolved["unknown.example.com"]["addresses"] == [] and resolved["unknown.example.com"]["error"]
+
+    def daddrs() -> list[str]:
+        (net,) = policies(api, namespace)
+        return [
+            v
+            for s in net["spec"]["kprobes"][0]["selectors"]
+            for m in s["matchArgs"]
+            if m["operator"] == "DAddr"
+            for v in m["values"]
+        ]
+
+    assert daddrs() == ["10.9.0.1/32"]
+    first_seen = resolved["moving.example.com"]["resolvedAt"]
+
+    # The timer (every 2 s in tests) re-resolves; the policy follows the new address.
+    resolver.table["moving.example.com"] = ["10.9.0.2"]
+    eventually(lambda: daddrs() == ["10.9.0.2/32"], timeout=20, what="policy updated to the new address")
+    resolver.table["unknown.example.com"] = ["10.9.9.9"]
+    obj = wait_condition(api, "moving", namespace, "Applied", timeout=20)
+    again = {r["hostname"]: r for r in obj["status"]["resolved"]}
+    assert again["moving.example.com"]["addresses"] == ["10.9.0.2"]
+    assert again["moving.example.com"]["resolvedAt"] >= first_seen
+    assert eventually(lambda: sorted(daddrs()) == ["10.9.0.2/32", "10.9.9.9/32"], timeout=20)
+
+
+def test_tetragon_missing_then_installed(
+    control_plane: ControlPlane,
+    api: Any,
+    operator: OperatorThread,
+    namespace: str,
+    tetragon_crd_docs: tuple[list[dict[str, Any]], str | None],
+) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    names = [d["metadata"]["name"] for d in tetragon_crd_docs[0]]
+    for name in names:
+        ext.delete_custom_resource_definition(name)
+
+    def crds_gone() -> bool:
+        return not any(
+            c.metadata and c.metadata.name in names for c in ext.list_custom_resource_definition().items
+        )
+
+    eventually(crds_gone, what="Tetragon CRDs removed")
+    try:
+        control_plane.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=f"""
+apiVersion: agentdetect.io/v1alpha1
+kind: AgentDetectionProfile
+metadata: {{name: early, namespace: {namespace}}}
+spec:
+  files: {{presets: [ssh-keys]}}
+""",
+        )
+        cond = ready(wait_condition(api, "early", namespace, "TetragonNotInstalled"))
+        assert cond is not None and "helm install tetragon" in cond["message"]
+    finally:
+        control_plane.install_crds(tetragon_crd_docs[0])
+    wait_condition(api, "early", namespace, "Applied", timeout=30)
+    assert len(policies(api, namespace)) == 1
+    assert profile(api, "early", namespace)["status"]["policyCount"] == 1
