@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from agentdetect.models import GROUP, VERSION, ClusterProfileSpec, ProfileSpec, ProfileStatus
+from agentdetect.models import GROUP, VERSION, AgentDetection, ClusterProfileSpec, ProfileSpec, ProfileStatus
 
 _DROP = {"title"}
 
@@ -129,8 +129,57 @@ def _crd(
     }
 
 
+def _detection_crd() -> dict[str, Any]:
+    schema = openapi(AgentDetection)
+    schema["properties"]["metadata"] = {"type": "object"}
+    schema["properties"]["apiVersion"] = {"type": "string"}
+    schema["properties"]["kind"] = {"type": "string"}
+    schema["required"] = [
+        r for r in schema.get("required", []) if r not in ("metadata", "apiVersion", "kind")
+    ]
+    columns = [
+        {"name": "Pod", "type": "string", "jsonPath": ".pod.name"},
+        {"name": "Profile", "type": "string", "jsonPath": ".profile.name"},
+        {"name": "Rules", "type": "integer", "jsonPath": ".summary.rules"},
+        {"name": "Targets", "type": "string", "jsonPath": ".summary.targets"},
+        {"name": "Events", "type": "integer", "jsonPath": ".summary.events"},
+        {"name": "Last Seen", "type": "date", "jsonPath": ".summary.lastSeen"},
+        {"name": "Action", "type": "string", "jsonPath": ".summary.action"},
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"agentdetections.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "agentdetect", "app.kubernetes.io/component": "crd"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": "AgentDetection",
+                "listKind": "AgentDetectionList",
+                "plural": "agentdetections",
+                "singular": "agentdetection",
+                "shortNames": ["adet"],
+                "categories": ["agentdetect"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": schema},
+                }
+            ],
+        },
+    }
+
+
 def crds() -> list[dict[str, Any]]:
     return [
+        _detection_crd(),
         _crd(
             "AgentDetectionProfile",
             "agentdetectionprofiles",

@@ -112,6 +112,27 @@ ProviderName = Annotated[
     _in(list(_CATALOG.providers), "provider"),
     Field(json_schema_extra={"enum": list(_CATALOG.providers)}),
 ]
+#: Providers with only per-customer endpoints (no catalog hostnames): listed bare they would
+#: detect nothing, so they are only accepted as a destination that names the endpoint.
+TENANT_ONLY = [n for n, p in _CATALOG.providers.items() if not p.hostnames and not p.any_address]
+_LISTABLE = [n for n in _CATALOG.providers if n not in TENANT_ONLY]
+
+
+def _listable(value: str) -> str:
+    if value in TENANT_ONLY:
+        raise ValueError(
+            f"{value} has per-customer endpoints: name yours under network.destinations "
+            f"with provider: {value} and hostnames"
+        )
+    return value
+
+
+ListableProviderName = Annotated[
+    str,
+    _in(list(_CATALOG.providers), "provider"),
+    AfterValidator(_listable),
+    Field(json_schema_extra={"enum": _LISTABLE}),
+]
 FilePresetName = Annotated[
     str,
     _in(list(_CATALOG.file_presets), "file preset"),
@@ -133,9 +154,17 @@ class Mode(StrEnum):
 
 
 class LabelSelectorRequirement(_Model):
-    key: Annotated[str, AfterValidator(_label_key), Field(min_length=1, max_length=317)]
-    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: Annotated[list[LabelValue], Field(max_length=64)] = []
+    """A label key, an operator and values, as in any Kubernetes label selector."""
+
+    key: Annotated[str, AfterValidator(_label_key), Field(min_length=1, max_length=317)] = Field(
+        description="The label key."
+    )
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="In and NotIn compare with values; Exists and DoesNotExist test the key only."
+    )
+    values: Annotated[list[LabelValue], Field(max_length=64)] = Field(
+        default_factory=list, description="Values for In and NotIn; empty for Exists and DoesNotExist."
+    )
 
     @model_validator(mode="after")
     def _values_fit_operator(self) -> LabelSelectorRequirement:
@@ -171,9 +200,13 @@ class LabelSelector(_Model):
     match_labels: Annotated[
         dict[Annotated[str, AfterValidator(_label_key)], LabelValue],
         Field(max_length=32, json_schema_extra={"maxProperties": 32}),
-    ] = Field(default_factory=dict, alias="matchLabels")
+    ] = Field(
+        default_factory=dict,
+        alias="matchLabels",
+        description="Labels that must all be present with these values.",
+    )
     match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=16)] = Field(
-        default_factory=list, alias="matchExpressions"
+        default_factory=list, alias="matchExpressions", description="Requirements that must all hold."
     )
 
     def selects_all(self) -> bool:
@@ -216,6 +249,13 @@ class Destination(_Model):
                 "give a provider, cidrs or hostnames",
                 reason="FieldValueRequired",
             ),
+            _cel(
+                "!has(self.provider) || !(self.provider in " + str(TENANT_ONLY) + ") || "
+                "(has(self.hostnames) && size(self.hostnames) > 0) || "
+                "(has(self.cidrs) && size(self.cidrs) > 0)",
+                "this provider has per-customer endpoints: give your hostnames (or cidrs)",
+                reason="FieldValueRequired",
+            ),
         )
     )
 
@@ -237,9 +277,16 @@ class Destination(_Model):
     def _has_target(self) -> Destination:
         if self.provider is None and not self.cidrs and not self.hostnames:
             raise ValueError("give a provider, cidrs or hostnames")
+        if self.provider in TENANT_ONLY and not self.hostnames and not self.cidrs:
+            raise ValueError(f"{self.provider} has per-customer endpoints: give your hostnames (or cidrs)")
         if self.provider is not None and self.hostnames:
-            suffixes = _CATALOG.providers[self.provider].tenant_suffixes
-            bad = [h for h in self.hostnames if suffixes and not h.endswith(suffixes)]
+            provider = _CATALOG.providers[self.provider]
+            suffixes = provider.tenant_suffixes
+            bad = [
+                h
+                for h in self.hostnames
+                if suffixes and h not in provider.hostnames and not h.endswith(suffixes)
+            ]
             if bad:
                 raise ValueError(
                     f"hostnames {bad} are not {self.provider} endpoints (they end in {', '.join(suffixes)})"
@@ -251,7 +298,7 @@ class Network(_Model):
     """Outbound TCP connections (Tetragon hook ``tcp_connect``)."""
 
     providers: Annotated[
-        list[ProviderName], Field(max_length=32, json_schema_extra={"x-kubernetes-list-type": "set"})
+        list[ListableProviderName], Field(max_length=32, json_schema_extra={"x-kubernetes-list-type": "set"})
     ] = Field(default_factory=list, description="Catalog providers to detect (observe only).")
     destinations: Annotated[
         list[Destination],
@@ -418,6 +465,58 @@ class ClusterProfileSpec(ProfileSpec):
     )
 
 
+# ---- detections ----------------------------------------------------------------------------
+
+
+class RuleDetection(_Model):
+    rule: str = Field(
+        description="The provider, destination or preset name; for a path or binary rule, its value."
+    )
+    hook: Literal["tcp_connect", "fd_install", "execve"]
+    count: int = Field(ge=0)
+    first_seen: str = Field(alias="firstSeen")
+    last_seen: str = Field(alias="lastSeen")
+    action: Literal["Observed", "Killed"] = Field(
+        description="Killed when an enforcing rule killed the process."
+    )
+    example: str = Field(
+        description="One occurrence: the binary and what it connected to, opened or executed."
+    )
+
+
+class DetectionSummary(_Model):
+    rules: int = Field(0, description="How many rules fired.")
+    targets: str = Field("", description="The rules that fired, comma-separated, e.g. 'openai, pinecone'.")
+    events: int = 0
+    last_seen: str | None = Field(None, alias="lastSeen")
+    action: Literal["Observed", "Killed"] = "Observed"
+
+
+class ObjectRef(_Model):
+    kind: str | None = None
+    namespace: str | None = None
+    name: str
+
+
+class PodDetectionSummary(_Model):
+    pod: str
+    namespace: str
+    workload: str = ""
+    targets: str = ""
+    events: int = 0
+    last_seen: str | None = Field(None, alias="lastSeen")
+
+
+class ProfileDetections(_Model):
+    """What pods matched by this profile were seen doing (the per-pod detail is in AgentDetections)."""
+
+    pods: int = Field(0, description="Pods with at least one detection.")
+    events: int = 0
+    last_detection: str | None = Field(None, alias="lastDetection")
+    by_pod: list[PodDetectionSummary] = Field(default_factory=list, alias="byPod")
+    truncated: bool = Field(False, description="byPod lists only the most recently active pods.")
+
+
 # ---- status --------------------------------------------------------------------------------
 
 
@@ -456,3 +555,17 @@ class ProfileStatus(_Model):
     resolved: list[ResolvedDestination] = Field(
         default_factory=list, description="Hostnames resolved into the network policy, with their addresses."
     )
+    detections: ProfileDetections | None = None
+
+
+class AgentDetection(_Model):
+    """One pod, one profile: what the pod was seen doing. Owned by the Pod, so it goes with it."""
+
+    api_version: Literal["agentdetect.io/v1alpha1"] = Field("agentdetect.io/v1alpha1", alias="apiVersion")
+    kind: Literal["AgentDetection"] = "AgentDetection"
+    metadata: dict[str, Any]
+    pod: ObjectRef
+    profile: ObjectRef
+    workload: str = ""
+    summary: DetectionSummary
+    detections: list[RuleDetection] = Field(default_factory=list)

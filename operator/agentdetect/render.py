@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -252,9 +253,9 @@ def policy_name(profile: Profile, target: Target, hook: str) -> str:
         [profile.kind, profile.namespace or "", profile.name, target.kind, target.namespace or "", hook]
     )
     digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
-    readable = profile.name
+    readable = profile.name.replace(".", "-")  # a DNS-subdomain profile name may have dots
     if target.namespace and target.namespace != profile.namespace:
-        readable = f"{profile.name}-{target.namespace}"
+        readable = f"{readable}-{target.namespace}"
     suffix = f"-{_HOOK_SHORT[hook]}-{digest}"
     return readable[: 63 - len(suffix)].rstrip("-.") + suffix
 
@@ -278,10 +279,18 @@ def spec_hash(labels: Mapping[str, str], spec: Mapping[str, Any]) -> str:
 # ---- the renderer --------------------------------------------------------------------------
 
 
+#: Characters YAML would not read back verbatim inside a double-quoted scalar: C1 controls and
+#: DEL (not printable in YAML), NEL/LS/PS (YAML line breaks, folded), BOM, non-characters and
+#: lone surrogates. JSON itself already escapes quotes, backslashes and C0 controls.
+_YAML_UNSAFE = re.compile("[\u007f-\u009f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
+
+
 def _json(value: Any) -> str:
-    # ASCII-only output: every non-ASCII or control character becomes a \u escape, which YAML
-    # reads back exactly, so no character in a value can act as YAML syntax.
-    return json.dumps(value, ensure_ascii=True, sort_keys=True)
+    """JSON is YAML, so a value emitted this way can never act as YAML syntax. Unicode stays as
+    is (a \\u-escaped astral character would come back as two lone surrogates); only the
+    characters YAML would alter are escaped."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 @functools.cache

@@ -75,8 +75,8 @@ def resolve_all(
             kept = before.addresses if before else ()
             out[host] = Resolution(kept, before.resolved_at if before else now, str(exc))
             continue
-        if before and before.addresses == addresses and before.error is None:
-            out[host] = before
+        if before and before.addresses == addresses:
+            out[host] = before if before.error is None else Resolution(addresses, before.resolved_at)
         else:
             out[host] = Resolution(addresses, now)
     return out
