@@ -8,6 +8,7 @@ from typing import Any, cast
 import kopf
 
 from agentdetect import catalog
+from agentdetect.detection_service import DetectionService
 from agentdetect.kube import POLICY_PLURALS, PROFILE_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
 from agentdetect.models import GROUP, VERSION
 from agentdetect.reconcile import Reconciler
@@ -33,9 +34,27 @@ def _needs_resolution(spec: Any, **_: Any) -> bool:
     return any(cat.providers.get(p) and cat.providers[p].hostnames for p in net.get("providers") or [])
 
 
-def build_registry(reconciler: Reconciler) -> kopf.OperatorRegistry:
+def build_registry(
+    reconciler: Reconciler, detection: DetectionService | None = None
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     config = reconciler.config
+
+    if detection is not None:
+
+        @kopf.on.startup(registry=registry)
+        def start_detection(**_: Any) -> None:
+            detection.start()
+
+        @kopf.on.cleanup(registry=registry)
+        def stop_detection(**_: Any) -> None:
+            detection.stop()
+
+        @kopf.on.event("", "v1", "pods", registry=registry)
+        def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+            """A deleted pod's detections are dropped from memory; its AgentDetections go by GC."""
+            if type == "DELETED":
+                detection.pod_deleted(body.metadata.namespace or "", body.metadata.name or "")
 
     def reconcile(body: kopf.Body) -> None:
         outcome = reconciler.reconcile(body)
@@ -72,6 +91,11 @@ def build_registry(reconciler: Reconciler) -> kopf.OperatorRegistry:
         def profile_event(type: str | None, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
             if type == "DELETED":
                 reconciler.forget(_kind, body.metadata.name or "", body.metadata.namespace)
+                if detection is not None:
+                    with detection.pipeline.lock:
+                        detection.pipeline.aggregator.forget_profile(
+                            (_kind, body.metadata.namespace, body.metadata.name or "")
+                        )
 
     for plural in POLICY_PLURALS.values():
 

@@ -145,6 +145,33 @@ class Cluster:
             if exc.status != 404:
                 raise
 
+    # ---- detections ------------------------------------------------------------------------
+
+    def apply_detection(self, doc: dict[str, Any], owner: dict[str, Any]) -> None:
+        """AgentDetection, owned by its Pod so it is garbage-collected with it."""
+        meta = doc["metadata"]
+        body = {**doc, "metadata": {**meta, "ownerReferences": [owner]}}
+        self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            "agentdetections",
+            meta["name"],
+            body,
+            field_manager=self.field_manager,
+            force=True,
+            _content_type=_APPLY,
+        )
+
+    def pod_uid(self, namespace: str, name: str) -> str | None:
+        try:
+            pod = self.core.read_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return pod.metadata.uid if pod.metadata else None
+
     # ---- profiles and namespaces -----------------------------------------------------------
 
     def get_profile(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:

@@ -20,7 +20,9 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agentdetect.detect import ProfileBoard
 from agentdetect.kube import Cluster, ObjectKey, key_of, owner_reference
+from agentdetect.match import ProfileState
 from agentdetect.models import ClusterProfileSpec, Mode, ProfileSpec, ResolvedDestination
 from agentdetect.render import (
     ANNOTATION_HASH,
@@ -50,6 +52,15 @@ class Config:
     resolve_interval: float = 300.0
     #: Retry delay while Tetragon is missing or the API server failed.
     retry_delay: float = 10.0
+    #: Follow Tetragon's event export and write AgentDetections.
+    detect: bool = False
+    tetragon_namespace: str = "kube-system"
+    tetragon_selector: str = "app.kubernetes.io/name=tetragon"
+    tetragon_container: str = "export-stdout"
+    #: At most one write per AgentDetection and one status patch per profile per interval.
+    flush_interval: float = 10.0
+    max_pods: int = 10_000
+    max_rules_per_pod: int = 64
 
 
 @dataclass
@@ -171,7 +182,7 @@ def resolved_status(profile: Profile, resolved: Mapping[str, Resolution]) -> lis
             name=owners.get(host, host),
             hostname=host,
             addresses=list(r.addresses),
-            resolvedAt=r.resolved_at,
+            resolved_at=r.resolved_at,
             error=r.error,
         ).dump()
         for host, r in sorted(resolved.items())
@@ -201,9 +212,12 @@ class Reconciler:
         cluster: Cluster,
         config: Config,
         emit: Callable[[dict[str, Any], str, str, str], None] | None = None,
+        board: ProfileBoard | None = None,
     ) -> None:
         self.cluster = cluster
         self.config = config
+        #: What each profile rendered (spec, targets, addresses): the event matcher reads it.
+        self.board = board or ProfileBoard()
         self.emit = emit or (lambda body, type_, reason, message: None)
         self._locks: dict[tuple[str, str | None, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -221,6 +235,7 @@ class Reconciler:
         """The profile is gone; its policies go with it by garbage collection."""
         if kind == "ClusterAgentDetectionProfile":
             self.cluster_selections.pop(name, None)
+        self.board.remove((kind, namespace, name))
         for key in [k for k, d in self.desired.items() if _owned_by(d, kind, name, namespace)]:
             del self.desired[key]
 
@@ -305,6 +320,7 @@ class Reconciler:
             else:
                 self.cluster_selections[profile.name] = (spec, {t.namespace for t in targets if t.namespace})
 
+        self.board.publish(ProfileState(profile, tuple(targets), dict(resolved)))
         refs = [
             {
                 "kind": d["kind"],

@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
+from agentdetect.detection_service import DetectionService
 from agentdetect.handlers import build_registry, emit_event, settings_for
 from agentdetect.kube import Cluster
 from agentdetect.reconcile import Config, Reconciler
@@ -30,9 +31,13 @@ def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
-def build(cfg: Config, kubeconfig: Path | None = None) -> tuple[Reconciler, kopf.OperatorRegistry]:
-    reconciler = Reconciler(Cluster(api_client(kubeconfig)), cfg, emit=emit_event)
-    registry = build_registry(reconciler)
+def build(
+    cfg: Config, kubeconfig: Path | None = None
+) -> tuple[Reconciler, kopf.OperatorRegistry, DetectionService | None]:
+    cluster = Cluster(api_client(kubeconfig))
+    reconciler = Reconciler(cluster, cfg, emit=emit_event)
+    detection = DetectionService(cluster, reconciler.board, cfg) if cfg.detect else None
+    registry = build_registry(reconciler, detection)
     kubeconfig_path = str(kubeconfig) if kubeconfig else None
 
     @kopf.on.login(registry=registry)
@@ -43,7 +48,7 @@ def build(cfg: Config, kubeconfig: Path | None = None) -> tuple[Reconciler, kopf
             os.environ["KUBECONFIG"] = kubeconfig_path
         return kopf.login_with_kubeconfig(**kwargs)
 
-    return reconciler, registry
+    return reconciler, registry, detection
 
 
 async def serve(
@@ -54,7 +59,7 @@ async def serve(
     ready_flag: Any = None,
     liveness_endpoint: str | None = None,
 ) -> None:
-    _, registry = build(cfg, kubeconfig)
+    _, registry, _ = build(cfg, kubeconfig)
     await kopf.operator(
         registry=registry,
         settings=settings_for(),

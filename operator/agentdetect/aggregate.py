@@ -1,0 +1,113 @@
+"""Per (profile, pod): per rule, a count, first and last seen, the action, and one example.
+
+Memory is bounded by design: at most ``max_pods`` (profile, pod) entries and
+``max_rules_per_pod`` rules each; events beyond the caps are counted, not stored, and a
+deleted pod's state is dropped. Entries changed since the last flush are tracked so the
+writer touches only those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from agentdetect.events import Event
+from agentdetect.match import Match, ProfileKey
+
+PodKey = tuple[ProfileKey, str, str]  # (profile, pod namespace, pod name)
+
+
+@dataclass(slots=True)
+class RuleStats:
+    hook: str
+    count: int
+    first: str
+    last: str
+    killed: int
+    example_binary: str
+    example_target: str
+
+    @property
+    def action(self) -> str:
+        return "Killed" if self.killed else "Observed"
+
+
+@dataclass(slots=True)
+class PodDetections:
+    workload: str
+    rules: dict[str, RuleStats] = field(default_factory=dict)
+    events: int = 0
+    last: str = ""
+    dropped_rules: int = 0
+
+
+@dataclass
+class AggregateStats:
+    dropped_over_pod_cap: int = 0
+    dropped_over_rule_cap: int = 0
+    pods_forgotten: int = 0
+
+
+class Aggregator:
+    def __init__(self, max_pods: int = 10_000, max_rules_per_pod: int = 64) -> None:
+        self.max_pods = max_pods
+        self.max_rules_per_pod = max_rules_per_pod
+        self.pods: dict[PodKey, PodDetections] = {}
+        self.dirty: set[PodKey] = set()
+        self.stats = AggregateStats()
+
+    def add(self, event: Event, match: Match) -> None:
+        key = (match.profile, event.namespace, event.pod)
+        pod = self.pods.get(key)
+        if pod is None:
+            if len(self.pods) >= self.max_pods:
+                self.stats.dropped_over_pod_cap += 1
+                return
+            pod = self.pods[key] = PodDetections(event.workload)
+        rule = pod.rules.get(match.rule)
+        if rule is None:
+            if len(pod.rules) >= self.max_rules_per_pod:
+                pod.dropped_rules += 1
+                self.stats.dropped_over_rule_cap += 1
+                return
+            pod.rules[match.rule] = RuleStats(
+                event.hook, 1, event.time, event.time, int(event.killed), event.binary, event.target
+            )
+        else:
+            rule.count += 1
+            # Streams from several nodes interleave: keep the true first and last.
+            if event.time < rule.first:
+                rule.first = event.time
+            if event.time > rule.last:
+                rule.last = event.time
+            if event.killed:
+                rule.killed += 1
+        pod.events += 1
+        if event.time > pod.last:
+            pod.last = event.time
+        self.dirty.add(key)
+
+    def forget_pod(self, namespace: str, name: str) -> int:
+        """The pod is gone: drop its state for every profile."""
+        keys = [k for k in self.pods if k[1] == namespace and k[2] == name]
+        for k in keys:
+            del self.pods[k]
+            self.dirty.discard(k)
+        self.stats.pods_forgotten += len(keys)
+        return len(keys)
+
+    def forget_profile(self, profile: ProfileKey) -> None:
+        for k in [k for k in self.pods if k[0] == profile]:
+            del self.pods[k]
+            self.dirty.discard(k)
+
+    def take_dirty(self) -> list[PodKey]:
+        keys = sorted(self.dirty, key=lambda k: (k[0][0], k[0][1] or "", k[0][2], k[1], k[2]))
+        self.dirty.clear()
+        return keys
+
+    def by_profile(self) -> Iterator[tuple[ProfileKey, list[tuple[PodKey, PodDetections]]]]:
+        grouped: dict[ProfileKey, list[tuple[PodKey, PodDetections]]] = {}
+        for key, pod in self.pods.items():
+            grouped.setdefault(key[0], []).append((key, pod))
+        yield from grouped.items()

@@ -1,0 +1,84 @@
+"""The event pipeline: lines in, per-pod detections aggregated. No I/O here.
+
+The profiles it matches against come from a :class:`ProfileBoard` that the reconciler keeps
+current (spec, targets, resolved addresses: exactly what was rendered), so a detection always
+names the rule of the policy that produced it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from agentdetect.aggregate import Aggregator
+from agentdetect.events import ParseStats, parse_line
+from agentdetect.match import Matcher, ProfileKey, ProfileState
+
+
+class ProfileBoard:
+    """Thread-safe: the reconciler writes, the pipeline reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[ProfileKey, ProfileState] = {}
+        self.version = 0
+
+    def publish(self, state: ProfileState) -> None:
+        p = state.profile
+        key = (p.kind, p.namespace, p.name)
+        with self._lock:
+            if self._states.get(key) != state:
+                self._states[key] = state
+                self.version += 1
+
+    def remove(self, key: ProfileKey) -> None:
+        with self._lock:
+            if self._states.pop(key, None) is not None:
+                self.version += 1
+
+    def snapshot(self) -> tuple[int, list[ProfileState]]:
+        with self._lock:
+            return self.version, list(self._states.values())
+
+
+class Pipeline:
+    def __init__(self, board: ProfileBoard, aggregator: Aggregator | None = None) -> None:
+        self.board = board
+        self.aggregator = aggregator or Aggregator()
+        self.stats = ParseStats()
+        self.lock = threading.Lock()  # held while feeding and while a writer takes a snapshot
+        self._version = -1
+        self._matcher = Matcher([])
+
+    def _current_matcher(self) -> Matcher:
+        if self.board.version != self._version:
+            self._version, states = self.board.snapshot()
+            unmatched = self._matcher.unmatched
+            self._matcher = Matcher(states)
+            self._matcher.unmatched = unmatched
+        return self._matcher
+
+    @property
+    def unmatched(self) -> int:
+        return self._matcher.unmatched
+
+    def feed(self, line: bytes | str) -> None:
+        with self.lock:
+            event = parse_line(line, self.stats)
+            if event is None:
+                return
+            match = self._current_matcher().match(event)
+            if match is not None:
+                self.aggregator.add(event, match)
+
+    def feed_many(self, lines: Iterable[bytes | str]) -> None:
+        """The hot loop for files and benchmarks: one lock and one matcher check per batch."""
+        with self.lock:
+            matcher = self._current_matcher()
+            stats, add, match = self.stats, self.aggregator.add, matcher.match
+            for line in lines:
+                event = parse_line(line, stats)
+                if event is not None:
+                    m = match(event)
+                    if m is not None:
+                        add(event, m)

@@ -1,0 +1,191 @@
+"""Aggregated detections out to Kubernetes: AgentDetection objects and profile status.
+
+Writes are coalesced: :meth:`DetectionWriter.flush` runs once per flush interval, writes only
+the (profile, pod) entries that changed since the last flush, skips any whose content is what
+was last written, and patches each affected profile's status at most once. So the number of
+API writes depends on how many pods were active, never on how many events arrived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import orjson
+from kubernetes.client.exceptions import ApiException
+
+from agentdetect.aggregate import PodDetections, PodKey
+from agentdetect.detect import Pipeline
+from agentdetect.kube import Cluster
+from agentdetect.match import ProfileKey
+from agentdetect.models import (
+    AgentDetection,
+    DetectionSummary,
+    ObjectRef,
+    PodDetectionSummary,
+    ProfileDetections,
+    RuleDetection,
+)
+
+log = logging.getLogger(__name__)
+_KIND_SHORT = {"AgentDetectionProfile": "adp", "ClusterAgentDetectionProfile": "cadp"}
+
+
+def detection_name(key: PodKey) -> str:
+    (kind, pns, pname), _, pod = key
+    digest = hashlib.sha256(f"{kind}/{pns or ''}/{pname}/{key[1]}/{pod}".encode()).hexdigest()[:6]
+    base = f"{pod}.{_KIND_SHORT[kind]}-{pname}"
+    return f"{base[: 253 - 7].rstrip('-.')}-{digest}"
+
+
+def _example(binary: str, target: str, hook: str) -> str:
+    verb = {"tcp_connect": "connected to", "fd_install": "opened", "execve": "executed"}[hook]
+    return f"{binary} {verb} {target}"[:512]
+
+
+def detection_object(key: PodKey, pod: PodDetections) -> AgentDetection:
+    (kind, pns, pname), namespace, name = key
+    rules = sorted(pod.rules.items(), key=lambda kv: (-kv[1].count, kv[0]))
+    return AgentDetection(
+        metadata={
+            "name": detection_name(key),
+            "namespace": namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": "agentdetect",
+                "agentdetect.io/profile-kind": kind,
+                "agentdetect.io/profile-name": pname,
+                **({"agentdetect.io/profile-namespace": pns} if pns else {}),
+                "agentdetect.io/pod": name[:63].rstrip("-._"),
+            },
+        },
+        pod=ObjectRef(kind="Pod", namespace=namespace, name=name),
+        profile=ObjectRef(kind=kind, namespace=pns, name=pname),
+        workload=pod.workload,
+        summary=DetectionSummary(
+            rules=len(rules),
+            targets=", ".join(r for r, _ in rules)[:1024],
+            events=pod.events,
+            last_seen=pod.last or None,
+            action="Killed" if any(s.killed for _, s in rules) else "Observed",
+        ),
+        detections=[
+            RuleDetection.model_validate(
+                {
+                    "rule": r,
+                    "hook": s.hook,
+                    "count": s.count,
+                    "firstSeen": s.first,
+                    "lastSeen": s.last,
+                    "action": s.action,
+                    "example": _example(s.example_binary, s.example_target, s.hook),
+                }
+            )
+            for r, s in rules
+        ],
+    )
+
+
+def profile_detections(pods: list[tuple[PodKey, PodDetections]], cap: int) -> ProfileDetections:
+    """The profile-level summary; the per-pod list keeps the ``cap`` most recently active pods."""
+    recent = sorted(pods, key=lambda kp: kp[1].last, reverse=True)
+    return ProfileDetections(
+        pods=len(pods),
+        events=sum(p.events for _, p in pods),
+        last_detection=recent[0][1].last if recent else None,
+        by_pod=[
+            PodDetectionSummary(
+                pod=k[2],
+                namespace=k[1],
+                workload=p.workload,
+                targets=", ".join(sorted(p.rules))[:256],
+                events=p.events,
+                last_seen=p.last or None,
+            )
+            for k, p in recent[:cap]
+        ],
+        truncated=len(recent) > cap,
+    )
+
+
+@dataclass
+class FlushResult:
+    detections_written: int = 0
+    statuses_written: int = 0
+    pods_gone: int = 0
+
+    @property
+    def writes(self) -> int:
+        return self.detections_written + self.statuses_written
+
+
+class DetectionWriter:
+    def __init__(self, cluster: Cluster, pipeline: Pipeline, max_status_pods: int = 50) -> None:
+        self.cluster = cluster
+        self.pipeline = pipeline
+        self.max_status_pods = max_status_pods
+        self._written: dict[PodKey, bytes] = {}
+        self._status_written: dict[ProfileKey, bytes] = {}
+        self._pod_uids: dict[tuple[str, str], str] = {}
+        self.total_writes = 0
+
+    def flush(self) -> FlushResult:
+        result = FlushResult()
+        agg = self.pipeline.aggregator
+        with self.pipeline.lock:
+            keys = agg.take_dirty()
+            docs = {k: detection_object(k, agg.pods[k]) for k in keys if k in agg.pods}
+        for key, obj in docs.items():
+            body = obj.dump()
+            digest = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+            if self._written.get(key) == digest:
+                continue
+            uid = self._pod_uid(key[1], key[2])
+            if uid is None:
+                with self.pipeline.lock:
+                    agg.forget_pod(key[1], key[2])
+                self._written.pop(key, None)
+                result.pods_gone += 1
+                continue
+            try:
+                self.cluster.apply_detection(
+                    body, {"apiVersion": "v1", "kind": "Pod", "name": key[2], "uid": uid}
+                )
+            except ApiException as exc:
+                log.warning(
+                    "could not write AgentDetection %s/%s: %s", key[1], body["metadata"]["name"], exc.reason
+                )
+                with self.pipeline.lock:
+                    agg.dirty.add(key)  # try again next flush
+                continue
+            self._written[key] = digest
+            result.detections_written += 1
+        for profile in sorted({k[0] for k in keys}, key=str):
+            with self.pipeline.lock:
+                pods = [(k, p) for k, p in agg.pods.items() if k[0] == profile]
+                summary = profile_detections(pods, self.max_status_pods).dump()
+            digest = orjson.dumps(summary, option=orjson.OPT_SORT_KEYS)
+            if self._status_written.get(profile) == digest:
+                continue
+            kind, namespace, name = profile
+            self.cluster.patch_status(kind, name, namespace, {"detections": summary})
+            self._status_written[profile] = digest
+            result.statuses_written += 1
+        self.total_writes += result.writes
+        return result
+
+    def _pod_uid(self, namespace: str, name: str) -> str | None:
+        uid = self._pod_uids.get((namespace, name))
+        if uid is None:
+            uid = self.cluster.pod_uid(namespace, name)
+            if uid is None:
+                return None
+            if len(self._pod_uids) > 100_000:
+                self._pod_uids.clear()
+            self._pod_uids[(namespace, name)] = uid
+        return uid
+
+    def forget_pod(self, namespace: str, name: str) -> None:
+        self._pod_uids.pop((namespace, name), None)
+        for key in [k for k in self._written if k[1] == namespace and k[2] == name]:
+            del self._written[key]

@@ -1,0 +1,138 @@
+"""Events in Tetragon's JSON export format, for tests, benchmarks and the local demo.
+
+The shape follows what Tetragon exports for ``process_kprobe`` events: a ``process`` with
+its ``pod`` (namespace, name, container, ``pod_labels``, ``workload``), the hooked
+``function_name``, typed ``args`` (``sock_arg``, ``int_arg``/``file_arg``, ``string_arg``),
+the ``action`` taken and the ``policy_name``; ``node_name`` and ``time`` at the top level.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+_FUNCTION = {"tcp_connect": "tcp_connect", "fd_install": "fd_install", "execve": "sys_execve"}
+
+
+def kprobe_event(
+    *,
+    hook: str,
+    policy: str,
+    namespace: str,
+    pod: str,
+    target: str,
+    port: int = 443,
+    binary: str = "/usr/bin/python3",
+    workload: str | None = None,
+    labels: dict[str, str] | None = None,
+    killed: bool = False,
+    time: str = "2026-11-23T12:00:00.000000000Z",
+    node: str = "node-1",
+    pid: int = 4242,
+) -> dict[str, Any]:
+    if hook == "tcp_connect":
+        family = "AF_INET6" if ":" in target else "AF_INET"
+        args: list[dict[str, Any]] = [
+            {
+                "sock_arg": {
+                    "family": family,
+                    "type": "SOCK_STREAM",
+                    "protocol": "IPPROTO_TCP",
+                    "saddr": "10.244.1.17",
+                    "daddr": target,
+                    "sport": 40000 + pid % 20000,
+                    "dport": port,
+                    "cookie": str(18446744071698713344 + pid),
+                    "state": "TCP_SYN_SENT",
+                }
+            }
+        ]
+    elif hook == "fd_install":
+        args = [{"int_arg": 3}, {"file_arg": {"path": target, "permission": "-rw-r-----"}}]
+    else:
+        args = [{"string_arg": target}]
+    exec_id = base64.b64encode(f"{node}:{pid}:{pod}".encode()).decode()
+    action = "KPROBE_ACTION_SIGKILL" if killed else "KPROBE_ACTION_POST"
+    return {
+        "process_kprobe": {
+            "process": {
+                "exec_id": exec_id,
+                "pid": pid,
+                "uid": 1000,
+                "cwd": "/app",
+                "binary": binary,
+                "arguments": "main.py",
+                "flags": "execve clone",
+                "start_time": time,
+                "auid": 4294967295,
+                "pod": {
+                    "namespace": namespace,
+                    "name": pod,
+                    "container": {
+                        "id": f"containerd://{exec_id[:32]}",
+                        "name": "app",
+                        "image": {
+                            "id": "registry.example.com/app@sha256:0",
+                            "name": "registry.example.com/app:1",
+                        },
+                        "start_time": time,
+                        "pid": 1,
+                    },
+                    "pod_labels": labels or {"app": workload or pod},
+                    "workload": workload or pod.rsplit("-", 2)[0],
+                    "workload_kind": "Deployment",
+                },
+                "docker": exec_id[:31],
+                "parent_exec_id": exec_id,
+                "refcnt": 1,
+                "tid": pid,
+            },
+            "parent": {"exec_id": exec_id, "pid": 1, "binary": "/bin/sh", "flags": "execve"},
+            "function_name": _FUNCTION[hook],
+            "args": args,
+            "action": action,
+            "policy_name": policy,
+            "return_action": action,
+        },
+        "node_name": node,
+        "time": time,
+    }
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A policy and what its hook sees: targets are (address, port), paths or file names."""
+
+    policy: str
+    hook: str
+    namespace: str
+    targets: tuple[tuple[str, int], ...]
+
+
+def stream(scenarios: list[Scenario], pods: int, count: int, seed: int = 7) -> Iterator[bytes]:
+    """``count`` event lines over ``pods`` pods per namespace, the scenarios mixed at random."""
+    rng = random.Random(seed)
+    start = datetime.datetime(2026, 11, 23, 12, 0, 0, tzinfo=datetime.UTC)
+    for i in range(count):
+        sc = scenarios[rng.randrange(len(scenarios))]
+        target, port = sc.targets[rng.randrange(len(sc.targets))]
+        p = rng.randrange(pods)
+        ts = (start + datetime.timedelta(microseconds=i * 10)).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+        yield orjson.dumps(
+            kprobe_event(
+                hook=sc.hook,
+                policy=sc.policy,
+                namespace=sc.namespace,
+                pod=f"app-{p % 50}-{p:05d}",
+                target=target,
+                port=port,
+                time=ts,
+                pid=1000 + p,
+            )
+        )

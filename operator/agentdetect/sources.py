@@ -1,0 +1,219 @@
+"""Where Tetragon's events come from: a file or standard input, or the export-stdout container
+of every Tetragon pod, followed through the Kubernetes API.
+
+Following logs is at-least-once by nature (a dropped stream is reopened with a since-time
+of whole seconds), so each line carries the kubelet's nanosecond timestamp and a follower
+drops anything at or before the last line it delivered. That makes delivery exactly-once
+across reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+Sink = Callable[[bytes], None]
+
+
+def file_lines(path: str) -> Iterator[bytes]:
+    """Lines of a file, or of standard input for ``-``."""
+    stream = sys.stdin.buffer if path == "-" else Path(path).open("rb")  # noqa: SIM115
+    try:
+        yield from stream
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def parse_timestamp(stamp: bytes) -> int:
+    """RFC 3339 with up to nanoseconds (as the kubelet writes it) to integer nanoseconds."""
+    text = stamp.decode()
+    main, _, frac = text.rstrip("Z").partition(".")
+    seconds = datetime.datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC).timestamp()
+    nanos = int((frac + "000000000")[:9]) if frac else 0
+    return int(seconds) * 1_000_000_000 + nanos
+
+
+@dataclass
+class StreamState:
+    """Per Tetragon pod: where delivery stands, so a reconnect neither loses nor repeats."""
+
+    last_ns: int = -1
+    #: Lines delivered with timestamp ``last_ns`` (equal timestamps are possible).
+    at_last: set[int] = field(default_factory=set)
+    reconnects: int = 0
+    lines: int = 0
+    duplicates_dropped: int = 0
+
+    def admit(self, stamp_ns: int, payload: bytes) -> bool:
+        if stamp_ns < self.last_ns:
+            self.duplicates_dropped += 1
+            return False
+        digest = hash(payload)
+        if stamp_ns == self.last_ns:
+            if digest in self.at_last:
+                self.duplicates_dropped += 1
+                return False
+            self.at_last.add(digest)
+        else:
+            self.last_ns = stamp_ns
+            self.at_last = {digest}
+        self.lines += 1
+        return True
+
+    def since_seconds(self, now_ns: int) -> int | None:
+        if self.last_ns < 0:
+            return None
+        # Whole seconds, rounded up so the reopened stream starts at or before the last line.
+        return max(1, (now_ns - self.last_ns) // 1_000_000_000 + 1)
+
+
+class TetragonLogSource:
+    """Follows the ``export-stdout`` container of each Tetragon pod, one thread per pod,
+    picking up pods as they come and dropping those that go."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        sink: Sink,
+        namespace: str = "kube-system",
+        label_selector: str = "app.kubernetes.io/name=tetragon",
+        container: str = "export-stdout",
+        rediscover_every: float = 5.0,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.sink = sink
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.container = container
+        self.rediscover_every = rediscover_every
+        self.retry_delay = retry_delay
+        self.states: dict[str, StreamState] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._gone: set[str] = set()
+        self._stop = threading.Event()
+        self._responses: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> TetragonLogSource:
+        self._discoverer = threading.Thread(target=self._discover_loop, name="tetragon-discover", daemon=True)
+        self._discoverer.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            responses = list(self._responses.values())
+        for resp in responses:
+            with contextlib.suppress(Exception):  # closing a dead connection may fail in many ways
+                resp.close()
+        for t in list(self._threads.values()):
+            t.join(5)
+        self._discoverer.join(5)
+
+    @property
+    def reconnects(self) -> int:
+        return sum(s.reconnects for s in self.states.values())
+
+    def drop_connection(self, pod: str) -> None:
+        """Close one pod's stream as a network failure would (used by tests)."""
+        with self._lock:
+            resp = self._responses.get(pod)
+        if resp is not None:
+            resp.close()
+
+    # ---- pods --------------------------------------------------------------------------------
+
+    def _discover_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.label_selector).items
+                live: set[str] = {
+                    p.metadata.name
+                    for p in pods
+                    if p.metadata and p.metadata.name and p.status and p.status.phase == "Running"
+                }
+                with self._lock:
+                    for name in live - set(self._threads):
+                        self.states.setdefault(name, StreamState())
+                        t = threading.Thread(
+                            target=self._follow, args=(name,), name=f"tetragon-log-{name}", daemon=True
+                        )
+                        self._threads[name] = t
+                        t.start()
+                    self._gone = set(self._threads) - live
+            except ApiException as exc:
+                log.warning("listing Tetragon pods in %s failed: %s", self.namespace, exc.reason)
+            except Exception:  # keep discovering whatever the transport did
+                log.exception("listing Tetragon pods failed")
+            self._stop.wait(self.rediscover_every)
+
+    def _follow(self, pod: str) -> None:
+        state = self.states[pod]
+        first = True
+        while not self._stop.is_set():
+            with self._lock:
+                if pod in self._gone:
+                    self._threads.pop(pod, None)
+                    self._gone.discard(pod)
+                    return
+            if not first:
+                state.reconnects += 1
+            first = False
+            try:
+                since = state.since_seconds(time.time_ns())
+                resp = self.core.read_namespaced_pod_log(
+                    pod,
+                    self.namespace,
+                    container=self.container,
+                    follow=True,
+                    timestamps=True,
+                    since_seconds=since,
+                    _preload_content=False,
+                )
+                with self._lock:
+                    self._responses[pod] = resp
+                self._pump(resp, state)
+            except ApiException as exc:
+                if exc.status == 404:
+                    log.info("Tetragon pod %s is gone", pod)
+                else:
+                    log.warning("log stream of %s failed: %s", pod, exc.reason)
+            except Exception as exc:  # a dropped connection surfaces in many types
+                if not self._stop.is_set():
+                    log.info("log stream of %s dropped (%s); reconnecting", pod, type(exc).__name__)
+            finally:
+                with self._lock:
+                    self._responses.pop(pod, None)
+            self._stop.wait(self.retry_delay)
+
+    def _pump(self, resp: Any, state: StreamState) -> None:
+        buffer = b""
+        for chunk in resp.stream(64 * 1024):
+            if self._stop.is_set():
+                return
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                stamp, _, payload = line.partition(b" ")
+                try:
+                    stamp_ns = parse_timestamp(stamp)
+                except ValueError:
+                    continue  # not a timestamped line: kubelet always prefixes with timestamps=true
+                if payload and state.admit(stamp_ns, payload):
+                    self.sink(payload)
