@@ -70,6 +70,20 @@ def test_profile_renders_owned_policies_and_reports_them(
     assert resolved["api.openai.com"]["addresses"] == ["104.18.6.192", "2606:4700::6812:6c0"]
     assert resolved["api.openai.com"]["name"] == "openai"
 
+    def applied_event() -> list[Any]:
+        events = (
+            client.CoreV1Api(api)
+            .list_namespaced_event(
+                namespace,
+                field_selector="involvedObject.kind=AgentDetectionProfile,involvedObject.name=chatbot",
+            )
+            .items
+        )
+        return [e for e in events if e.reason == "Applied" and e.type == "Normal"]
+
+    (event,) = eventually(applied_event, what="an Applied Event on the profile")
+    assert event.message == "3 policies applied"
+
 
 def test_update_prunes_and_delete_collects(
     control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
