@@ -58,8 +58,10 @@ async def serve(
     stop_flag: Any = None,
     ready_flag: Any = None,
     liveness_endpoint: str | None = None,
+    registry: kopf.OperatorRegistry | None = None,
 ) -> None:
-    _, registry, _ = build(cfg, kubeconfig)
+    if registry is None:
+        _, registry, _ = build(cfg, kubeconfig)
     await kopf.operator(
         registry=registry,
         settings=settings_for(),
@@ -83,10 +85,18 @@ class OperatorThread:
         self.stop_flag = threading.Event()
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
+        self.reconciler: Reconciler | None = None
+        self.detection: DetectionService | None = None
 
     def _run(self) -> None:
         try:
-            asyncio.run(serve(self.cfg, self.kubeconfig, self.namespaces, self.stop_flag, self.ready))
+            # Built per start, as a new process would: a restart keeps nothing in memory.
+            self.reconciler, registry, self.detection = build(self.cfg, self.kubeconfig)
+            asyncio.run(
+                serve(
+                    self.cfg, self.kubeconfig, self.namespaces, self.stop_flag, self.ready, registry=registry
+                )
+            )
         except BaseException as exc:  # surfaced by start()/stop(), not lost in a thread
             self.error = exc
             self.ready.set()

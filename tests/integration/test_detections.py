@@ -1,0 +1,188 @@
+"""Detections end to end against the real API server: events in, AgentDetections and profile
+status out, coalesced writes, garbage collection with the pod, and what kubectl shows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from kubernetes import client
+
+from agentdetect.controlplane import ControlPlane
+from agentdetect.reconcile import Config
+from agentdetect.resolve import StaticResolver
+from agentdetect.runner import OperatorThread
+from agentdetect.samples import kprobe_event
+from tests.integration.conftest import TEST_HOSTS
+from tests.integration.helpers import gone, wait_condition
+from tests.waiting import eventually
+
+PROFILE = """
+apiVersion: agentdetect.io/v1alpha1
+kind: AgentDetectionProfile
+metadata: {{name: chatbot, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: chatbot}}}}
+  network: {{providers: [openai, anthropic]}}
+  files: {{presets: [serviceaccount-token]}}
+  processes: {{presets: [shells]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def detecting_operator(
+    control_plane: ControlPlane, profile_crds: list[str], policy_kinds: bool
+) -> Iterator[OperatorThread]:
+    """An operator with detection on; events are fed straight into its pipeline here (the
+    Tetragon log source is exercised separately, with kwok as the node)."""
+    cfg = Config(resolver=StaticResolver(TEST_HOSTS), detect=True, flush_interval=0.5, retry_delay=1.0)
+    op = OperatorThread(cfg, control_plane.kubeconfig)
+    op.start()
+    assert op.detection is not None and op.detection.source is not None
+    op.detection.source.stop()  # no Tetragon DaemonSet in this control plane
+    yield op
+    op.stop()
+
+
+def _pod(api: Any, namespace: str, name: str) -> str:
+    core = client.CoreV1Api(api)
+    if gone(lambda: core.read_namespaced_service_account("default", namespace)):
+        # No serviceaccount controller runs in the test control plane.
+        core.create_namespaced_service_account(
+            namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="default"))
+        )
+    pod = core.create_namespaced_pod(
+        namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name=name, labels={"app": "chatbot"}),
+            spec=client.V1PodSpec(
+                containers=[client.V1Container(name="app", image="registry.example.com/app:1")]
+            ),
+        ),
+    )
+    assert pod.metadata is not None and pod.metadata.uid
+    return pod.metadata.uid
+
+
+def _detections(api: Any, namespace: str) -> list[dict[str, Any]]:
+    resp = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "agentdetect.io", "v1alpha1", namespace, "agentdetections"
+    )
+    assert isinstance(resp, dict)
+    return list(resp["items"])
+
+
+def test_events_become_agentdetections_and_profile_status(
+    control_plane: ControlPlane, api: Any, detecting_operator: OperatorThread, namespace: str
+) -> None:
+    op = detecting_operator
+    service = op.detection
+    assert service is not None
+    control_plane.kubectl("apply", "-f", "-", input=PROFILE.format(ns=namespace))
+    status = wait_condition(api, "chatbot", namespace, "Applied")["status"]
+    policy = {p["hook"]: p["name"] for p in status["policies"]}
+    uid = _pod(api, namespace, "chatbot-1")
+    _pod(api, namespace, "chatbot-2")
+
+    def feed(pod: str, hook: str, target: str, port: int = 443, n: int = 1, second: int = 0) -> None:
+        for i in range(n):
+            service.pipeline.feed(
+                orjson.dumps(
+                    kprobe_event(
+                        hook=hook,
+                        policy=policy[hook],
+                        namespace=namespace,
+                        pod=pod,
+                        target=target,
+                        port=port,
+                        binary="/usr/bin/python3",
+                        workload="chatbot",
+                        time=f"2026-11-23T12:00:{second:02d}.{i:09d}Z",
+                    )
+                )
+            )
+
+    feed("chatbot-1", "tcp_connect", "104.18.6.192", n=5)
+    feed("chatbot-1", "fd_install", "/var/run/secrets/kubernetes.io/serviceaccount/token", n=2, second=1)
+    feed("chatbot-2", "execve", "/bin/sh", n=3, second=2)
+    feed("chatbot-2", "tcp_connect", "8.8.8.8")  # no rule for it: not a detection
+
+    items = eventually(
+        lambda: (lambda d: d if len(d) == 2 else None)(_detections(api, namespace)),
+        what="two AgentDetections",
+    )
+    by_pod = {d["pod"]["name"]: d for d in items}
+    one = by_pod["chatbot-1"]
+    assert one["summary"] == {
+        "rules": 2,
+        "targets": "openai, serviceaccount-token",
+        "events": 7,
+        "lastSeen": "2026-11-23T12:00:01.000000001Z",
+        "action": "Observed",
+    }
+    assert one["profile"] == {"kind": "AgentDetectionProfile", "namespace": namespace, "name": "chatbot"}
+    (owner,) = one["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", "chatbot-1", uid)
+    openai = next(r for r in one["detections"] if r["rule"] == "openai")
+    assert openai["count"] == 5 and openai["hook"] == "tcp_connect"
+    assert openai["example"] == "/usr/bin/python3 connected to 104.18.6.192"
+
+    def summary() -> dict[str, Any] | None:
+        got = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            "agentdetect.io", "v1alpha1", namespace, "agentdetectionprofiles", "chatbot"
+        )
+        assert isinstance(got, dict)
+        det = got.get("status", {}).get("detections")
+        return det if det and det["events"] == 10 else None
+
+    det = eventually(summary, what="profile status with the detections summary")
+    assert det["pods"] == 2 and det["truncated"] is False
+    assert {p["pod"] for p in det["byPod"]} == {"chatbot-1", "chatbot-2"}
+
+    rows = control_plane.kubectl("get", "agentdetections", "-A").stdout.splitlines()
+    assert rows[0].split() == [
+        "NAMESPACE",
+        "NAME",
+        "POD",
+        "PROFILE",
+        "RULES",
+        "TARGETS",
+        "EVENTS",
+        "LAST",
+        "SEEN",
+        "ACTION",
+    ]
+    line = next(r for r in rows if " chatbot-1 " in r)
+    assert "openai, serviceaccount-token" in line and line.split()[-1] == "Observed"
+    assert " chatbot " in line and line.split()[0] == namespace
+
+    # Coalescing: a burst of 2,000 events costs the same writes as one event would.
+    writes_before = service.writer.total_writes
+    feed("chatbot-1", "tcp_connect", "160.79.104.10", n=2000, second=3)
+    eventually(
+        lambda: (
+            next(d for d in _detections(api, namespace) if d["pod"]["name"] == "chatbot-1")["summary"][
+                "events"
+            ]
+            == 2007
+        ),
+        what="the burst counted",
+    )
+    eventually(
+        lambda: service.writer.total_writes - writes_before == 2,
+        timeout=5,
+        what="one AgentDetection write and one status patch for the burst",
+    )
+
+    # The pod goes: its AgentDetection is garbage-collected, its state dropped from memory.
+    client.CoreV1Api(api).delete_namespaced_pod("chatbot-1", namespace)
+    eventually(
+        lambda: [d["pod"]["name"] for d in _detections(api, namespace)] == ["chatbot-2"],
+        what="AgentDetection collected with its pod",
+    )
+    eventually(
+        lambda: not any(k[2] == "chatbot-1" for k in service.pipeline.aggregator.pods),
+        what="pod state forgotten",
+    )
