@@ -57,6 +57,7 @@ class Aggregator:
         self.stats = AggregateStats()
 
     def add(self, event: Event, match: Match) -> None:
+        time = event.time
         key = (match.profile, event.namespace, event.pod)
         pod = self.pods.get(key)
         if pod is None:
@@ -71,20 +72,20 @@ class Aggregator:
                 self.stats.dropped_over_rule_cap += 1
                 return
             pod.rules[match.rule] = RuleStats(
-                event.hook, 1, event.time, event.time, int(event.killed), event.binary, event.target
+                event.hook, 1, time, time, int(event.killed), event.binary, event.target
             )
         else:
             rule.count += 1
             # Streams from several nodes interleave: keep the true first and last.
-            if event.time < rule.first:
-                rule.first = event.time
-            if event.time > rule.last:
-                rule.last = event.time
+            if time > rule.last:
+                rule.last = time
+            elif time < rule.first:
+                rule.first = time
             if event.killed:
                 rule.killed += 1
         pod.events += 1
-        if event.time > pod.last:
-            pod.last = event.time
+        if time > pod.last:
+            pod.last = time
         self.dirty.add(key)
 
     def forget_pod(self, namespace: str, name: str) -> int:

@@ -141,7 +141,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from agentdetect.aggregate import Aggregator
-    from agentdetect.detect import Pipeline, ProfileBoard
+    from agentdetect.detect import Pipeline, ProfileBoard, tune_gc
     from agentdetect.detections import detection_object
     from agentdetect.match import ProfileState
     from agentdetect.sources import file_lines
@@ -157,6 +157,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         resolved = resolve_all(hostnames_of(profile.spec), resolver, {}, now_rfc3339())
         board.publish(ProfileState(profile, tuple(targets_for(profile, namespaces)), resolved))
     pipeline = Pipeline(board, Aggregator(args.max_pods))
+    tune_gc()
     try:
         pipeline.feed_many(file_lines(args.events))
     except OSError as exc:
@@ -199,6 +200,7 @@ def detections_table(objects: Sequence[Any]) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from agentdetect.detect import tune_gc
     from agentdetect.runner import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -209,6 +211,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         resolve_interval=args.resolve_interval,
     )
     kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
+    tune_gc()
     asyncio.run(serve(cfg, kubeconfig, args.namespace or None))
     return 0
 

@@ -7,12 +7,24 @@ names the rule of the policy that produced it.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterable
 
 from agentdetect.aggregate import Aggregator
 from agentdetect.events import ParseStats, parse_line
 from agentdetect.match import Matcher, ProfileKey, ProfileState
+
+
+def tune_gc() -> None:
+    """For the long-running event loop (``run``, ``replay``, the benchmark): every parsed event
+    allocates a dozen short-lived dicts, which keeps triggering the cyclic collector over the
+    long-lived aggregation state. Freezing what exists at start-up and collecting the youngest
+    generation less often removes that cost (about a tenth of the time per event); memory is
+    still reclaimed by reference counting, and the bound on pods and rules is unchanged."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 class ProfileBoard:

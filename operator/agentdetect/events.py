@@ -106,39 +106,45 @@ def parse_line(line: bytes | str, stats: ParseStats) -> Event | None:
             stats.unknown += 1
         return None
     try:
-        hook = HOOK_OF_FUNCTION.get(kprobe.get("function_name", ""))
+        hook = HOOK_OF_FUNCTION.get(kprobe["function_name"])
         policy = kprobe.get("policy_name")
         process = kprobe["process"]
         pod = process.get("pod")
         if hook is None or not policy or not pod:
             stats.ignored += 1
             return None
-        args = kprobe.get("args") or []
+        args: list[Any] = kprobe.get("args") or []
         port = 0
         if hook == "tcp_connect":
-            sock = _first_arg(args, "sock_arg") or {}
+            sock = args[0].get("sock_arg") if args else None
+            if sock is None:
+                sock = _first_arg(args, "sock_arg") or {}
             target = sock.get("daddr", "")
             port = int(sock.get("dport", 0))
         elif hook == "fd_install":
-            target = (_first_arg(args, "file_arg") or {}).get("path", "")
+            file = args[1].get("file_arg") if len(args) > 1 else None
+            if file is None:
+                file = _first_arg(args, "file_arg") or {}
+            target = file.get("path", "")
         else:
-            target = _first_arg(args, "string_arg") or ""
+            target = (args[0].get("string_arg") if args else None) or _first_arg(args, "string_arg") or ""
         if not target:
             stats.malformed += 1
             return None
         stats.events += 1
+        # Positional: measurably cheaper than keywords on the per-event path.
         return Event(
-            policy=policy,
-            hook=hook,
-            namespace=pod.get("namespace", ""),
-            pod=pod.get("name", ""),
-            workload=pod.get("workload", ""),
-            binary=process.get("binary", ""),
-            target=str(target),
-            port=port,
-            killed=kprobe.get("action") in KILLED_ACTIONS,
-            time=doc.get("time", ""),
-            node=doc.get("node_name", ""),
+            policy,
+            hook,
+            pod["namespace"],
+            pod["name"],
+            pod.get("workload", ""),
+            process["binary"],
+            target if isinstance(target, str) else str(target),
+            port,
+            kprobe.get("action") in KILLED_ACTIONS,
+            doc["time"],
+            doc.get("node_name", ""),
         )
     except (AttributeError, KeyError, TypeError, ValueError):
         stats.malformed += 1

@@ -143,7 +143,9 @@ class Matcher:
                 for hook in ("tcp_connect", "fd_install", "execve"):
                     name = policy_name(state.profile, target, hook)
                     self._by_policy[name] = (rules, hook, target.namespace)
-        self._cache: dict[tuple[str, str, int], str | None] = {}
+        # Results, Match objects included, are cached per (policy, target, port): a stream repeats
+        # the same few destinations, paths and binaries, and building objects per event costs.
+        self._cache: dict[tuple[str, str, int], Match | None] = {}
         self.unmatched = 0
 
     def policies(self) -> set[str]:
@@ -160,7 +162,7 @@ class Matcher:
             return None
         key = (event.policy, event.target, event.port)
         try:
-            rule = self._cache[key]
+            found = self._cache[key]
         except KeyError:
             if hook == "tcp_connect":
                 rule = rules.network.lookup(event.target, event.port)
@@ -168,10 +170,10 @@ class Matcher:
                 rule = rules.files.lookup(event.target)
             else:
                 rule = rules.processes.lookup(event.target)
+            found = None if rule is None else Match(rules.key, rule)
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
-            self._cache[key] = rule
-        if rule is None:
+            self._cache[key] = found
+        if found is None:
             self.unmatched += 1
-            return None
-        return Match(rules.key, rule)
+        return found

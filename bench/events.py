@@ -1,0 +1,214 @@
+"""Detection pipeline: throughput on one core, memory over time, API writes per flush.
+
+Run: .venv/bin/python bench/events.py [--events N] [--pods N] [--no-cluster]
+
+1. A stream of Tetragon-formatted events (the three hooks mixed, ``--pods`` pods over ten
+   namespaces, ten profiles) through parse, match and aggregate, against merely parsing each
+   line with the same JSON library (orjson).
+2. RSS after 1x and 5x ``--events`` events (the state is bounded, so it should be flat).
+3. API writes per flush interval against the embedded control plane at 10 and at 10,000
+   events per second over the same 10 pods (coalescing makes them equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import yaml
+from kubernetes import client
+
+from agentdetect import binaries
+from agentdetect.aggregate import Aggregator
+from agentdetect.controlplane import ControlPlane, load_yaml_documents
+from agentdetect.detect import Pipeline, ProfileBoard, tune_gc
+from agentdetect.detections import DetectionWriter
+from agentdetect.kube import Cluster
+from agentdetect.match import ProfileState
+from agentdetect.reconcile import parse_profile, targets_for
+from agentdetect.render import hostnames_of, policy_name
+from agentdetect.resolve import StaticResolver, resolve_all
+from agentdetect.samples import Scenario, kprobe_event, stream
+
+REPO = Path(__file__).resolve().parent.parent
+HOSTS = {
+    "api.openai.com": ["104.18.6.192"],
+    "api.anthropic.com": ["160.79.104.10"],
+    "api.pinecone.io": ["34.111.1.10"],
+}
+PROFILE = """
+apiVersion: agentdetect.io/v1alpha1
+kind: AgentDetectionProfile
+metadata: {{name: agents, namespace: {ns}}}
+spec:
+  network:
+    providers: [openai, anthropic, pinecone, ollama]
+    destinations: [{{name: vllm, cidrs: [10.20.0.0/16], ports: [8000]}}]
+  files: {{presets: [credentials, ssh-keys, serviceaccount-token, ai-sdks]}}
+  processes: {{presets: [shells, agent-clis, network-tools]}}
+"""
+TARGETS = {
+    "tcp_connect": (
+        ("104.18.6.192", 443),
+        ("160.79.104.10", 443),
+        ("34.111.1.10", 443),
+        ("10.20.7.7", 8000),
+        ("10.0.0.9", 11434),
+        ("1.1.1.1", 443),
+    ),
+    "fd_install": (
+        ("/var/run/secrets/kubernetes.io/serviceaccount/token", 0),
+        ("/home/app/.aws/credentials", 0),
+        ("/usr/lib/python3.12/site-packages/openai/__init__.py", 0),
+        ("/etc/hosts", 0),
+    ),
+    "execve": (("/bin/sh", 0), ("/usr/bin/curl", 0), ("/usr/local/bin/claude", 0), ("/usr/bin/python3", 0)),
+}
+
+
+def board_and_scenarios(namespaces: list[str]) -> tuple[ProfileBoard, list[Scenario]]:
+    board = ProfileBoard()
+    scenarios = []
+    for ns in namespaces:
+        profile = parse_profile(yaml.safe_load(PROFILE.format(ns=ns)))
+        targets = tuple(targets_for(profile, None))
+        resolved = resolve_all(hostnames_of(profile.spec), StaticResolver(HOSTS), {}, "2026-11-23T00:00:00Z")
+        board.publish(ProfileState(profile, targets, resolved))
+        for hook, hook_targets in TARGETS.items():
+            scenarios.append(Scenario(policy_name(profile, targets[0], hook), hook, ns, hook_targets))
+    return board, scenarios
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def throughput(events: int, pods: int) -> list[tuple[str, str, str]]:
+    namespaces = [f"team-{i}" for i in range(10)]
+    board, scenarios = board_and_scenarios(namespaces)
+    # A pool of distinct lines, cycled: generating 5M JSON lines would dominate the run.
+    pool = list(stream(scenarios, pods // len(namespaces), min(events, 200_000)))
+    tune_gc()
+
+    def lines(n: int) -> Iterator[bytes]:
+        return itertools.islice(itertools.cycle(pool), n)
+
+    start = time.perf_counter()
+    for line in lines(events):
+        orjson.loads(line)
+    parse_only = events / (time.perf_counter() - start)
+
+    rss_pool = rss_mib()
+    pipeline = Pipeline(board, Aggregator(max_pods=20_000))
+    start = time.perf_counter()
+    pipeline.feed_many(lines(events))
+    full = events / (time.perf_counter() - start)
+    rss_1 = rss_mib()
+    pipeline.feed_many(lines(4 * events))
+    rss_5 = rss_mib()
+    st = pipeline.stats
+    assert st.events == 5 * events, st
+    tracked = len(pipeline.aggregator.pods)
+    return [
+        ("events through parse, match and aggregate (one core)", f"{full:,.0f} /s", ">= 150,000 /s"),
+        ("events merely parsed with orjson", f"{parse_only:,.0f} /s", ""),
+        ("pipeline / parse-only", f"{full / parse_only:.2f}", ">= 0.5"),
+        (f"RSS before feeding (incl. a pool of {len(pool):,} event lines)", f"{rss_pool:.0f} MiB", ""),
+        (f"RSS after {events:,} events", f"{rss_1:.0f} MiB", ""),
+        (f"RSS after {5 * events:,} events", f"{rss_5:.0f} MiB", "flat"),
+        ("(profile, pod) entries tracked", f"{tracked:,}", f"{pods:,} pods"),
+    ]
+
+
+def _stamp(i: int) -> str:
+    return f"2026-11-23T12:{i // 60_000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z"
+
+
+def writes_per_flush(rates: list[int], flushes: int) -> list[tuple[str, str, str]]:
+    pods = [f"agent-{i}" for i in range(10)]
+    with ControlPlane(binaries.ensure()) as cp:
+        cp.install_crds(load_yaml_documents(sorted((REPO / "crds").glob("*.yaml"))))
+        api = cp.api_client()
+        core = client.CoreV1Api(api)
+        ns = "bench"
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+        core.create_namespaced_service_account(
+            ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="default"))
+        )
+        for pod in pods:
+            core.create_namespaced_pod(
+                ns,
+                client.V1Pod(
+                    metadata=client.V1ObjectMeta(name=pod),
+                    spec=client.V1PodSpec(containers=[client.V1Container(name="app", image="app:1")]),
+                ),
+            )
+        cp.kubectl("apply", "-f", "-", input=PROFILE.format(ns=ns))
+        board, all_scenarios = board_and_scenarios([ns])
+        # Every event matches a rule here (the last target of each hook matches none), so at
+        # 10 events/s each of the 10 pods is detected once per interval, as at 10,000.
+        scenarios = [Scenario(s.policy, s.hook, s.namespace, s.targets[:-1]) for s in all_scenarios]
+        pipeline = Pipeline(board)
+        writer = DetectionWriter(Cluster(api), pipeline)
+        rows = []
+        seq = itertools.count()
+        for rate in rates:
+            per_flush = []
+            for _ in range(flushes):
+                began = time.monotonic()
+                for chunk in range(10):  # the interval's events, spread over ten slices of it
+                    for _ in range(rate // 10 or (1 if chunk < rate else 0)):
+                        i = next(seq)
+                        sc = scenarios[i % len(scenarios)]
+                        target, port = sc.targets[i % len(sc.targets)]
+                        pipeline.feed(
+                            orjson.dumps(
+                                kprobe_event(
+                                    hook=sc.hook,
+                                    policy=sc.policy,
+                                    namespace=ns,
+                                    pod=pods[i % len(pods)],
+                                    target=target,
+                                    port=port,
+                                    time=_stamp(i),
+                                )
+                            )
+                        )
+                    time.sleep(max(0.0, began + (chunk + 1) * 0.1 - time.monotonic()))
+                per_flush.append(writer.flush().writes)
+            rows.append(
+                (
+                    f"API writes per 1 s flush at {rate:,} events/s (10 pods)",
+                    f"{sum(per_flush[1:]) / (len(per_flush) - 1):.1f} (each: {per_flush})",
+                    "equal across rates",
+                )
+            )
+        return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--pods", type=int, default=5_000)
+    parser.add_argument("--flushes", type=int, default=4)
+    parser.add_argument("--no-cluster", action="store_true", help="skip the API-writes part")
+    args = parser.parse_args()
+    rows = throughput(args.events, args.pods)
+    if not args.no_cluster:
+        rows += writes_per_flush([10, 10_000], args.flushes)
+    print(f"detection pipeline, {args.events:,} events over {args.pods:,} pods\n")
+    print("| measure | result | goal |")
+    print("|---|---|---|")
+    for name, value, goal in rows:
+        print(f"| {name} | {value} | {goal} |")
+
+
+if __name__ == "__main__":
+    main()
