@@ -209,6 +209,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         template_dir=args.templates,
         resolver=_resolver(args),
         resolve_interval=args.resolve_interval,
+        detect=args.detect,
+        tetragon_namespace=args.tetragon_namespace,
+        tetragon_selector=args.tetragon_selector,
+        tetragon_container=args.tetragon_container,
+        flush_interval=args.flush_interval,
+        max_pods=args.max_pods,
+        max_rules_per_pod=args.max_rules_per_pod,
     )
     kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
     tune_gc()
@@ -299,6 +306,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resolve-interval", type=float, default=300.0, help="seconds between DNS re-resolutions")
     p.add_argument("--static-hosts", help="YAML mapping hostname -> [addresses] instead of DNS")
+    p.add_argument(
+        "--detect",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("AGENTDETECT_DETECT", "true").lower() in ("1", "true", "yes"),
+        help="follow Tetragon's events and write AgentDetections (env AGENTDETECT_DETECT; default on)",
+    )
+    p.add_argument(
+        "--tetragon-namespace", default=os.environ.get("AGENTDETECT_TETRAGON_NAMESPACE", "kube-system")
+    )
+    p.add_argument(
+        "--tetragon-selector",
+        default="app.kubernetes.io/name=tetragon",
+        help="label selector of the Tetragon DaemonSet's pods",
+    )
+    p.add_argument("--tetragon-container", default="export-stdout")
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=10.0,
+        help="seconds between detection writes (at most one per object per interval)",
+    )
+    p.add_argument("--max-pods", type=int, default=10_000, help="cap on (profile, pod) entries in memory")
+    p.add_argument("--max-rules-per-pod", type=int, default=64)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

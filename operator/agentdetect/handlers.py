@@ -42,15 +42,15 @@ def build_registry(
 
     if detection is not None:
 
-        @kopf.on.startup(registry=registry)
+        @kopf.on.startup(registry=registry, id="start-detection")
         def start_detection(**_: Any) -> None:
             detection.start()
 
-        @kopf.on.cleanup(registry=registry)
+        @kopf.on.cleanup(registry=registry, id="stop-detection")
         def stop_detection(**_: Any) -> None:
             detection.stop()
 
-        @kopf.on.event("", "v1", "pods", registry=registry)
+        @kopf.on.event("", "v1", "pods", registry=registry, id="pod-deleted")
         def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
             """A deleted pod's detections are dropped from memory; its AgentDetections go by GC."""
             if type == "DELETED":
@@ -68,9 +68,9 @@ def build_registry(
 
     for kind, plural in PROFILE_PLURALS.items():
 
-        @kopf.on.resume(GROUP, VERSION, plural, registry=registry)
-        @kopf.on.create(GROUP, VERSION, plural, registry=registry)
-        @kopf.on.update(GROUP, VERSION, plural, registry=registry)
+        @kopf.on.resume(GROUP, VERSION, plural, registry=registry, id="reconcile")
+        @kopf.on.create(GROUP, VERSION, plural, registry=registry, id="reconcile")
+        @kopf.on.update(GROUP, VERSION, plural, registry=registry, id="reconcile")
         def profile_changed(body: kopf.Body, **_: Any) -> None:
             reconcile(body)
 
@@ -78,6 +78,7 @@ def build_registry(
             GROUP,
             VERSION,
             plural,
+            id="re-resolve",
             registry=registry,
             interval=config.resolve_interval,
             initial_delay=config.resolve_interval,
@@ -87,7 +88,7 @@ def build_registry(
             """Hostnames move; the policy follows only when the address set changed."""
             reconcile(body)
 
-        @kopf.on.event(GROUP, VERSION, plural, registry=registry)
+        @kopf.on.event(GROUP, VERSION, plural, registry=registry, id="profile-deleted")
         def profile_event(type: str | None, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
             if type == "DELETED":
                 reconciler.forget(_kind, body.metadata.name or "", body.metadata.namespace)
@@ -100,7 +101,12 @@ def build_registry(
     for plural in POLICY_PLURALS.values():
 
         @kopf.on.event(
-            TETRAGON_GROUP, TETRAGON_VERSION, plural, registry=registry, labels={LABEL_MANAGED_BY: MANAGED_BY}
+            TETRAGON_GROUP,
+            TETRAGON_VERSION,
+            plural,
+            id="policy-drift",
+            registry=registry,
+            labels={LABEL_MANAGED_BY: MANAGED_BY},
         )
         def policy_event(type: str | None, body: kopf.Body, **_: Any) -> None:
             """A rendered policy edited or deleted by hand is put back."""
@@ -117,7 +123,7 @@ def build_registry(
                 labels[LABEL_PROFILE_KIND], labels[LABEL_PROFILE_NAME], labels.get(LABEL_PROFILE_NAMESPACE)
             )
 
-    @kopf.on.event("", "v1", "namespaces", registry=registry)
+    @kopf.on.event("", "v1", "namespaces", registry=registry, id="namespace-selection")
     def namespace_event(type: str | None, body: kopf.Body, status: kopf.Status, **_: Any) -> None:
         """Namespaces that come, go or are relabelled change what cluster profiles select."""
         gone = type == "DELETED" or status.get("phase") == "Terminating"
