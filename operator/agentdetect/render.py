@@ -46,6 +46,11 @@ ProfileKind = Literal["AgentDetectionProfile", "ClusterAgentDetectionProfile"]
 PolicyKind = Literal["TracingPolicy", "TracingPolicyNamespaced"]
 
 
+#: libyaml's safe loader parses the rendered YAML ~10x faster than PyYAML's pure-Python one;
+#: both are safe loaders (no object construction), so results are identical.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class RenderError(Exception):
     """A template produced something that is not a valid policy of ours."""
 
@@ -342,7 +347,7 @@ def render_hook(
     except (jinja2.TemplateError, TypeError, ValueError) as exc:
         raise RenderError(f"template {hook}.yaml.j2: {exc}") from exc
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as exc:
         raise RenderError(f"template {hook}.yaml.j2 produced invalid YAML: {exc}") from exc
     if not isinstance(doc, dict):

@@ -1,0 +1,553 @@
+"""Profiles: render time, and many profiles applied at once through the operator.
+
+Run: PYTHONPATH=. .venv/bin/python bench/profiles.py [--profiles N] [--renders N] [--timeout S]
+
+1. Render time per profile (no cluster): a realistic profile (four providers, a CIDR and a
+   hostname destination, four file presets plus paths, three process presets plus binaries),
+   rendered ``--renders`` times into one namespace; then parse + resolve + render together.
+2. Against the embedded control plane: ``--profiles`` profiles' policies, rendered offline,
+   applied directly and sequentially with the Python client (server-side apply, as the operator
+   does): the floor. Then the operator (`agentdetect run`, its own process) and the same profiles
+   created as fast as possible: time from the first create until every profile is Ready for
+   its generation, as a ratio of the floor; per profile, the latency from its create returning
+   to all its policies being present (watched); peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, watch
+
+from agentdetect import binaries, tetragon_crds
+from agentdetect.controlplane import ControlPlane, load_yaml_documents
+from agentdetect.kube import FIELD_MANAGER, POLICY_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
+from agentdetect.models import API_VERSION, GROUP, VERSION
+from agentdetect.reconcile import now_rfc3339, parse_profile, targets_for
+from agentdetect.render import (
+    ANNOTATION_HASH,
+    LABEL_MANAGED_BY,
+    LABEL_PROFILE_NAME,
+    LABEL_PROFILE_NAMESPACE,
+    MANAGED_BY,
+    Target,
+    hostnames_of,
+    render,
+)
+from agentdetect.resolve import StaticResolver, resolve_all
+
+REPO = Path(__file__).resolve().parent.parent
+APPLY = "application/apply-patch+yaml"
+POLICY_PLURAL = POLICY_PLURALS["TracingPolicyNamespaced"]
+PROFILE_PLURAL = "agentdetectionprofiles"
+OURS = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+VERSION_OF = {GROUP: VERSION, TETRAGON_GROUP: TETRAGON_VERSION}
+MAX_NAMESPACES = 10
+#: A profile is identified by (namespace, name).
+Key = tuple[str, str]
+
+
+def profile_body(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AgentDetectionProfile",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "selector": {"matchLabels": {"app": "agent"}},
+            "network": {
+                "providers": ["openai", "anthropic", "bedrock", "pinecone"],
+                "destinations": [
+                    {"name": "internal-vllm", "cidrs": ["10.20.0.0/16", "10.21.0.0/16"], "ports": [8000]},
+                    {
+                        "name": "llm-gateway",
+                        "hostnames": [
+                            "llm-gateway.internal.example.com",
+                            "llm-gateway-2.internal.example.com",
+                        ],
+                        "ports": [443, 8443],
+                    },
+                ],
+            },
+            "files": {
+                "presets": ["credentials", "ssh-keys", "serviceaccount-token", "ai-sdks"],
+                "paths": [
+                    {"prefix": "/etc/ssl/private/"},
+                    {"postfix": "/.config/anthropic/credentials.json"},
+                    {"equal": "/etc/agent/api-key", "enforce": True},
+                ],
+            },
+            "processes": {
+                "presets": ["shells", "agent-clis", "network-tools"],
+                "binaries": [{"prefix": "/tmp/"}, {"equal": "/usr/bin/python3"}],
+            },
+        },
+    }
+
+
+def resolver_for_all() -> StaticResolver:
+    """Answers every hostname the profile names: the benchmark must not depend on DNS."""
+    hosts = hostnames_of(parse_profile(profile_body("x", "x")).spec)
+    table = {h: [f"198.51.100.{i + 1}", f"203.0.113.{i + 1}"] for i, h in enumerate(hosts)}
+    table["api.openai.com"].append("2606:4700::6812:6c0")
+    return StaticResolver(table)
+
+
+def render_body(body: dict[str, Any], resolver: StaticResolver) -> list[dict[str, Any]]:
+    """What the operator renders for this profile: parse, resolve, render."""
+    profile = parse_profile(body)
+    resolved = resolve_all(hostnames_of(profile.spec), resolver, {}, now_rfc3339())
+    return render(profile, targets_for(profile, None), resolved)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest rank: the smallest value with at least ``q`` percent of values at or below it."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def peak_rss_mib(pid: int | str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+Row = tuple[str, str, str, str]
+
+
+def verdict(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+# ---- part 1: render ----------------------------------------------------------------------------
+
+
+def render_rows(renders: int) -> list[Row]:
+    body = profile_body("agents", "team-a")
+    resolver = resolver_for_all()
+    profile = parse_profile(body)
+    resolved = resolve_all(hostnames_of(profile.spec), resolver, {}, now_rfc3339())
+    targets = [Target("TracingPolicyNamespaced", "team-a")]
+    docs: list[dict[str, Any]] = []
+    for _ in range(max(20, renders // 20)):  # warm-up: template compilation, catalog, caches
+        docs = render(profile, targets, resolved)
+    per: list[float] = []
+    for _ in range(renders):
+        began = time.perf_counter()
+        render(profile, targets, resolved)
+        per.append(time.perf_counter() - began)
+    full: list[float] = []
+    for _ in range(renders):
+        began = time.perf_counter()
+        render_body(body, resolver)
+        full.append(time.perf_counter() - began)
+    mean, p99 = statistics.fmean(per), percentile(per, 99)
+    selectors = sum(len(k["selectors"]) for d in docs for k in d["spec"]["kprobes"])
+    return [
+        (
+            f"render, per profile ({len(docs)} policies, {selectors} selectors), mean / p99",
+            f"{ms(mean)} / {ms(p99)}",
+            "< 2 ms (mean)",
+            verdict(mean < 0.002),
+        ),
+        (
+            "parse (model validation) + resolve + render, per profile, mean / p99",
+            f"{ms(statistics.fmean(full))} / {ms(percentile(full, 99))}",
+            "",
+            "",
+        ),
+    ]
+
+
+# ---- part 2: against the control plane ---------------------------------------------------------
+
+
+def install_tetragon_crds(cp: ControlPlane) -> tuple[str, str | None]:
+    """Tetragon's real CRDs if they can be had, else the test suite's schema-less stand-ins;
+    returns which, and why the real ones were unavailable."""
+    why: str | None = None
+    try:
+        docs = tetragon_crds.load()
+        which = f"real (Tetragon {tetragon_crds.TETRAGON_VERSION})"
+    except tetragon_crds.TetragonCRDsUnavailable as exc:
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from tests.standin_crds import standin_tetragon_crds
+
+        docs = standin_tetragon_crds()
+        which, why = "stand-ins without schema", " ".join(str(exc).split())
+    cp.install_crds(docs)
+    return which, why
+
+
+def list_items(custom: client.CustomObjectsApi, group: str, plural: str, selector: str = "") -> Any:
+    return custom.list_cluster_custom_object(group, VERSION_OF[group], plural, label_selector=selector)
+
+
+def floor(api: Any, docs: list[dict[str, Any]], namespaces: list[str]) -> float:
+    """Apply the rendered policies directly, one after another; then delete them and wait."""
+    custom = client.CustomObjectsApi(api)
+    began = time.monotonic()
+    for doc in docs:
+        meta = doc["metadata"]
+        custom.patch_namespaced_custom_object(
+            TETRAGON_GROUP,
+            TETRAGON_VERSION,
+            meta["namespace"],
+            POLICY_PLURAL,
+            meta["name"],
+            doc,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,
+        )
+    elapsed = time.monotonic() - began
+    live = list_items(custom, TETRAGON_GROUP, POLICY_PLURAL, OURS)["items"]
+    if len(live) != len(docs):
+        raise RuntimeError(f"floor: {len(live)} policies present after applying {len(docs)}")
+    for ns in namespaces:
+        custom.delete_collection_namespaced_custom_object(
+            TETRAGON_GROUP, TETRAGON_VERSION, ns, POLICY_PLURAL, label_selector=OURS
+        )
+    deadline = time.monotonic() + 60
+    while list_items(custom, TETRAGON_GROUP, POLICY_PLURAL, OURS)["items"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError("floor: policies still present 60 s after deleting them")
+        time.sleep(0.1)
+    return elapsed
+
+
+class Tracker:
+    """Fed by two watches: when each profile's policies were all present, and when it was Ready."""
+
+    def __init__(self, expected: dict[Key, int]) -> None:
+        self.expected = expected
+        self.lock = threading.Lock()
+        self.policies: dict[Key, set[str]] = {k: set() for k in expected}
+        self.policies_at: dict[Key, float] = {}
+        self.ready_at: dict[Key, float] = {}
+        self.last_status: dict[Key, dict[str, Any]] = {}
+        self.all_ready = threading.Event()
+        self.errors: list[str] = []
+
+    def on_policy(self, type_: str, obj: dict[str, Any], at: float) -> None:
+        meta = obj["metadata"]
+        labels = meta.get("labels") or {}
+        key = (labels.get(LABEL_PROFILE_NAMESPACE, ""), labels.get(LABEL_PROFILE_NAME, ""))
+        with self.lock:
+            if key not in self.policies:
+                return
+            if type_ == "DELETED":
+                self.policies[key].discard(meta["name"])
+                return
+            self.policies[key].add(meta["name"])
+            if len(self.policies[key]) >= self.expected[key] and key not in self.policies_at:
+                self.policies_at[key] = at
+
+    def on_profile(self, type_: str, obj: dict[str, Any], at: float) -> None:
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        status = obj.get("status") or {}
+        cond: dict[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+        )
+        with self.lock:
+            if key not in self.expected or type_ == "DELETED":
+                return
+            self.last_status[key] = status
+            current = cond.get("observedGeneration") == meta.get("generation")
+            if cond.get("status") == "True" and current and key not in self.ready_at:
+                self.ready_at[key] = at
+                if len(self.ready_at) == len(self.expected):
+                    self.all_ready.set()
+
+
+def watch_loop(
+    api: Any, plural: str, selector: str, on_event: Callable[[str, dict[str, Any], float], None], stop: Any
+) -> Callable[[], None]:
+    """List, then watch from the list's resourceVersion; relist after any error. Events are not
+    deserialized into models (custom objects are plain dicts anyway), only parsed."""
+    custom = client.CustomObjectsApi(api)
+    group = TETRAGON_GROUP if plural == POLICY_PLURAL else GROUP
+
+    def sync() -> str:
+        listed = list_items(custom, group, plural, selector)
+        now = time.monotonic()
+        for item in listed["items"]:
+            on_event("ADDED", item, now)
+        return str(listed["metadata"]["resourceVersion"])
+
+    rv = sync()
+
+    def run() -> None:
+        nonlocal rv
+        while not stop.is_set():
+            try:
+                stream = watch.Watch().stream  # type: ignore[no-untyped-call]
+                for event in stream(  # type: ignore[no-untyped-call]
+                    custom.list_cluster_custom_object,
+                    group,
+                    VERSION_OF[group],
+                    plural,
+                    label_selector=selector,
+                    resource_version=rv,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=2,
+                    deserialize=False,
+                ):
+                    obj = event["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        on_event(event["type"], obj, time.monotonic())
+            except Exception:  # expired (410), broken or an ERROR event: start again from a fresh list
+                if not stop.is_set():
+                    time.sleep(0.1)
+                    rv = sync()
+
+    return run
+
+
+OPERATOR_LOG_LINES: list[str] = []
+
+
+def wait_operator_ready(cp: ControlPlane, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Ready means reconciling: a canary profile in its own namespace reaches Ready."""
+    core = client.CoreV1Api(cp.api_client())
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="canary")))
+    custom = client.CustomObjectsApi(cp.api_client())
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, "canary", PROFILE_PLURAL, profile_body("canary", "canary")
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"agentdetect run exited with {proc.returncode}")
+        got = custom.get_namespaced_custom_object(GROUP, VERSION, "canary", PROFILE_PLURAL, "canary")
+        conds = (got.get("status") or {}).get("conditions") or [] if isinstance(got, dict) else []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the operator did not reconcile a canary profile in time")
+
+
+def operator_run(
+    cp: ControlPlane,
+    bodies: list[dict[str, Any]],
+    expected: dict[Key, int],
+    resolver: StaticResolver,
+    timeout: float,
+    floor_s: float,
+) -> tuple[list[Row], Tracker]:
+    """The operator as it is deployed: its own process (``agentdetect run``), not a thread
+    sharing this process's interpreter lock with the create loop and the watches."""
+    tracker = Tracker(expected)
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=watch_loop(cp.api_client(), plural, selector, handler, stop), daemon=True)
+        for plural, selector, handler in (
+            (POLICY_PLURAL, OURS, tracker.on_policy),
+            (PROFILE_PLURAL, "", tracker.on_profile),
+        )
+    ]
+    workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    hosts = workdir / "static-hosts.yaml"
+    hosts.write_text(yaml.safe_dump(resolver.table))
+    log_path = workdir / "operator.log"
+    created: dict[Key, float] = {}
+    began = 0.0
+    peak_rss = float("nan")
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("agentdetect")),
+                "run",
+                "--kubeconfig",
+                str(cp.kubeconfig),
+                "--static-hosts",
+                str(hosts),
+                "--no-detect",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_operator_ready(cp, proc, timeout=60)
+        for t in threads:
+            t.start()
+        custom = client.CustomObjectsApi(cp.api_client())
+        began = time.monotonic()
+        for body in bodies:
+            meta = body["metadata"]
+            custom.create_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PROFILE_PLURAL, body)
+            created[(meta["namespace"], meta["name"])] = time.monotonic()
+        created_in = time.monotonic() - began
+        tracker.all_ready.wait(timeout)
+        peak_rss = peak_rss_mib(proc.pid)
+    finally:
+        stop.set()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for t in threads:
+            t.join(10)
+    OPERATOR_LOG_LINES.extend(
+        line
+        for line in log_path.read_text(errors="replace").splitlines()
+        if " WARNING " in line or " ERROR " in line
+    )
+    with tracker.lock:
+        ready_at = dict(tracker.ready_at)
+        policies_at = dict(tracker.policies_at)
+    n = len(bodies)
+    ratio: float | None = None
+    if tracker.all_ready.is_set():
+        op_s = max(ready_at.values()) - began
+        ratio = op_s / floor_s
+        all_ready = f"{op_s:.2f} s"
+    else:
+        all_ready = f"not reached: {len(ready_at)}/{n} Ready after {timeout:.0f} s"
+    latencies = [policies_at[k] - created[k] for k in policies_at if k in created]
+    to_ready = [ready_at[k] - created[k] for k in ready_at if k in created]
+
+    def p50_p99(values: list[float]) -> str:
+        if not values:
+            return "n/a"
+        return f"{ms(percentile(values, 50))} / {ms(percentile(values, 99))} ({len(values)}/{n} profiles)"
+
+    rows: list[Row] = [
+        (f"{n} profiles created (sequential creates, operator running)", f"{created_in:.2f} s", "", ""),
+        (f"operator: first create until all {n} Ready (for their generation)", all_ready, "", ""),
+        (
+            "operator time to all Ready / floor",
+            "n/a (not all Ready)" if ratio is None else f"{ratio:.2f}x",
+            "< 1.5x",
+            verdict(ratio is not None and ratio < 1.5),
+        ),
+        ("latency, create returned to all its policies present, p50 / p99", p50_p99(latencies), "", ""),
+        ("latency, create returned to Ready, p50 / p99", p50_p99(to_ready), "", ""),
+        ("operator peak RSS (the `agentdetect run` process, VmHWM)", f"{peak_rss:.0f} MiB", "", ""),
+    ]
+    return rows, tracker
+
+
+def cluster_rows(profiles: int, timeout: float) -> tuple[tuple[str, str | None], list[Row], list[str]]:
+    resolver = resolver_for_all()
+    namespaces = [f"bench-{i}" for i in range(min(MAX_NAMESPACES, profiles))]
+    bodies = [profile_body(f"agents-{i:04d}", namespaces[i % len(namespaces)]) for i in range(profiles)]
+    rendered = {(b["metadata"]["namespace"], b["metadata"]["name"]): render_body(b, resolver) for b in bodies}
+    docs = [d for ds in rendered.values() for d in ds]
+    expected = {k: len(ds) for k, ds in rendered.items()}
+    notes: list[str] = []
+
+    cp = ControlPlane(binaries.ensure())
+    cp.start()
+    try:
+        which = install_tetragon_crds(cp)
+        cp.install_crds(load_yaml_documents(sorted((REPO / "crds").glob("*.yaml"))))
+        api = cp.api_client()
+        core = client.CoreV1Api(api)
+        for ns in namespaces:
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+
+        floor_s = floor(api, docs, namespaces)
+        rows, tracker = operator_run(cp, bodies, expected, resolver, timeout, floor_s)
+
+        # The operator must have done the floor's work: the same policies, by content hash.
+        custom = client.CustomObjectsApi(api)
+        live = {
+            (p["metadata"]["namespace"], p["metadata"]["name"]): p["metadata"]["annotations"].get(
+                ANNOTATION_HASH
+            )
+            for p in list_items(custom, TETRAGON_GROUP, POLICY_PLURAL, OURS)["items"]
+            if p["metadata"]["namespace"] != "canary"  # the readiness probe's profile
+        }
+        want = {
+            (d["metadata"]["namespace"], d["metadata"]["name"]): d["metadata"]["annotations"][ANNOTATION_HASH]
+            for d in docs
+        }
+        if live != want:
+            missing = len(want.keys() - live.keys())
+            differ = sum(1 for k in want.keys() & live.keys() if want[k] != live[k])
+            extra = len(live.keys() - want.keys())
+            notes.append(
+                f"operator's policies differ from the floor's: {missing} missing, {differ} with "
+                f"another spec hash, {extra} extra"
+            )
+        with tracker.lock:
+            unready = sorted(set(expected) - set(tracker.ready_at))
+            for key in unready[:10]:
+                status = tracker.last_status.get(key, {})
+                cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+                notes.append(f"never Ready: {key[0]}/{key[1]}: {cond or 'no Ready condition'}")
+            if len(unready) > 10:
+                notes.append(f"... and {len(unready) - 10} more never Ready")
+        floor_row: Row = (
+            f"floor: the {len(docs)} rendered policies server-side applied directly, sequentially",
+            f"{floor_s:.2f} s",
+            "",
+            "",
+        )
+        rows = [floor_row, *rows]
+        for proc in cp.processes:
+            assert proc.pid is not None
+            rows.append((f"peak RSS, {proc.name}", f"{peak_rss_mib(proc.pid):.0f} MiB", "", ""))
+        return which, rows, notes
+    finally:
+        cp.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profiles", type=int, default=200)
+    parser.add_argument("--renders", type=int, default=2000)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for all Ready")
+    args = parser.parse_args()
+
+    rows = render_rows(args.renders)
+    which, cluster, notes = cluster_rows(args.profiles, args.timeout)
+    rows += cluster
+
+    crds, why = which
+    print(
+        f"profiles: {args.renders} renders; {args.profiles} AgentDetectionProfiles over "
+        f"{min(MAX_NAMESPACES, args.profiles)} namespaces; Tetragon CRDs: {crds}; "
+        f"{os.cpu_count()} cores\n"
+    )
+    print("| measure | result | goal | within goal |")
+    print("|---|---|---|---|")
+    for measure, result, goal, ok in rows:
+        print(f"| {measure} | {result} | {goal} | {ok} |")
+    if why:
+        notes.insert(0, f"real Tetragon CRDs unavailable: {why}")
+    if notes:
+        print()
+        for note in notes:
+            print(f"- {note}")
+    seen = Counter(" ".join(line.split()[2:])[:240] for line in OPERATOR_LOG_LINES)
+    print(f"\noperator warnings and errors logged: {sum(seen.values())}")
+    for message, count in seen.most_common(10):
+        print(f"- {count}x {message}")
+
+
+if __name__ == "__main__":
+    main()
