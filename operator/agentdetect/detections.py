@@ -127,6 +127,8 @@ class DetectionWriter:
         self._written: dict[PodKey, bytes] = {}
         self._status_written: dict[ProfileKey, bytes] = {}
         self._pod_uids: dict[tuple[str, str], str] = {}
+        #: Profiles whose status patch is owed (kept until one succeeds).
+        self._status_owed: set[ProfileKey] = set()
         self.total_writes = 0
 
     def flush(self) -> FlushResult:
@@ -140,7 +142,13 @@ class DetectionWriter:
             digest = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
             if self._written.get(key) == digest:
                 continue
-            uid = self._pod_uid(key[1], key[2])
+            try:
+                uid = self._pod_uid(key[1], key[2])
+            except ApiException as exc:
+                log.warning("could not look up pod %s/%s: %s", key[1], key[2], exc.reason)
+                with self.pipeline.lock:
+                    agg.dirty.add(key)  # try again next flush
+                continue
             if uid is None:
                 with self.pipeline.lock:
                     agg.forget_pod(key[1], key[2])
@@ -160,16 +168,23 @@ class DetectionWriter:
                 continue
             self._written[key] = digest
             result.detections_written += 1
-        for profile in sorted({k[0] for k in keys}, key=str):
+        self._status_owed.update(k[0] for k in keys)
+        for profile in sorted(self._status_owed, key=str):
             with self.pipeline.lock:
                 pods = [(k, p) for k, p in agg.pods.items() if k[0] == profile]
                 summary = profile_detections(pods, self.max_status_pods).dump()
             digest = orjson.dumps(summary, option=orjson.OPT_SORT_KEYS)
             if self._status_written.get(profile) == digest:
+                self._status_owed.discard(profile)
                 continue
             kind, namespace, name = profile
-            self.cluster.patch_status(kind, name, namespace, {"detections": summary})
+            try:
+                self.cluster.patch_status(kind, name, namespace, {"detections": summary})
+            except ApiException as exc:
+                log.warning("could not patch the status of %s %s: %s", kind, name, exc.reason)
+                continue  # still owed: the next flush tries again
             self._status_written[profile] = digest
+            self._status_owed.discard(profile)
             result.statuses_written += 1
         self.total_writes += result.writes
         return result

@@ -52,6 +52,8 @@ class Event:
     target: str
     port: int
     killed: bool
+    #: RFC 3339, always with nine fractional digits (see :func:`normalize_time`), so that
+    #: string comparison is time order.
     time: str
     node: str
 
@@ -78,6 +80,15 @@ def _first_arg(args: list[Any], key: str) -> Any:
     return None
 
 
+def normalize_time(stamp: str) -> str:
+    """Tetragon writes protobuf-JSON timestamps with 0, 3, 6 or 9 fractional digits; padded to
+    nine they compare correctly as strings ("12:00:01Z" sorts after "12:00:01.5Z" otherwise)."""
+    if len(stamp) == 30 or not stamp.endswith("Z") or len(stamp) < 20:
+        return stamp
+    main, frac = stamp[:19], stamp[20:-1] if stamp[19] == "." else ""
+    return f"{main}.{frac:0<9}Z"
+
+
 def parse_line(line: bytes | str, stats: ParseStats) -> Event | None:
     """One line in, an :class:`Event` or ``None`` out; ``stats`` says why not."""
     stats.lines += 1
@@ -87,10 +98,11 @@ def parse_line(line: bytes | str, stats: ParseStats) -> Event | None:
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        stripped = line.strip()
-        # A line cut off mid-object (a dropped stream, a partial write) is not the same
-        # problem as garbage: it ends before the JSON does.
-        if stripped[:1] in (b"{", "{") and exc.pos >= len(stripped) - 1:
+        # A line cut off mid-object (a dropped stream, a partial write) is not the same problem
+        # as garbage: the JSON is fine until the line ends. orjson's position counts characters.
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        stripped = text.rstrip()
+        if stripped.lstrip()[:1] == "{" and exc.pos >= len(stripped):
             stats.truncated += 1
         else:
             stats.malformed += 1
@@ -131,21 +143,39 @@ def parse_line(line: bytes | str, stats: ParseStats) -> Event | None:
         if not target:
             stats.malformed += 1
             return None
-        stats.events += 1
+        namespace, name, binary, time = pod["namespace"], pod["name"], process["binary"], doc["time"]
+        workload = pod.get("workload") or ""
+        node = doc.get("node_name") or ""
+        # Everything that later becomes a dict key or is compared must be a string: a
+        # wrong-typed field is a malformed line here, not an exception further down.
+        if not (
+            type(policy) is str
+            and type(target) is str
+            and type(namespace) is str
+            and type(name) is str
+            and type(binary) is str
+            and type(time) is str
+            and type(workload) is str
+            and type(node) is str
+        ):
+            stats.malformed += 1
+            return None
         # Positional: measurably cheaper than keywords on the per-event path.
-        return Event(
+        event = Event(
             policy,
             hook,
-            pod["namespace"],
-            pod["name"],
-            pod.get("workload", ""),
-            process["binary"],
-            target if isinstance(target, str) else str(target),
+            namespace,
+            name,
+            workload,
+            binary,
+            target,
             port,
             kprobe.get("action") in KILLED_ACTIONS,
-            doc["time"],
-            doc.get("node_name", ""),
+            normalize_time(time),
+            node,
         )
+        stats.events += 1
+        return event
     except (AttributeError, KeyError, TypeError, ValueError):
         stats.malformed += 1
         return None

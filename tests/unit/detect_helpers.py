@@ -1,0 +1,104 @@
+"""Shared helpers for the event-pipeline unit tests: the example profiles as the operator
+would hold them (parsed, targeted, resolved through the static hosts table), and events in
+Tetragon's export format for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from agentdetect.events import Event
+from agentdetect.match import ProfileState
+from agentdetect.reconcile import parse_profile, targets_for
+from agentdetect.render import HOOKS, Profile, Target, hostnames_of, policy_name
+from agentdetect.resolve import StaticResolver, resolve_all
+from agentdetect.samples import kprobe_event
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+STATIC_HOSTS = EXAMPLES / "static-hosts.yaml"
+NOW = "2026-11-23T00:00:00Z"
+T0 = "2026-11-23T12:00:00.000000000Z"
+
+
+def static_hosts() -> dict[str, list[str]]:
+    table = yaml.safe_load(STATIC_HOSTS.read_text())
+    assert isinstance(table, dict)
+    return {str(k): [str(a) for a in v] for k, v in table.items()}
+
+
+def example_doc(name: str) -> dict[str, Any]:
+    doc = yaml.safe_load((EXAMPLES / name).read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def example(name: str) -> Profile:
+    return parse_profile(example_doc(name))
+
+
+def make_profile(
+    spec: dict[str, Any],
+    name: str = "prof",
+    kind: str = "AgentDetectionProfile",
+    namespace: str | None = "team-a",
+) -> Profile:
+    meta: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    return parse_profile({"kind": kind, "metadata": meta, "spec": spec})
+
+
+def state_of(
+    profile: Profile,
+    namespaces: list[tuple[str, dict[str, str]]] | None = None,
+    hosts: dict[str, list[str]] | None = None,
+) -> ProfileState:
+    """What the reconciler publishes for ``profile``: its targets and resolved addresses."""
+    table = static_hosts() if hosts is None else hosts
+    resolved = resolve_all(hostnames_of(profile.spec), StaticResolver(table), {}, NOW)
+    return ProfileState(profile, tuple(targets_for(profile, namespaces)), resolved)
+
+
+def policy_of(profile: Profile, hook: str, namespace: str | None = None) -> str:
+    """The name of the policy ``profile`` renders for ``hook`` (into ``namespace`` for a cluster
+    profile with a namespace selector; its own namespace for a namespaced one)."""
+    if profile.kind == "AgentDetectionProfile":
+        target = Target("TracingPolicyNamespaced", profile.namespace)
+    elif namespace is None:
+        target = Target("TracingPolicy", None)
+    else:
+        target = Target("TracingPolicyNamespaced", namespace)
+    assert hook in HOOKS
+    return policy_name(profile, target, hook)
+
+
+def event(
+    *,
+    policy: str = "pol-net-00000000",
+    hook: str = "tcp_connect",
+    namespace: str = "team-a",
+    pod: str = "app-7d9f-abcde",
+    workload: str = "app",
+    binary: str = "/usr/bin/python3",
+    target: str = "104.18.6.192",
+    port: int = 443,
+    killed: bool = False,
+    time: str = T0,
+    node: str = "node-1",
+) -> Event:
+    return Event(policy, hook, namespace, pod, workload, binary, target, port, killed, time, node)
+
+
+def line(**kwargs: Any) -> bytes:
+    """One export line, as ``kubectl logs ... -c export-stdout`` prints it (without newline)."""
+    return orjson.dumps(kprobe_event(**kwargs))
+
+
+def ts(second: int, nanos: int = 0) -> str:
+    """An RFC 3339 timestamp with nine fractional digits, ``second`` seconds after 12:00:00."""
+    minutes, seconds = divmod(second, 60)
+    return f"2026-11-23T12:{minutes:02d}:{seconds:02d}.{nanos:09d}Z"
