@@ -11,8 +11,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -e '.[dev]'
 
-# Build (minutes, once) or reuse the control-plane binaries before the clock of any test starts.
-"$venv/bin/agentdetect" binaries >/dev/null
+# Build (minutes, once) or reuse the control-plane binaries and kwok (a fake kubelet serving
+# pod logs) before the clock of any test starts.
+"$venv/bin/agentdetect" binaries --kwok >/dev/null
 
 "$venv/bin/ruff" check operator tests bench
 "$venv/bin/ruff" format --check operator tests bench

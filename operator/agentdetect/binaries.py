@@ -140,11 +140,12 @@ def _go_env() -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str], cwd: Path, log: Path) -> None:
+def _run(cmd: list[str], cwd: Path, log: Path, extra_env: dict[str, str] | None = None) -> None:
     with log.open("a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
-        proc = subprocess.run(cmd, cwd=cwd, env=_go_env(), stdout=fh, stderr=subprocess.STDOUT)
+        env = {**_go_env(), **(extra_env or {})}
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
         raise BinariesError(f"{' '.join(cmd[:3])} failed (exit {proc.returncode}); log {log}:\n{tail}")
@@ -249,6 +250,72 @@ def ensure(version: str = KUBERNETES_VERSION, *, quiet: bool = False) -> Binarie
         if not quiet:
             print(f"agentdetect: built in {time.monotonic() - started:.0f}s", file=sys.stderr)
     return cached
+
+
+KWOK_MODULE = "sigs.k8s.io/kwok"
+KWOK_VERSION = "v0.8.0"
+
+
+@dataclass(frozen=True)
+class Kwok:
+    """kwok (a fake kubelet, for tests that need pods Running and their logs) and its module
+    source, which holds the stage definitions and CRDs it needs at run time."""
+
+    binary: Path
+    source: Path
+
+
+def ensure_kwok(version: str = KWOK_VERSION, *, quiet: bool = False) -> Kwok:
+    """``KWOK_BINARY``/``KWOK_SOURCE`` if set; else built once from the Go module proxy."""
+    if shutil.which("go") is None and not (os.environ.get("KWOK_BINARY") and os.environ.get("KWOK_SOURCE")):
+        raise BinariesError("`go` is not on PATH: install Go, or set KWOK_BINARY and KWOK_SOURCE")
+    source = (
+        Path(os.environ["KWOK_SOURCE"])
+        if os.environ.get("KWOK_SOURCE")
+        else _module_dir(KWOK_MODULE, version)
+    )
+    if os.environ.get("KWOK_BINARY"):
+        return Kwok(Path(os.environ["KWOK_BINARY"]), source)
+    dest = cache_root() / f"kwok-{version}"
+    binary = dest / "kwok"
+    if os.access(binary, os.X_OK):
+        return Kwok(binary, source)
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".kwok-{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.access(binary, os.X_OK):
+            log = dest.parent / f"build-kwok-{version}.log"
+            log.write_text("")
+            if not quiet:
+                print(f"agentdetect: building kwok {version} into {dest} (log: {log})", file=sys.stderr)
+            env_dir = Path(tempfile.mkdtemp(prefix="kwokbuild-", dir=dest.parent))
+            try:
+                _run(
+                    ["go", "install", f"{KWOK_MODULE}/cmd/kwok@{version}"],
+                    env_dir,
+                    log,
+                    {"GOBIN": str(env_dir)},
+                )
+                (env_dir / "kwok").rename(binary)
+            finally:
+                shutil.rmtree(env_dir, ignore_errors=True)
+    return Kwok(binary, source)
+
+
+def _module_dir(module: str, version: str) -> Path:
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", f"{module}@{version}"],
+        env=_go_env(),
+        capture_output=True,
+        text=True,
+    )
+    try:
+        info = json.loads(out.stdout or "{}")
+    except ValueError:
+        info = {}
+    if out.returncode != 0 or "Dir" not in info:
+        raise BinariesError(f"go mod download {module}@{version} failed: {info.get('Error') or out.stderr}")
+    return Path(info["Dir"])
 
 
 def main(argv: list[str] | None = None) -> int:

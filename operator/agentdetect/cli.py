@@ -225,6 +225,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_binaries(args: argparse.Namespace) -> int:
     print(binaries.ensure(args.kubernetes_version).directory)
+    if args.kwok:
+        print(binaries.ensure_kwok().binary)
     return 0
 
 
@@ -335,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         "binaries", help="print the directory of etcd/kube-apiserver/... building them once if needed"
     )
     p.add_argument("--kubernetes-version", default=binaries.KUBERNETES_VERSION)
+    p.add_argument(
+        "--kwok", action="store_true", help="also kwok (a fake kubelet the tests use for pod logs)"
+    )
     p.set_defaults(func=_cmd_binaries)
 
     p = sub.add_parser("control-plane", help="run an embedded control plane on loopback until interrupted")

@@ -8,6 +8,7 @@ from agentdetect.controlplane import ControlPlane
 from agentdetect.reconcile import Config
 from agentdetect.resolve import StaticResolver
 from agentdetect.runner import OperatorThread
+from tests.kwoknode import KwokNode, find_kwok_binary, find_kwok_source
 
 #: What the operator's resolver answers in tests: this machine has no DNS to the internet.
 TEST_HOSTS: dict[str, list[str]] = {
@@ -36,3 +37,16 @@ def operator(
     cfg = Config(resolver=resolver, resolve_interval=2.0, retry_delay=1.0)
     with OperatorThread(cfg, control_plane.kubeconfig) as op:
         yield op
+
+
+@pytest.fixture(scope="session")
+def kwok_node(control_plane: ControlPlane) -> Iterator[KwokNode]:
+    """kwok as a node: pods become Running and serve logs through the API server. Built by the
+    test command (``agentdetect binaries --kwok``); a failure to get it fails, never skips."""
+    node = KwokNode(control_plane, find_kwok_binary(), name="kwok-test-node", source=find_kwok_source())
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+        assert node.process is not None and node.process.exited() is not None, "kwok still running"
