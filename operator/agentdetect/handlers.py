@@ -145,9 +145,6 @@ def settings_for(max_workers: int = 16) -> kopf.OperatorSettings:
     # Our own Events say what happened; kopf's per-handler "succeeded" Events would only add writes.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = max_workers
-    # kopf waits this long for more events on an object before handling it; reconciles are
-    # idempotent and cheap when nothing changed, so react at once rather than batch.
-    settings.batching.batch_window = 0.01
     return settings
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import socket
 import sys
 import threading
 import time
@@ -35,6 +36,18 @@ def file_lines(path: str) -> Iterator[bytes]:
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
+
+
+def _sever(resp: Any) -> None:
+    """End a streaming response as a network failure would. Closing it from another thread
+    blocks on the reader's buffer lock, so the socket is shut down under the reader instead."""
+    conn = getattr(resp, "connection", None)
+    sock = getattr(conn, "sock", None)
+    with contextlib.suppress(Exception):  # a dead connection may fail to close in many ways
+        if isinstance(sock, socket.socket):
+            sock.shutdown(socket.SHUT_RDWR)
+        else:
+            resp.close()
 
 
 def parse_timestamp(stamp: bytes) -> int:
@@ -120,8 +133,7 @@ class TetragonLogSource:
         with self._lock:
             responses = list(self._responses.values())
         for resp in responses:
-            with contextlib.suppress(Exception):  # closing a dead connection may fail in many ways
-                resp.close()
+            _sever(resp)
         for t in list(self._threads.values()):
             t.join(5)
         self._discoverer.join(5)
@@ -135,7 +147,7 @@ class TetragonLogSource:
         with self._lock:
             resp = self._responses.get(pod)
         if resp is not None:
-            resp.close()
+            _sever(resp)
 
     # ---- pods --------------------------------------------------------------------------------
 
@@ -157,6 +169,10 @@ class TetragonLogSource:
                         self._threads[name] = t
                         t.start()
                     self._gone = set(self._threads) - live
+                    # A followed stream need not end when its pod goes; end it here.
+                    gone_streams = [self._responses[p] for p in self._gone if p in self._responses]
+                for resp in gone_streams:
+                    _sever(resp)
             except ApiException as exc:
                 log.warning("listing Tetragon pods in %s failed: %s", self.namespace, exc.reason)
             except Exception:  # keep discovering whatever the transport did
