@@ -384,6 +384,8 @@ def operator_run(
                 "--static-hosts",
                 str(hosts),
                 "--no-detect",
+                "--metrics-port=0",
+                "--health-port=0",
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,

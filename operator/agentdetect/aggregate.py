@@ -55,9 +55,13 @@ class Aggregator:
         self.pods: dict[PodKey, PodDetections] = {}
         self.dirty: set[PodKey] = set()
         self.stats = AggregateStats()
+        #: Matched events per (profile, rule), pods deleted or not: what metrics count.
+        self.rule_totals: dict[tuple[ProfileKey, str], int] = {}
 
     def add(self, event: Event, match: Match) -> None:
         time = event.time
+        totals, total_key = self.rule_totals, (match.profile, match.rule)
+        totals[total_key] = totals.get(total_key, 0) + 1
         key = (match.profile, event.namespace, event.pod)
         pod = self.pods.get(key)
         if pod is None:
@@ -101,6 +105,8 @@ class Aggregator:
         for k in [k for k in self.pods if k[0] == profile]:
             del self.pods[k]
             self.dirty.discard(k)
+        for t in [t for t in self.rule_totals if t[0] == profile]:
+            del self.rule_totals[t]
 
     def take_dirty(self) -> list[PodKey]:
         keys = sorted(self.dirty, key=lambda k: (k[0][0], k[0][1] or "", k[0][2], k[1], k[2]))

@@ -64,6 +64,24 @@ def _resolver(args: argparse.Namespace) -> Resolver:
     return SystemResolver()
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value.lower() in ("1", "true", "yes", "on")
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    try:
+        return default if not value else float(value)
+    except ValueError:
+        raise SystemExit(f"agentdetect: {name}={value!r} is not a number") from None
+
+
+def _env_list(name: str) -> list[str] | None:
+    items = [x.strip() for x in os.environ.get(name, "").split(",") if x.strip()]
+    return items or None
+
+
 def _namespaces(specs: list[str]) -> list[tuple[str, dict[str, str]]]:
     out = []
     for item in specs:
@@ -200,10 +218,24 @@ def detections_table(objects: Sequence[Any]) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from agentdetect.detect import tune_gc
-    from agentdetect.runner import serve
+    import kopf
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from agentdetect.detect import tune_gc
+    from agentdetect.runner import ServeOptions, serve
+
+    kopf.configure(
+        verbose=args.log_level == "DEBUG",
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    logging.getLogger().setLevel(args.log_level)
+    for flag in ("flush_interval", "resolve_interval"):
+        if getattr(args, flag) <= 0:
+            raise CliError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    for flag in ("metrics_port", "health_port"):
+        if not 0 <= getattr(args, flag) <= 65535:
+            raise CliError(
+                f"--{flag.replace('_', '-')} must be a port (0 turns it off), got {getattr(args, flag)}"
+            )
     cfg = Config(
         allow_enforcement=args.allow_enforcement,
         template_dir=args.templates,
@@ -217,10 +249,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
         max_pods=args.max_pods,
         max_rules_per_pod=args.max_rules_per_pod,
     )
+    options = ServeOptions(
+        namespaces=args.namespace or None,
+        peering=args.peering,
+        priority=args.priority,
+        health_port=args.health_port or None,
+        metrics_port=args.metrics_port or None,
+        bind=args.bind,
+    )
     kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
     tune_gc()
-    asyncio.run(serve(cfg, kubeconfig, args.namespace or None))
+    asyncio.run(serve(cfg, kubeconfig, options))
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from agentdetect import demo
+
+    if args.write_events:
+        demo.write_sample_events()
+        print(demo.EVENTS_FILE)
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The operator runs in a thread here, so kopf cannot install signal handlers; that is expected.
+    logging.getLogger("kopf._core.reactor.running").setLevel(logging.ERROR)
+    return demo.run(kubernetes_version=args.kubernetes_version)
 
 
 def _cmd_binaries(args: argparse.Namespace) -> int:
@@ -291,46 +344,105 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pods", type=int, default=10_000, help="cap on (profile, pod) entries kept")
     p.set_defaults(func=_cmd_replay)
 
-    p = sub.add_parser("run", help="run the operator against the cluster in KUBECONFIG or in-cluster")
+    p = sub.add_parser(
+        "run",
+        help="run the operator against the cluster in KUBECONFIG or in-cluster",
+        description="Every option also reads an environment variable (shown in brackets), for the chart.",
+    )
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
-    p.add_argument("--namespace", action="append", help="watch only these namespaces (default: all)")
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=_env_list("AGENTDETECT_NAMESPACES"),
+        help="watch only this namespace; repeatable (AGENTDETECT_NAMESPACES, comma-separated; default: all)",
+    )
     p.add_argument(
         "--allow-enforcement",
-        action="store_true",
-        default=os.environ.get("AGENTDETECT_ALLOW_ENFORCEMENT", "").lower() in ("1", "true", "yes"),
-        help="let profiles in Enforce mode render Sigkill actions (env AGENTDETECT_ALLOW_ENFORCEMENT)",
+        action=argparse.BooleanOptionalAction,
+        default=_env_bool("AGENTDETECT_ALLOW_ENFORCEMENT", False),
+        help="let Enforce-mode profiles render Sigkill actions (AGENTDETECT_ALLOW_ENFORCEMENT; default off)",
     )
     p.add_argument(
         "--templates",
         type=Path,
         default=os.environ.get("AGENTDETECT_TEMPLATES") or None,
-        help="template directory overriding the built-in templates (env AGENTDETECT_TEMPLATES)",
+        help="template directory overriding the built-in templates (AGENTDETECT_TEMPLATES)",
     )
-    p.add_argument("--resolve-interval", type=float, default=300.0, help="seconds between DNS re-resolutions")
+    p.add_argument(
+        "--resolve-interval",
+        type=float,
+        default=_env_float("AGENTDETECT_RESOLVE_INTERVAL", 300.0),
+        help="seconds between DNS re-resolutions (AGENTDETECT_RESOLVE_INTERVAL)",
+    )
     p.add_argument("--static-hosts", help="YAML mapping hostname -> [addresses] instead of DNS")
     p.add_argument(
         "--detect",
         action=argparse.BooleanOptionalAction,
-        default=os.environ.get("AGENTDETECT_DETECT", "true").lower() in ("1", "true", "yes"),
-        help="follow Tetragon's events and write AgentDetections (env AGENTDETECT_DETECT; default on)",
+        default=_env_bool("AGENTDETECT_DETECT", True),
+        help="follow Tetragon's events and write AgentDetections (AGENTDETECT_DETECT; default on)",
     )
     p.add_argument(
-        "--tetragon-namespace", default=os.environ.get("AGENTDETECT_TETRAGON_NAMESPACE", "kube-system")
+        "--tetragon-namespace",
+        default=os.environ.get("AGENTDETECT_TETRAGON_NAMESPACE", "kube-system"),
+        help="namespace of the Tetragon DaemonSet (AGENTDETECT_TETRAGON_NAMESPACE)",
     )
     p.add_argument(
         "--tetragon-selector",
-        default="app.kubernetes.io/name=tetragon",
-        help="label selector of the Tetragon DaemonSet's pods",
+        default=os.environ.get("AGENTDETECT_TETRAGON_SELECTOR", "app.kubernetes.io/name=tetragon"),
+        help="label selector of the Tetragon DaemonSet's pods (AGENTDETECT_TETRAGON_SELECTOR)",
     )
-    p.add_argument("--tetragon-container", default="export-stdout")
+    p.add_argument(
+        "--tetragon-container",
+        default=os.environ.get("AGENTDETECT_TETRAGON_CONTAINER", "export-stdout"),
+        help="container whose log carries Tetragon's JSON events (AGENTDETECT_TETRAGON_CONTAINER)",
+    )
     p.add_argument(
         "--flush-interval",
         type=float,
-        default=10.0,
-        help="seconds between detection writes (at most one per object per interval)",
+        default=_env_float("AGENTDETECT_FLUSH_INTERVAL", 10.0),
+        help="seconds between detection writes: one per object at most (AGENTDETECT_FLUSH_INTERVAL)",
     )
     p.add_argument("--max-pods", type=int, default=10_000, help="cap on (profile, pod) entries in memory")
     p.add_argument("--max-rules-per-pod", type=int, default=64)
+    p.add_argument(
+        "--peering",
+        default=os.environ.get("AGENTDETECT_PEERING") or None,
+        help="kopf peering: replicas sharing it keep one active (AGENTDETECT_PEERING; default standalone)",
+    )
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=int(os.environ["AGENTDETECT_PRIORITY"]) if os.environ.get("AGENTDETECT_PRIORITY") else None,
+        help="peering priority; the highest live peer is active (AGENTDETECT_PRIORITY; default random)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("AGENTDETECT_METRICS_PORT", "8080")),
+        help="serve Prometheus /metrics here; 0 turns it off (AGENTDETECT_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=int(os.environ.get("AGENTDETECT_HEALTH_PORT", "8081")),
+        help="serve /healthz for liveness and readiness probes; 0 turns it off (AGENTDETECT_HEALTH_PORT)",
+    )
+    p.add_argument(
+        "--bind", default=os.environ.get("AGENTDETECT_BIND", "0.0.0.0"), help="address of both ports"
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("AGENTDETECT_LOG_FORMAT", "text"),
+        help="json for production log pipelines (AGENTDETECT_LOG_FORMAT)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        default=os.environ.get("AGENTDETECT_LOG_LEVEL", "INFO").upper(),
+        help="(AGENTDETECT_LOG_LEVEL)",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
@@ -341,6 +453,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--kwok", action="store_true", help="also kwok (a fake kubelet the tests use for pod logs)"
     )
     p.set_defaults(func=_cmd_binaries)
+
+    p = sub.add_parser(
+        "demo",
+        help="everything on this machine: embedded control plane, operator, example profiles, sample events",
+    )
+    p.add_argument("--kubernetes-version", default=binaries.KUBERNETES_VERSION)
+    p.add_argument(
+        "--write-events",
+        action="store_true",
+        help="regenerate the bundled sample of Tetragon events from the example profiles, then exit",
+    )
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("control-plane", help="run an embedded control plane on loopback until interrupted")
     p.add_argument("--kubernetes-version", default=binaries.KUBERNETES_VERSION)

@@ -129,7 +129,12 @@ class DetectionWriter:
         self._pod_uids: dict[tuple[str, str], str] = {}
         #: Profiles whose status patch is owed (kept until one succeeds).
         self._status_owed: set[ProfileKey] = set()
-        self.total_writes = 0
+        self.detection_writes = 0
+        self.status_writes = 0
+
+    @property
+    def total_writes(self) -> int:
+        return self.detection_writes + self.status_writes
 
     def flush(self) -> FlushResult:
         result = FlushResult()
@@ -186,7 +191,8 @@ class DetectionWriter:
             self._status_written[profile] = digest
             self._status_owed.discard(profile)
             result.statuses_written += 1
-        self.total_writes += result.writes
+        self.detection_writes += result.detections_written
+        self.status_writes += result.statuses_written
         return result
 
     def _pod_uid(self, namespace: str, name: str) -> str | None:

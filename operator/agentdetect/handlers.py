@@ -10,8 +10,9 @@ import kopf
 from agentdetect import catalog
 from agentdetect.detection_service import DetectionService
 from agentdetect.kube import POLICY_PLURALS, PROFILE_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
+from agentdetect.metrics import Metrics
 from agentdetect.models import GROUP, VERSION
-from agentdetect.reconcile import Reconciler
+from agentdetect.reconcile import Outcome, Reconciler
 from agentdetect.render import (
     LABEL_MANAGED_BY,
     LABEL_PROFILE_KIND,
@@ -35,10 +36,11 @@ def _needs_resolution(spec: Any, **_: Any) -> bool:
 
 
 def build_registry(
-    reconciler: Reconciler, detection: DetectionService | None = None
+    reconciler: Reconciler, detection: DetectionService | None = None, metrics: Metrics | None = None
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     config = reconciler.config
+    metrics = metrics or Metrics()
 
     if detection is not None:
 
@@ -56,15 +58,22 @@ def build_registry(
             if type == "DELETED":
                 detection.pod_deleted(body.metadata.namespace or "", body.metadata.name or "")
 
+    def measured(body: Any) -> Outcome:
+        with metrics.reconcile(body["kind"]) as record:
+            outcome = reconciler.reconcile(body)
+            record.ready, record.reason = outcome.ready, outcome.reason
+            record.applied, record.pruned = outcome.applied, outcome.pruned
+        return outcome
+
     def reconcile(body: kopf.Body) -> None:
-        outcome = reconciler.reconcile(body)
+        outcome = measured(body)
         if outcome.retry_after is not None:
             raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
 
     def reconcile_by_key(kind: str, name: str, namespace: str | None) -> None:
         body = reconciler.cluster.get_profile(kind, name, namespace)
         if body is not None:
-            reconciler.reconcile(body)
+            measured(body)
 
     for kind, plural in PROFILE_PLURALS.items():
 

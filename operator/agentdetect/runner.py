@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import random
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import kopf
 from kubernetes import client, config
+from prometheus_client import start_http_server
 
 from agentdetect.detection_service import DetectionService
 from agentdetect.handlers import build_registry, emit_event, settings_for
 from agentdetect.kube import Cluster
+from agentdetect.metrics import Metrics
 from agentdetect.reconcile import Config, Reconciler
+
+log = logging.getLogger(__name__)
 
 
 def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
@@ -31,13 +38,40 @@ def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
-def build(
-    cfg: Config, kubeconfig: Path | None = None
-) -> tuple[Reconciler, kopf.OperatorRegistry, DetectionService | None]:
+@dataclass
+class Runtime:
+    """What one operator instance is made of; built afresh per start, as a new process would."""
+
+    reconciler: Reconciler
+    registry: kopf.OperatorRegistry
+    detection: DetectionService | None
+    metrics: Metrics
+
+
+@dataclass
+class ServeOptions:
+    #: Watch only these namespaces; None is cluster-wide.
+    namespaces: list[str] | None = None
+    #: kopf peering object: replicas sharing it elect one active operator. None: standalone.
+    peering: str | None = None
+    #: Among peers the highest priority is active; equal priorities would pause them all, so
+    #: replicas default to a random one.
+    priority: int | None = None
+    #: Port of /healthz (kopf's liveness endpoint, also the readiness probe). None: off.
+    health_port: int | None = None
+    #: Port of /metrics. None: off.
+    metrics_port: int | None = None
+    bind: str = "0.0.0.0"
+
+
+def build(cfg: Config, kubeconfig: Path | None = None) -> Runtime:
     cluster = Cluster(api_client(kubeconfig))
     reconciler = Reconciler(cluster, cfg, emit=emit_event)
     detection = DetectionService(cluster, reconciler.board, cfg) if cfg.detect else None
-    registry = build_registry(reconciler, detection)
+    metrics = Metrics()
+    if detection is not None:
+        metrics.watch_detection(detection)
+    registry = build_registry(reconciler, detection, metrics)
     kubeconfig_path = str(kubeconfig) if kubeconfig else None
 
     @kopf.on.login(registry=registry)
@@ -48,39 +82,64 @@ def build(
             os.environ["KUBECONFIG"] = kubeconfig_path
         return kopf.login_with_kubeconfig(**kwargs)
 
-    return reconciler, registry, detection
+    return Runtime(reconciler, registry, detection, metrics)
 
 
 async def serve(
     cfg: Config,
     kubeconfig: Path | None = None,
-    namespaces: list[str] | None = None,
+    options: ServeOptions | None = None,
     stop_flag: Any = None,
     ready_flag: Any = None,
-    liveness_endpoint: str | None = None,
-    registry: kopf.OperatorRegistry | None = None,
+    runtime: Runtime | None = None,
 ) -> None:
-    if registry is None:
-        _, registry, _ = build(cfg, kubeconfig)
-    await kopf.operator(
-        registry=registry,
-        settings=settings_for(),
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces or [],
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-        liveness_endpoint=liveness_endpoint,
-    )
+    options = options or ServeOptions()
+    runtime = runtime or build(cfg, kubeconfig)
+    metrics_server = None
+    if options.metrics_port is not None:
+        metrics_server, _ = start_http_server(
+            options.metrics_port, options.bind, registry=runtime.metrics.registry
+        )
+        log.info("metrics on http://%s:%d/metrics", options.bind, options.metrics_port)
+    try:
+        await kopf.operator(
+            registry=runtime.registry,
+            settings=settings_for(),
+            standalone=options.peering is None,
+            peering_name=options.peering,
+            priority=options.priority
+            if options.priority is not None or options.peering is None
+            else random.randint(1, 2**31 - 1),
+            clusterwide=not options.namespaces,
+            namespaces=options.namespaces or [],
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            liveness_endpoint=(
+                f"http://{options.bind}:{options.health_port}/healthz"
+                if options.health_port is not None
+                else None
+            ),
+        )
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
 
 
 class OperatorThread:
     """The operator in a background thread with its own event loop; stops cleanly."""
 
-    def __init__(self, cfg: Config, kubeconfig: Path, namespaces: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        kubeconfig: Path,
+        namespaces: list[str] | None = None,
+        options: ServeOptions | None = None,
+    ) -> None:
         self.cfg = cfg
         self.kubeconfig = kubeconfig
-        self.namespaces = namespaces
+        self.options = options or ServeOptions(namespaces=namespaces)
+        self.runtime: Runtime | None = None
         self.ready = threading.Event()
         self.stop_flag = threading.Event()
         self.error: BaseException | None = None
@@ -91,10 +150,11 @@ class OperatorThread:
     def _run(self) -> None:
         try:
             # Built per start, as a new process would: a restart keeps nothing in memory.
-            self.reconciler, registry, self.detection = build(self.cfg, self.kubeconfig)
+            self.runtime = build(self.cfg, self.kubeconfig)
+            self.reconciler, self.detection = self.runtime.reconciler, self.runtime.detection
             asyncio.run(
                 serve(
-                    self.cfg, self.kubeconfig, self.namespaces, self.stop_flag, self.ready, registry=registry
+                    self.cfg, self.kubeconfig, self.options, self.stop_flag, self.ready, runtime=self.runtime
                 )
             )
         except BaseException as exc:  # surfaced by start()/stop(), not lost in a thread

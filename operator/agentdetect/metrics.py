@@ -1,0 +1,158 @@
+"""Prometheus metrics.
+
+Reconcile metrics are updated where reconciles happen (a handful per minute). Everything
+on the per-event path is read from the pipeline's own counters at scrape time instead, so
+a million events cost nothing extra: the hot loop already keeps those counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from agentdetect.detection_service import DetectionService
+
+#: ParseStats fields that are reasons a line was skipped.
+SKIP_REASONS = ("malformed", "truncated", "unknown", "oversized")
+
+
+class DetectionCollector(Collector):
+    """Pipeline counters, read under the pipeline's lock when Prometheus scrapes."""
+
+    def __init__(self, service: DetectionService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        pipeline = self.service.pipeline
+        with pipeline.lock:
+            stats = pipeline.stats
+            lines, events, ignored, unmatched = stats.lines, stats.events, stats.ignored, pipeline.unmatched
+            skipped = {r: getattr(stats, r) for r in SKIP_REASONS}
+            totals = dict(pipeline.aggregator.rule_totals)
+            pods = len(pipeline.aggregator.pods)
+            agg = pipeline.aggregator.stats
+            over_pod, over_rule = agg.dropped_over_pod_cap, agg.dropped_over_rule_cap
+        writer = self.service.writer
+        source = self.service.source
+
+        yield _counter("agentdetect_events_read", "Lines read from Tetragon's export.", lines)
+        hooks = CounterMetricFamily(
+            "agentdetect_hook_events", "Events of our hooks, by what became of them.", labels=["outcome"]
+        )
+        hooks.add_metric(["matched"], events - unmatched)
+        hooks.add_metric(["unmatched"], unmatched)
+        hooks.add_metric(["other"], ignored)
+        yield hooks
+        malformed = CounterMetricFamily(
+            "agentdetect_malformed_lines", "Lines skipped, by reason.", labels=["reason"]
+        )
+        for reason, n in skipped.items():
+            malformed.add_metric([reason], n)
+        yield malformed
+        detections = CounterMetricFamily(
+            "agentdetect_detection_events",
+            "Events that matched a profile's rule.",
+            labels=["kind", "namespace", "profile", "rule"],
+        )
+        for ((kind, namespace, profile), rule), n in sorted(
+            totals.items(), key=lambda kv: (kv[0][0][0], kv[0][0][1] or "", kv[0][0][2], kv[0][1])
+        ):
+            detections.add_metric([kind, namespace or "", profile, rule], n)
+        yield detections
+        yield GaugeMetricFamily(
+            "agentdetect_pods_with_detections", "(profile, pod) entries held in memory.", value=pods
+        )
+        dropped = CounterMetricFamily(
+            "agentdetect_detections_dropped", "Events not stored because a cap was reached.", labels=["cap"]
+        )
+        dropped.add_metric(["pods"], over_pod)
+        dropped.add_metric(["rules"], over_rule)
+        yield dropped
+        writes = CounterMetricFamily(
+            "agentdetect_api_writes", "Detection writes to the API.", labels=["kind"]
+        )
+        writes.add_metric(["AgentDetection"], writer.detection_writes)
+        writes.add_metric(["status"], writer.status_writes)
+        yield writes
+        if source is not None:
+            yield _counter(
+                "agentdetect_stream_reconnects",
+                "Tetragon log streams reopened after a drop.",
+                source.reconnects,
+            )
+            yield GaugeMetricFamily(
+                "agentdetect_streams", "Tetragon pods whose log is followed.", value=len(source.states)
+            )
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+@dataclass
+class Metrics:
+    """One registry per operator instance (tests run several in one process)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.reconciles = Counter(
+            "agentdetect_reconciles",
+            "Profile reconciles, by kind and result (applied, failed: a status condition says why, "
+            "error: an exception).",
+            ["kind", "result", "reason"],
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "agentdetect_reconcile_duration_seconds",
+            "Time to reconcile one profile.",
+            ["kind"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.policies_applied = Counter(
+            "agentdetect_policies_applied",
+            "Tetragon policies created or updated by server-side apply.",
+            registry=self.registry,
+        )
+        self.policies_pruned = Counter(
+            "agentdetect_policies_pruned",
+            "Tetragon policies deleted because their profile no longer renders them.",
+            registry=self.registry,
+        )
+
+    def watch_detection(self, service: DetectionService) -> None:
+        self.registry.register(DetectionCollector(service))
+
+    @contextmanager
+    def reconcile(self, kind: str) -> Iterator[ReconcileRecord]:
+        record = ReconcileRecord()
+        start = time.perf_counter()
+        try:
+            yield record
+        except Exception:
+            self.reconciles.labels(kind, "error", "Exception").inc()
+            raise
+        else:
+            result = "applied" if record.ready else "failed"
+            self.reconciles.labels(kind, result, record.reason).inc()
+            self.policies_applied.inc(record.applied)
+            self.policies_pruned.inc(record.pruned)
+        finally:
+            self.reconcile_seconds.labels(kind).observe(time.perf_counter() - start)
+
+
+@dataclass
+class ReconcileRecord:
+    ready: bool = False
+    reason: str = ""
+    applied: int = 0
+    pruned: int = 0

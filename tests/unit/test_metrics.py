@@ -1,0 +1,91 @@
+"""Metrics as Prometheus scrapes them: reconcile counters, and the pipeline's counters read at
+scrape time (so the per-event path pays nothing for them)."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agentdetect.detect import ProfileBoard
+from agentdetect.detection_service import DetectionService
+from agentdetect.metrics import Metrics
+from agentdetect.reconcile import Config
+from agentdetect.resolve import StaticResolver
+from tests.unit.detect_helpers import example, line, policy_of, state_of, static_hosts, ts
+from tests.unit.test_detections import FakeCluster
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_reconcile_counts_results_reasons_and_policies() -> None:
+    metrics = Metrics()
+    with metrics.reconcile("AgentDetectionProfile") as rec:
+        rec.ready, rec.reason, rec.applied = True, "Applied", 3
+    with metrics.reconcile("AgentDetectionProfile") as rec:
+        rec.ready, rec.reason = False, "InvalidSpec"
+    with pytest.raises(RuntimeError), metrics.reconcile("ClusterAgentDetectionProfile"):
+        raise RuntimeError("API down")
+    got = samples(metrics)
+    kind = ("kind", "AgentDetectionProfile")
+    assert got[("agentdetect_reconciles_total", (kind, ("reason", "Applied"), ("result", "applied")))] == 1
+    assert got[("agentdetect_reconciles_total", (kind, ("reason", "InvalidSpec"), ("result", "failed")))] == 1
+    cluster = ("kind", "ClusterAgentDetectionProfile")
+    assert got[("agentdetect_reconciles_total", (cluster, ("reason", "Exception"), ("result", "error")))] == 1
+    assert got[("agentdetect_policies_applied_total", ())] == 3
+    assert got[("agentdetect_reconcile_duration_seconds_count", (kind,))] == 2
+    assert got[("agentdetect_reconcile_duration_seconds_count", (cluster,))] == 1
+
+
+def test_pipeline_counters_are_read_at_scrape_time() -> None:
+    llm = example("llm-egress.yaml")
+    board = ProfileBoard()
+    board.publish(state_of(llm))
+    cfg = Config(resolver=StaticResolver(static_hosts()), detect=True)
+    service = DetectionService(FakeCluster(), board, cfg, follow_logs=False)
+    metrics = Metrics()
+    metrics.watch_detection(service)
+    policy = policy_of(llm, "tcp_connect")
+    for i in range(4):
+        service.pipeline.feed(
+            line(
+                hook="tcp_connect",
+                policy=policy,
+                namespace="support",
+                pod=f"bot-{i % 2}",
+                target="104.18.6.192",
+                time=ts(i),
+            )
+        )
+    service.pipeline.feed(b'{"process_kprobe": {')  # truncated
+    service.pipeline.feed(b"not json")
+    service.flush()
+
+    got = samples(metrics)
+    assert got[("agentdetect_events_read_total", ())] == 6
+    assert got[("agentdetect_malformed_lines_total", (("reason", "truncated"),))] == 1
+    assert got[("agentdetect_malformed_lines_total", (("reason", "malformed"),))] == 1
+    assert got[("agentdetect_hook_events_total", (("outcome", "matched"),))] == 4
+    rule = (
+        ("kind", "AgentDetectionProfile"),
+        ("namespace", "support"),
+        ("profile", llm.name),
+        ("rule", "openai"),
+    )
+    assert got[("agentdetect_detection_events_total", rule)] == 4
+    assert got[("agentdetect_pods_with_detections", ())] == 2
+    assert got[("agentdetect_api_writes_total", (("kind", "AgentDetection"),))] == 2
+    assert got[("agentdetect_api_writes_total", (("kind", "status"),))] == 1
+
+    # A deleted pod leaves memory; the counter of what was detected does not go back.
+    service.pod_deleted("support", "bot-0")
+    got = samples(metrics)
+    assert got[("agentdetect_pods_with_detections", ())] == 1
+    assert got[("agentdetect_detection_events_total", rule)] == 4
