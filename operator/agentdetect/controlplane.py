@@ -342,11 +342,16 @@ class ControlPlane:
     # ---- CRDs ------------------------------------------------------------------------------
 
     def install_crds(self, documents: Iterable[dict[str, Any]], timeout: float = 30.0) -> list[str]:
-        """Server-side apply CRDs and wait until each is ``Established``; returns their names."""
+        """Server-side apply CRDs and wait until each is ``Established`` and its storage
+        answers a list (right after Established it can still say 429 "storage is
+        (re)initializing", which watchers would log as errors); returns their names."""
         from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
 
         api = client.ApiextensionsV1Api(self.api_client())
+        custom = client.CustomObjectsApi(api.api_client)
         names = []
+        served: dict[str, tuple[str, str, str]] = {}
         for doc in documents:
             name = doc["metadata"]["name"]
             api.patch_custom_resource_definition(
@@ -357,16 +362,30 @@ class ControlPlane:
                 _content_type="application/apply-patch+yaml",
             )
             names.append(name)
+            spec = doc["spec"]
+            version = next((v["name"] for v in spec["versions"] if v.get("served", True)), None)
+            if version is not None:
+                served[name] = (spec["group"], version, spec["names"]["plural"])
         deadline = time.monotonic() + timeout
         pending = set(names)
         while pending:
             for name in sorted(pending):
                 crd = api.read_custom_resource_definition(name)
                 conds = {c.type: c.status for c in ((crd.status and crd.status.conditions) or [])}
-                if conds.get("Established") == "True":
-                    pending.discard(name)
+                if conds.get("Established") != "True":
+                    continue
+                if name in served:
+                    try:
+                        custom.list_cluster_custom_object(*served[name], limit=1)
+                    except ApiException as exc:
+                        if exc.status in (404, 429, 503):
+                            continue
+                        raise
+                pending.discard(name)
             if pending and time.monotonic() > deadline:
-                raise ControlPlaneError(f"CRDs not Established after {timeout:.0f}s: {sorted(pending)}")
+                raise ControlPlaneError(
+                    f"CRDs not Established and served after {timeout:.0f}s: {sorted(pending)}"
+                )
             if pending:
                 time.sleep(0.1)
         return names

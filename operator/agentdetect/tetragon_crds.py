@@ -75,3 +75,54 @@ def load(version: str = TETRAGON_VERSION) -> list[dict[str, Any]]:
     """The two Tetragon CRDs as dicts, ready to apply."""
     override = os.environ.get("TETRAGON_CRDS_DIR")
     return _crds_in(Path(override) if override else module_dir(version))
+
+
+# ---- stand-ins ---------------------------------------------------------------------------------
+# NOT Tetragon's schema: the same group, kinds, plurals and scopes with no schema at all, so the
+# API server stores, watches, garbage-collects and server-side-applies TracingPolicy objects as
+# on a cluster. Used only when the real CRDs cannot be had (the local demo says so loudly;
+# tests that claim Tetragon-validity use the real ones and skip naming the error).
+
+STANDIN_ANNOTATION = "agentdetect.io/test-stand-in"
+
+
+def standin_tetragon_crds() -> list[dict[str, Any]]:
+    out = []
+    for kind, plural, scope in (
+        ("TracingPolicy", "tracingpolicies", "Cluster"),
+        ("TracingPolicyNamespaced", "tracingpoliciesnamespaced", "Namespaced"),
+    ):
+        out.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {
+                    "name": f"{plural}.cilium.io",
+                    "annotations": {STANDIN_ANNOTATION: "no schema: Tetragon's CRDs were unavailable"},
+                },
+                "spec": {
+                    "group": "cilium.io",
+                    "names": {
+                        "kind": kind,
+                        "listKind": f"{kind}List",
+                        "plural": plural,
+                        "singular": kind.lower(),
+                    },
+                    "scope": scope,
+                    "versions": [
+                        {
+                            "name": "v1alpha1",
+                            "served": True,
+                            "storage": True,
+                            "schema": {
+                                "openAPIV3Schema": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return out
