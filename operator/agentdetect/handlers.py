@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any, cast
 
 import kopf
 
-from agentdetect import catalog
 from agentdetect.detection_service import DetectionService
 from agentdetect.kube import POLICY_PLURALS, PROFILE_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
 from agentdetect.metrics import Metrics
@@ -19,20 +20,51 @@ from agentdetect.render import (
     LABEL_PROFILE_NAME,
     LABEL_PROFILE_NAMESPACE,
     MANAGED_BY,
+    hostnames_of,
 )
 
 log = logging.getLogger(__name__)
 
 
-def _needs_resolution(spec: Any, **_: Any) -> bool:
-    net = (spec or {}).get("network") or {}
-    cat = catalog.load()
-    if any(
-        d.get("hostnames") or (d.get("provider") and not d.get("cidrs"))
-        for d in net.get("destinations") or []
-    ):
-        return True
-    return any(cat.providers.get(p) and cat.providers[p].hostnames for p in net.get("providers") or [])
+class ResolveSweep:
+    """Hostnames move: every interval, profiles that name hostnames are reconciled again, and
+    their policies change only when the address set did. Not a kopf timer: kopf puts its
+    finalizer on every object a timer runs for, and a profile must never hang on deletion
+    while the operator is down."""
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        reconcile_by_key: Callable[[str, str, str | None], None],
+        interval: float,
+    ) -> None:
+        self.reconciler = reconciler
+        self.reconcile_by_key = reconcile_by_key
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="agentdetect-re-resolve", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            _, states = self.reconciler.board.snapshot()
+            for state in states:
+                if self._stop.is_set():
+                    return
+                p = state.profile
+                if not hostnames_of(p.spec):
+                    continue
+                try:
+                    self.reconcile_by_key(p.kind, p.name, p.namespace)
+                except Exception:  # one profile's failure must not end re-resolution for all
+                    log.exception("re-resolving %s %s/%s failed", p.kind, p.namespace or "-", p.name)
 
 
 def build_registry(
@@ -75,26 +107,22 @@ def build_registry(
         if body is not None:
             measured(body)
 
+    sweep = ResolveSweep(reconciler, reconcile_by_key, config.resolve_interval)
+
+    @kopf.on.startup(registry=registry, id="start-re-resolve")
+    def start_sweep(**_: Any) -> None:
+        sweep.start()
+
+    @kopf.on.cleanup(registry=registry, id="stop-re-resolve")
+    def stop_sweep(**_: Any) -> None:
+        sweep.stop()
+
     for kind, plural in PROFILE_PLURALS.items():
 
         @kopf.on.resume(GROUP, VERSION, plural, registry=registry, id="reconcile")
         @kopf.on.create(GROUP, VERSION, plural, registry=registry, id="reconcile")
         @kopf.on.update(GROUP, VERSION, plural, registry=registry, id="reconcile")
         def profile_changed(body: kopf.Body, **_: Any) -> None:
-            reconcile(body)
-
-        @kopf.timer(
-            GROUP,
-            VERSION,
-            plural,
-            id="re-resolve",
-            registry=registry,
-            interval=config.resolve_interval,
-            initial_delay=config.resolve_interval,
-            when=_needs_resolution,
-        )
-        def re_resolve(body: kopf.Body, **_: Any) -> None:
-            """Hostnames move; the policy follows only when the address set changed."""
             reconcile(body)
 
         @kopf.on.event(GROUP, VERSION, plural, registry=registry, id="profile-deleted")

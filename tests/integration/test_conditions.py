@@ -143,6 +143,9 @@ spec:
     assert again["moving.example.com"]["addresses"] == ["10.9.0.2"]
     assert again["moving.example.com"]["resolvedAt"] >= first_seen
     assert eventually(lambda: sorted(daddrs()) == ["10.9.0.2/32", "10.9.9.9/32"], timeout=20)
+    # Re-resolution is periodic, yet the profile carries no finalizer: deleting it never
+    # depends on the operator being up (kopf timers would have added one).
+    assert not profile(api, "moving", namespace)["metadata"].get("finalizers")
 
 
 def test_tetragon_missing_then_installed(
