@@ -13,7 +13,7 @@ fi
 
 # Build (minutes, once) or reuse the control-plane binaries and kwok (a fake kubelet serving
 # pod logs) before the clock of any test starts.
-"$venv/bin/agentdetect" binaries --kwok >/dev/null
+"$venv/bin/agentdetect" binaries --kwok --helm >/dev/null
 
 "$venv/bin/ruff" check operator tests bench
 "$venv/bin/ruff" format --check operator tests bench

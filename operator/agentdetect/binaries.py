@@ -276,30 +276,48 @@ def ensure_kwok(version: str = KWOK_VERSION, *, quiet: bool = False) -> Kwok:
     )
     if os.environ.get("KWOK_BINARY"):
         return Kwok(Path(os.environ["KWOK_BINARY"]), source)
-    dest = cache_root() / f"kwok-{version}"
-    binary = dest / "kwok"
+    return Kwok(_go_install(f"{KWOK_MODULE}/cmd/kwok", version, quiet=quiet), source)
+
+
+HELM_PACKAGE = "helm.sh/helm/v3/cmd/helm"
+HELM_VERSION = "v3.22.0"
+
+
+def ensure_helm(version: str = HELM_VERSION, *, quiet: bool = False) -> Path:
+    """``HELM`` if set; else helm built once from the Go module proxy (chart tests need it)."""
+    if os.environ.get("HELM"):
+        return Path(os.environ["HELM"])
+    if shutil.which("go") is None:
+        raise BinariesError("`go` is not on PATH: install Go, or set HELM to a helm binary")
+    return _go_install(HELM_PACKAGE, version, quiet=quiet)
+
+
+def _go_install(package: str, version: str, *, quiet: bool = False) -> Path:
+    """``go install package@version`` into the cache, once (concurrent runs wait and reuse)."""
+    name = package.rsplit("/", 1)[1]
+    dest = cache_root() / f"{name}-{version}"
+    binary = dest / name
     if os.access(binary, os.X_OK):
-        return Kwok(binary, source)
+        return binary
     dest.mkdir(parents=True, exist_ok=True)
-    with open(dest.parent / f".kwok-{version}.lock", "w") as lock:
+    with open(dest.parent / f".{name}-{version}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.access(binary, os.X_OK):
-            log = dest.parent / f"build-kwok-{version}.log"
-            log.write_text("")
-            if not quiet:
-                print(f"agentdetect: building kwok {version} into {dest} (log: {log})", file=sys.stderr)
-            env_dir = Path(tempfile.mkdtemp(prefix="kwokbuild-", dir=dest.parent))
-            try:
-                _run(
-                    ["go", "install", f"{KWOK_MODULE}/cmd/kwok@{version}"],
-                    env_dir,
-                    log,
-                    {"GOBIN": str(env_dir)},
-                )
-                (env_dir / "kwok").rename(binary)
-            finally:
-                shutil.rmtree(env_dir, ignore_errors=True)
-    return Kwok(binary, source)
+        if os.access(binary, os.X_OK):
+            return binary
+        log = dest.parent / f"build-{name}-{version}.log"
+        log.write_text("")
+        if not quiet:
+            print(f"agentdetect: building {name} {version} into {dest} (log: {log})", file=sys.stderr)
+        started = time.monotonic()
+        env_dir = Path(tempfile.mkdtemp(prefix=f"{name}build-", dir=dest.parent))
+        try:
+            _run(["go", "install", f"{package}@{version}"], env_dir, log, {"GOBIN": str(env_dir)})
+            (env_dir / name).rename(binary)
+        finally:
+            shutil.rmtree(env_dir, ignore_errors=True)
+        if not quiet:
+            print(f"agentdetect: built {name} in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    return binary
 
 
 def _module_dir(module: str, version: str) -> Path:

@@ -280,6 +280,8 @@ def _cmd_binaries(args: argparse.Namespace) -> int:
     print(binaries.ensure(args.kubernetes_version).directory)
     if args.kwok:
         print(binaries.ensure_kwok().binary)
+    if args.helm:
+        print(binaries.ensure_helm())
     return 0
 
 
@@ -402,7 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_float("AGENTDETECT_FLUSH_INTERVAL", 10.0),
         help="seconds between detection writes: one per object at most (AGENTDETECT_FLUSH_INTERVAL)",
     )
-    p.add_argument("--max-pods", type=int, default=10_000, help="cap on (profile, pod) entries in memory")
+    p.add_argument(
+        "--max-pods",
+        type=int,
+        default=int(os.environ.get("AGENTDETECT_MAX_PODS") or 10_000),
+        help="cap on (profile, pod) entries in memory (AGENTDETECT_MAX_PODS)",
+    )
     p.add_argument("--max-rules-per-pod", type=int, default=64)
     p.add_argument(
         "--peering",
@@ -452,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kwok", action="store_true", help="also kwok (a fake kubelet the tests use for pod logs)"
     )
+    p.add_argument("--helm", action="store_true", help="also helm (the chart tests use it)")
     p.set_defaults(func=_cmd_binaries)
 
     p = sub.add_parser(
