@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from agentdetect.aggregate import Aggregator
 from agentdetect.detect import Pipeline, ProfileBoard
@@ -16,27 +17,44 @@ log = logging.getLogger(__name__)
 
 
 class DetectionService:
-    def __init__(self, cluster: Cluster, board: ProfileBoard, cfg: Config, follow_logs: bool = True) -> None:
+    """Follows Tetragon, aggregates, writes. With a peering ``gate``, only while this replica is
+    the active one: on becoming active it starts afresh (the logs are read from their start,
+    so counts are rebuilt, not added to); on becoming standby it stops following and writing."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        board: ProfileBoard,
+        cfg: Config,
+        follow_logs: bool = True,
+        gate: Callable[[], bool] | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.cluster = cluster
+        self.follow_logs = follow_logs
+        self.gate = gate
         self.pipeline = Pipeline(board, Aggregator(cfg.max_pods, cfg.max_rules_per_pod))
         self.writer = DetectionWriter(cluster, self.pipeline)
-        self.source = (
-            TetragonLogSource(
-                cluster.api,
-                self.pipeline.feed,
-                cfg.tetragon_namespace,
-                cfg.tetragon_selector,
-                cfg.tetragon_container,
-            )
-            if follow_logs
-            else None
-        )
+        self.source: TetragonLogSource | None = self._new_source() if gate is None else None
+        self.active = gate is None
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="agentdetect-flush", daemon=True)
         self.last_flush = FlushResult()
 
+    def _new_source(self) -> TetragonLogSource | None:
+        if not self.follow_logs:
+            return None
+        cfg = self.cfg
+        return TetragonLogSource(
+            self.cluster.api,
+            self.pipeline.feed,
+            cfg.tetragon_namespace,
+            cfg.tetragon_selector,
+            cfg.tetragon_container,
+        )
+
     def start(self) -> DetectionService:
-        if self.source is not None:
+        if self.active and self.source is not None:
             self.source.start()
         self._flusher.start()
         return self
@@ -46,7 +64,31 @@ class DetectionService:
         if self.source is not None:
             self.source.stop()
         self._flusher.join(10)
-        self.flush()  # what arrived last is not lost on a clean stop
+        if self.active:
+            self.flush()  # what arrived last is not lost on a clean stop
+
+    def _follow_peering(self) -> None:
+        if self.gate is None:
+            return
+        try:
+            want = self.gate()
+        except Exception:  # keep the current role whatever the transport did
+            log.exception("checking the peering failed")
+            return
+        if want and not self.active:
+            with self.pipeline.lock:
+                self.pipeline.aggregator = Aggregator(self.cfg.max_pods, self.cfg.max_rules_per_pod)
+            self.writer = DetectionWriter(self.cluster, self.pipeline)
+            self.source = self._new_source()
+            if self.source is not None:
+                self.source.start()
+            self.active = True
+            log.info("detection active: following Tetragon's export")
+        elif not want and self.active:
+            if self.source is not None:
+                self.source.stop()
+            self.active = False
+            log.info("detection on standby: another replica is active")
 
     def flush(self) -> FlushResult:
         try:
@@ -56,8 +98,11 @@ class DetectionService:
         return self.last_flush
 
     def _flush_loop(self) -> None:
+        self._follow_peering()
         while not self._stop.wait(self.cfg.flush_interval):
-            self.flush()
+            self._follow_peering()
+            if self.active:
+                self.flush()
 
     def pod_deleted(self, namespace: str, name: str) -> None:
         with self.pipeline.lock:

@@ -20,6 +20,7 @@ from agentdetect.detection_service import DetectionService
 from agentdetect.handlers import build_registry, emit_event, settings_for
 from agentdetect.kube import Cluster
 from agentdetect.metrics import Metrics
+from agentdetect.peering import PeeringGate
 from agentdetect.reconcile import Config, Reconciler
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,21 @@ class ServeOptions:
     metrics_port: int | None = None
     bind: str = "0.0.0.0"
 
+    def __post_init__(self) -> None:
+        if self.peering is not None and self.priority is None:
+            self.priority = random.randint(1, 2**31 - 1)
 
-def build(cfg: Config, kubeconfig: Path | None = None) -> Runtime:
+
+def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | None = None) -> Runtime:
+    options = options or ServeOptions()
     cluster = Cluster(api_client(kubeconfig))
     reconciler = Reconciler(cluster, cfg, emit=emit_event)
-    detection = DetectionService(cluster, reconciler.board, cfg) if cfg.detect else None
+    gate = None
+    if options.peering is not None and options.priority is not None:
+        # kopf peers per namespace when it watches namespaces; the first one speaks for all.
+        peering_ns = options.namespaces[0] if options.namespaces else None
+        gate = PeeringGate(cluster.api, options.peering, options.priority, peering_ns)
+    detection = DetectionService(cluster, reconciler.board, cfg, gate=gate) if cfg.detect else None
     metrics = Metrics()
     if detection is not None:
         metrics.watch_detection(detection)
@@ -94,7 +105,7 @@ async def serve(
     runtime: Runtime | None = None,
 ) -> None:
     options = options or ServeOptions()
-    runtime = runtime or build(cfg, kubeconfig)
+    runtime = runtime or build(cfg, kubeconfig, options)
     metrics_server = None
     if options.metrics_port is not None:
         metrics_server, _ = start_http_server(
@@ -107,9 +118,7 @@ async def serve(
             settings=settings_for(),
             standalone=options.peering is None,
             peering_name=options.peering,
-            priority=options.priority
-            if options.priority is not None or options.peering is None
-            else random.randint(1, 2**31 - 1),
+            priority=options.priority,
             clusterwide=not options.namespaces,
             namespaces=options.namespaces or [],
             stop_flag=stop_flag,
@@ -150,7 +159,7 @@ class OperatorThread:
     def _run(self) -> None:
         try:
             # Built per start, as a new process would: a restart keeps nothing in memory.
-            self.runtime = build(self.cfg, self.kubeconfig)
+            self.runtime = build(self.cfg, self.kubeconfig, self.options)
             self.reconciler, self.detection = self.runtime.reconciler, self.runtime.detection
             asyncio.run(
                 serve(
