@@ -7,6 +7,7 @@ a million events cost nothing extra: the hot loop already keeps those counts.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from agentdetect.detection_service import DetectionService
 
+#: Per-pod series are limited to the busiest few: a label per pod would be unbounded.
+TOP_PODS = 20
 #: ParseStats fields that are reasons a line was skipped.
 SKIP_REASONS = ("malformed", "truncated", "unknown", "oversized")
 
@@ -38,6 +41,8 @@ class DetectionCollector(Collector):
             skipped = {r: getattr(stats, r) for r in SKIP_REASONS}
             totals = dict(pipeline.aggregator.rule_totals)
             pods = len(pipeline.aggregator.pods)
+            top = heapq.nlargest(TOP_PODS, pipeline.aggregator.pods.items(), key=lambda kp: kp[1].events)
+            top_pods = [(key, p.events) for key, p in top]
             agg = pipeline.aggregator.stats
             over_pod, over_rule = agg.dropped_over_pod_cap, agg.dropped_over_rule_cap
         writer = self.service.writer
@@ -70,6 +75,14 @@ class DetectionCollector(Collector):
         yield GaugeMetricFamily(
             "agentdetect_pods_with_detections", "(profile, pod) entries held in memory.", value=pods
         )
+        busiest = GaugeMetricFamily(
+            "agentdetect_top_pod_events",
+            f"Events counted for the {TOP_PODS} (profile, pod) entries with the most, while in memory.",
+            labels=["namespace", "pod", "profile"],
+        )
+        for ((_, _, profile), namespace, pod), events in top_pods:
+            busiest.add_metric([namespace, pod, profile], events)
+        yield busiest
         dropped = CounterMetricFamily(
             "agentdetect_detections_dropped", "Events not stored because a cap was reached.", labels=["cap"]
         )

@@ -81,6 +81,8 @@ def test_pipeline_counters_are_read_at_scrape_time() -> None:
     )
     assert got[("agentdetect_detection_events_total", rule)] == 4
     assert got[("agentdetect_pods_with_detections", ())] == 2
+    top = (("namespace", "support"), ("pod", "bot-0"), ("profile", llm.name))
+    assert got[("agentdetect_top_pod_events", top)] == 2
     assert got[("agentdetect_api_writes_total", (("kind", "AgentDetection"),))] == 2
     assert got[("agentdetect_api_writes_total", (("kind", "status"),))] == 1
 

@@ -1,0 +1,380 @@
+"""The Helm chart against the real control plane: lint, every rendered object accepted by the
+API server (server-side dry run), the values schema enforced, and the chart's RBAC proven
+sufficient and least-privilege by running the operator, as two peered replicas, with the
+chart's ServiceAccount token and nothing else."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from kubernetes import client
+
+from agentdetect import binaries
+from agentdetect.controlplane import ControlPlane, kubeconfig_dict
+from agentdetect.samples import kprobe_event
+from tests.integration.helpers import wait_condition
+from tests.kwoknode import KwokNode
+from tests.operator_process import OperatorProcess
+from tests.waiting import eventually
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "agentdetect"
+KUBE_VERSION = binaries.KUBERNETES_VERSION.lstrip("v")
+#: A release verified by the Go checksum database, whose module carries its CRDs.
+PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+#: Every optional feature on, including a policy template override (layered over the built-ins).
+ALL_ON_VALUES = {
+    "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+    "grafanaDashboard": {"enabled": True},
+    "policyTemplates": {"execve.yaml.j2": "{# tuned #}\n{% include 'execve.yaml.j2' %}\n"},
+}
+
+
+@pytest.fixture(scope="module")
+def all_on(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    path = tmp_path_factory.mktemp("values") / "all-on.yaml"
+    path.write_text(yaml.safe_dump(ALL_ON_VALUES))
+    return [f"--values={path}"]
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(binaries.ensure_helm()), *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def template(release: str, namespace: str, *values: str) -> list[dict[str, Any]]:
+    out = helm("template", release, str(CHART), "-n", namespace, f"--kube-version={KUBE_VERSION}", *values)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def chart_crds() -> list[dict[str, Any]]:
+    return [
+        d for p in sorted((CHART / "crds").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d
+    ]
+
+
+@pytest.fixture(scope="module")
+def installed_crds(control_plane: ControlPlane, policy_kinds: bool) -> list[str]:
+    """The chart's crds/ (ours and kopf's peering), as Helm installs them before anything else."""
+    return control_plane.install_crds(chart_crds())
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(control_plane: ControlPlane) -> list[str]:
+    proc = subprocess.run(
+        ["go", "mod", "download", "-json", PROMETHEUS_OPERATOR], capture_output=True, text=True
+    )
+    info = json.loads(proc.stdout or "{}")
+    if proc.returncode != 0 or "Dir" not in info:
+        pytest.skip(f"Prometheus Operator CRDs unavailable: {info.get('Error') or proc.stderr.strip()}")
+    crd_dir = Path(info["Dir"]) / "example" / "prometheus-operator-crd"
+    docs = [
+        yaml.safe_load((crd_dir / f"monitoring.coreos.com_{plural}.yaml").read_text())
+        for plural in ("servicemonitors", "prometheusrules")
+    ]
+    return control_plane.install_crds(docs)
+
+
+def _dry_run(control_plane: ControlPlane, docs: list[dict[str, Any]]) -> str:
+    """Every object carries its namespace (helm template -n sets it), so none is passed here."""
+    proc = control_plane.kubectl(
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--field-manager=helm",
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(docs),
+        check=False,
+    )
+    assert proc.returncode == 0, f"the API server refused rendered objects:\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_lint_strict_defaults_and_all_options(all_on: list[str]) -> None:
+    helm("lint", "--strict", str(CHART), f"--kube-version={KUBE_VERSION}")
+    helm(
+        "lint",
+        "--strict",
+        str(CHART),
+        f"--kube-version={KUBE_VERSION}",
+        *all_on,
+        "--set=watchNamespaces={a,b}",
+    )
+
+
+def test_values_schema_rejects_bad_values_naming_them() -> None:
+    for bad, said in (
+        ("--set=replicaCount=two", "/replicaCount"),
+        ("--set=unknownKey=1", "unknownKey"),
+        ("--set=logging.format=xml", "/logging/format"),
+        ("--set=metrics.port=70000", "/metrics/port"),
+    ):
+        proc = helm("template", "t", str(CHART), f"--kube-version={KUBE_VERSION}", bad, check=False)
+        assert proc.returncode != 0 and said in proc.stderr, (bad, proc.stderr)
+
+
+def test_every_rendered_object_is_accepted_by_the_api_server(
+    control_plane: ControlPlane,
+    installed_crds: list[str],
+    monitoring_crds: list[str],
+    namespace: str,
+    all_on: list[str],
+) -> None:
+    defaults = template("agentdetect", namespace)
+    kinds = sorted({d["kind"] for d in defaults})
+    assert kinds == [
+        "ClusterKopfPeering",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
+    out = _dry_run(control_plane, defaults)
+    assert out.count("serverside-applied (server dry run)") == len(defaults)
+
+    client.CoreV1Api(control_plane.api_client()).create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=f"{namespace}-b"))
+    )
+    everything = template(
+        "agentdetect", namespace, *all_on, f"--set=watchNamespaces={{{namespace},{namespace}-b}}"
+    )
+    assert {"ServiceMonitor", "PrometheusRule", "ConfigMap", "KopfPeering"} <= {d["kind"] for d in everything}
+    out = _dry_run(control_plane, everything)
+    assert out.count("serverside-applied (server dry run)") == len(everything)
+    client.CoreV1Api(control_plane.api_client()).delete_namespace(f"{namespace}-b")
+
+
+def test_deployment_is_hardened_and_probed(namespace: str) -> None:
+    (deploy,) = [d for d in template("agentdetect", namespace) if d["kind"] == "Deployment"]
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AGENTDETECT_PEERING"] == "agentdetect" and env["AGENTDETECT_LOG_FORMAT"] == "json"
+    assert deploy["spec"]["replicas"] == 2
+
+
+def test_rbac_has_no_wildcards(namespace: str) -> None:
+    for values in ([], ["--set=watchNamespaces={a,b}"]):
+        for doc in template("agentdetect", namespace, *values):
+            for rule in doc.get("rules") or []:
+                for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+                    assert "*" not in rule.get(key, []), (doc["metadata"]["name"], rule)
+
+
+# ---- the chart's identity, for real ------------------------------------------------------------
+
+
+class Release:
+    """The chart's ServiceAccount and RBAC (and peering object) applied for real, and a
+    kubeconfig holding a token for that ServiceAccount."""
+
+    def __init__(self, control_plane: ControlPlane, namespace: str, tetragon_ns: str, workdir: Path) -> None:
+        self.name = f"ad-{uuid.uuid4().hex[:6]}"
+        self.namespace = namespace
+        docs = template(
+            self.name,
+            namespace,
+            f"--set=fullnameOverride={self.name}",
+            f"--set=detection.tetragon.namespace={tetragon_ns}",
+            "--set=detection.tetragon.selector=app.kubernetes.io/name=tetragon",
+        )
+        self.objects = [d for d in docs if d["kind"] not in ("Deployment", "Service", "PodDisruptionBudget")]
+        control_plane.kubectl(
+            "apply", "--server-side", "--field-manager=helm", "-f", "-",
+            input=yaml.safe_dump_all(self.objects),
+        )  # fmt: skip
+        self.sa = f"system:serviceaccount:{namespace}:{self.name}"
+        token = control_plane.kubectl(
+            "create", "token", self.name, "-n", namespace, "--duration=1h"
+        ).stdout.strip()
+        self.kubeconfig = workdir / f"{self.name}.kubeconfig"
+        self.kubeconfig.write_text(
+            yaml.safe_dump(kubeconfig_dict(control_plane.server, str(control_plane.ca_file), self.sa, token))
+        )
+
+    def can(self, control_plane: ControlPlane, *args: str) -> bool:
+        proc = control_plane.kubectl("auth", "can-i", f"--as={self.sa}", *args, check=False)
+        return proc.stdout.strip() == "yes"
+
+    def delete(self, control_plane: ControlPlane) -> None:
+        control_plane.kubectl(
+            "delete", "--ignore-not-found", "--wait=false", "-f", "-",
+            input=yaml.safe_dump_all(self.objects), check=False,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tetragon_ns(control_plane: ControlPlane) -> Iterator[str]:
+    name = f"tetragon-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(control_plane.api_client())
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def release(
+    control_plane: ControlPlane, installed_crds: list[str], namespace: str, tetragon_ns: str, tmp_path: Path
+) -> Iterator[Release]:
+    core = client.CoreV1Api(control_plane.api_client())
+    # The embedded control plane runs no service-account controller: the pods need "default".
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="default"))
+    )
+    r = Release(control_plane, namespace, tetragon_ns, tmp_path)
+    yield r
+    r.delete(control_plane)
+
+
+def test_chart_rbac_grants_what_the_operator_does_and_no_more(
+    control_plane: ControlPlane, release: Release, tetragon_ns: str, namespace: str
+) -> None:
+    can = release.can
+    assert can(control_plane, "patch", "agentdetectionprofiles.agentdetect.io", "--subresource=status", "-A")
+    assert can(control_plane, "patch", "clusteragentdetectionprofiles.agentdetect.io", "--subresource=status")
+    assert can(control_plane, "create", "tracingpoliciesnamespaced.cilium.io", "-n", namespace)
+    assert can(control_plane, "delete", "tracingpolicies.cilium.io")
+    assert can(control_plane, "create", "agentdetections.agentdetect.io", "-n", namespace)
+    assert can(control_plane, "get", "pods", "--subresource=log", "-n", tetragon_ns)
+    assert can(control_plane, "create", "events", "-n", namespace)
+    assert can(control_plane, "patch", f"clusterkopfpeerings.kopf.dev/{release.name}")
+    # ... and nothing it has no use for.
+    assert not can(control_plane, "get", "secrets", "-A")
+    assert not can(control_plane, "get", "pods", "--subresource=log", "-n", namespace)
+    assert not can(control_plane, "delete", "namespaces")
+    assert not can(control_plane, "delete", "agentdetectionprofiles.agentdetect.io", "-A")
+    assert not can(control_plane, "update", "agentdetectionprofiles.agentdetect.io", "-A")
+    assert not can(control_plane, "create", "pods", "-n", namespace)
+    assert not can(control_plane, "patch", "clusterkopfpeerings.kopf.dev/someone-else")
+    assert not can(control_plane, "*", "*")
+
+
+def test_two_replicas_with_the_chart_identity_one_active_then_failover(
+    control_plane: ControlPlane,
+    api: Any,
+    release: Release,
+    kwok_node: KwokNode,
+    tetragon_ns: str,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """Everything the operator does in production (reconcile, detect from Tetragon's log,
+    write AgentDetections and status, post Events, peer), done with only the chart's RBAC."""
+    script = Path(sys.executable).with_name("agentdetect")
+    common = [
+        f"--peering={release.name}",
+        f"--tetragon-namespace={tetragon_ns}",
+        "--flush-interval=0.5",
+        "--static-hosts",
+        str(REPO / "examples" / "static-hosts.yaml"),
+    ]
+    active = OperatorProcess(script, release.kubeconfig, tmp_path / "active.log", *common, "--priority=200")
+    standby = OperatorProcess(script, release.kubeconfig, tmp_path / "standby.log", *common, "--priority=100")
+    with active, standby:
+        _apply_profile(control_plane, namespace, "first")
+        obj = wait_condition(api, "first", namespace, "Applied", timeout=60)
+        policy = next(p["name"] for p in obj["status"]["policies"] if p["hook"] == "execve")
+
+        def peers() -> list[int]:
+            got = client.CustomObjectsApi(api).get_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", release.name
+            )
+            assert isinstance(got, dict)
+            return sorted(p["priority"] for p in (got.get("status") or {}).values())
+
+        # Both replicas announce themselves in the peering object; only the higher one works.
+        eventually(lambda: peers() == [100, 200], what="both replicas in the peering object")
+        assert f"{namespace}/first: applied" in active.output()
+        assert f"{namespace}/first: applied" not in standby.output()
+
+        # Detection with only the chart's permissions: a Tetragon pod's log, followed.
+        kwok_node.create_pod(namespace, "agent-1", ["app"], {})
+        tetragon = kwok_node.create_pod(
+            tetragon_ns, f"tetragon-{release.name}", ["tetragon", "export-stdout"],
+            {"export-stdout": tmp_path / "export.log"}, labels={"app.kubernetes.io/name": "tetragon"},
+        )  # fmt: skip
+        line = orjson.dumps(
+            kprobe_event(hook="execve", policy=policy, namespace=namespace, pod="agent-1", target="/bin/sh")
+        )
+        tetragon.append_log("export-stdout", line)
+
+        def detected() -> bool:
+            got = client.CustomObjectsApi(api).list_namespaced_custom_object(
+                "agentdetect.io", "v1alpha1", namespace, "agentdetections"
+            )
+            return isinstance(got, dict) and any(d["pod"]["name"] == "agent-1" for d in got["items"])
+
+        eventually(
+            detected,
+            timeout=60,
+            what="an AgentDetection written with the chart's identity; the active's log:\n"
+            + "\n".join(line for line in active.output().splitlines() if "/healthz" not in line)[-4000:],
+        )
+
+        # kopf pauses the standby's handlers; detection (our own threads) follows suit.
+        assert "agentdetect_events_read_total 1.0" in active.metrics()
+        assert "agentdetect_events_read_total 0.0" in standby.metrics()
+
+        # The active replica goes (a rollout, a node drain): the standby takes over.
+        assert active.stop() == 0
+        _apply_profile(control_plane, namespace, "second")
+        wait_condition(api, "second", namespace, "Applied", timeout=60)
+        assert f"{namespace}/second: applied" in standby.output()
+        assert f"{namespace}/second: applied" not in active.output()
+        # ... and detection: the log is read again from its start, so counts are rebuilt, not
+        # doubled, and new events are added.
+        eventually(lambda: "agentdetect_events_read_total 1.0" in standby.metrics(), what="standby reading")
+        tetragon.append_log("export-stdout", line)
+        eventually(
+            lambda: _events(api, namespace, "agent-1") == 2, timeout=30, what="2 events after failover"
+        )
+        kwok_node.delete_pod(tetragon_ns, tetragon.name)
+    for proc in (active, standby):
+        assert "Forbidden" not in proc.output() and " 403" not in proc.output(), proc.output()[-3000:]
+
+
+def _events(api: Any, namespace: str, pod: str) -> int | None:
+    got = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "agentdetect.io", "v1alpha1", namespace, "agentdetections"
+    )
+    assert isinstance(got, dict)
+    return next((d["summary"]["events"] for d in got["items"] if d["pod"]["name"] == pod), None)
+
+
+def _apply_profile(control_plane: ControlPlane, namespace: str, name: str) -> None:
+    control_plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=f"""
+apiVersion: agentdetect.io/v1alpha1
+kind: AgentDetectionProfile
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  network: {{providers: [openai]}}
+  processes: {{presets: [shells]}}
+""",
+    )
