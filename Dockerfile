@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # agentdetect operator image.
 #
 # Stage 1 builds wheels (ours and every dependency); stage 2 installs them with pip's
