@@ -39,6 +39,8 @@ class PodDetections:
     events: int = 0
     last: str = ""
     dropped_rules: int = 0
+    #: Mirrors membership in Aggregator.dirty: one set insertion per flush, not per event.
+    dirty: bool = False
 
 
 @dataclass
@@ -55,13 +57,11 @@ class Aggregator:
         self.pods: dict[PodKey, PodDetections] = {}
         self.dirty: set[PodKey] = set()
         self.stats = AggregateStats()
-        #: Matched events per (profile, rule), pods deleted or not: what metrics count.
-        self.rule_totals: dict[tuple[ProfileKey, str], int] = {}
+        #: Counts of deleted pods' rules, so totals for metrics never go back (see rule_totals).
+        self._retired: dict[tuple[ProfileKey, str], int] = {}
 
     def add(self, event: Event, match: Match) -> None:
         time = event.time
-        totals, total_key = self.rule_totals, (match.profile, match.rule)
-        totals[total_key] = totals.get(total_key, 0) + 1
         key = (match.profile, event.namespace, event.pod)
         pod = self.pods.get(key)
         if pod is None:
@@ -90,12 +90,24 @@ class Aggregator:
         pod.events += 1
         if time > pod.last:
             pod.last = time
-        self.dirty.add(key)
+        if not pod.dirty:
+            pod.dirty = True
+            self.dirty.add(key)
+
+    def mark_dirty(self, key: PodKey) -> None:
+        """Write this entry at the next flush (again: the last write failed)."""
+        pod = self.pods.get(key)
+        if pod is not None:
+            pod.dirty = True
+            self.dirty.add(key)
 
     def forget_pod(self, namespace: str, name: str) -> int:
         """The pod is gone: drop its state for every profile."""
         keys = [k for k in self.pods if k[1] == namespace and k[2] == name]
         for k in keys:
+            for rule_name, rule in self.pods[k].rules.items():
+                retired_key = (k[0], rule_name)
+                self._retired[retired_key] = self._retired.get(retired_key, 0) + rule.count
             del self.pods[k]
             self.dirty.discard(k)
         self.stats.pods_forgotten += len(keys)
@@ -105,12 +117,25 @@ class Aggregator:
         for k in [k for k in self.pods if k[0] == profile]:
             del self.pods[k]
             self.dirty.discard(k)
-        for t in [t for t in self.rule_totals if t[0] == profile]:
-            del self.rule_totals[t]
+        for t in [t for t in self._retired if t[0] == profile]:
+            del self._retired[t]
+
+    def rule_totals(self) -> dict[tuple[ProfileKey, str], int]:
+        """Stored events per (profile, rule), deleted pods included. Summed when asked (a
+        metrics scrape) rather than kept per event: the event path stays as lean as it was."""
+        totals = dict(self._retired)
+        for (profile, _, _), pod in self.pods.items():
+            for rule_name, rule in pod.rules.items():
+                totals[(profile, rule_name)] = totals.get((profile, rule_name), 0) + rule.count
+        return totals
 
     def take_dirty(self) -> list[PodKey]:
         keys = sorted(self.dirty, key=lambda k: (k[0][0], k[0][1] or "", k[0][2], k[1], k[2]))
         self.dirty.clear()
+        for k in keys:
+            pod = self.pods.get(k)
+            if pod is not None:
+                pod.dirty = False
         return keys
 
     def by_profile(self) -> Iterator[tuple[ProfileKey, list[tuple[PodKey, PodDetections]]]]:

@@ -152,7 +152,7 @@ class DetectionWriter:
             except ApiException as exc:
                 log.warning("could not look up pod %s/%s: %s", key[1], key[2], exc.reason)
                 with self.pipeline.lock:
-                    agg.dirty.add(key)  # try again next flush
+                    agg.mark_dirty(key)  # try again next flush
                 continue
             if uid is None:
                 with self.pipeline.lock:
@@ -169,7 +169,7 @@ class DetectionWriter:
                     "could not write AgentDetection %s/%s: %s", key[1], body["metadata"]["name"], exc.reason
                 )
                 with self.pipeline.lock:
-                    agg.dirty.add(key)  # try again next flush
+                    agg.mark_dirty(key)  # try again next flush
                 continue
             self._written[key] = digest
             result.detections_written += 1

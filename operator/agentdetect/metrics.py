@@ -39,7 +39,7 @@ class DetectionCollector(Collector):
             stats = pipeline.stats
             lines, events, ignored, unmatched = stats.lines, stats.events, stats.ignored, pipeline.unmatched
             skipped = {r: getattr(stats, r) for r in SKIP_REASONS}
-            totals = dict(pipeline.aggregator.rule_totals)
+            totals = pipeline.aggregator.rule_totals()
             pods = len(pipeline.aggregator.pods)
             top = heapq.nlargest(TOP_PODS, pipeline.aggregator.pods.items(), key=lambda kp: kp[1].events)
             top_pods = [(key, p.events) for key, p in top]
@@ -64,7 +64,7 @@ class DetectionCollector(Collector):
         yield malformed
         detections = CounterMetricFamily(
             "agentdetect_detection_events",
-            "Events that matched a profile's rule.",
+            "Events that matched a profile's rule and were stored (see agentdetect_detections_dropped).",
             labels=["kind", "namespace", "profile", "rule"],
         )
         for ((kind, namespace, profile), rule), n in sorted(
