@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
@@ -48,7 +49,9 @@ def _address_key(address: str) -> tuple[int, int]:
     return (ip.version, int(ip))
 
 
+@functools.lru_cache(maxsize=65536)
 def as_cidr(address: str) -> str:
+    """Pure and called per address per render: cached (the same addresses recur)."""
     ip = ipaddress.ip_address(address)
     return f"{ip}/{ip.max_prefixlen}"
 
