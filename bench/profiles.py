@@ -9,9 +9,9 @@ Run: PYTHONPATH=. .venv/bin/python bench/profiles.py [--profiles N] [--renders N
 2. Against the embedded control plane: ``--profiles`` profiles' policies, rendered offline,
    applied directly and sequentially with the Python client (server-side apply, as the operator
    does): the floor. Then the operator (`agentdetect run`, its own process) and the same profiles
-   created as fast as possible by ``--create-workers`` concurrent clients (8; 1 creates them one
-   by one, which on 2 cores is itself slower than the floor): time from the first create until every profile is Ready for
-   its generation, as a ratio of the floor; per profile, the latency from its create returning
+   created at once by ``--create-workers`` concurrent clients (default 8; 1 creates them one by
+   one): time from the first create until every profile is Ready for its generation, as a
+   ratio of the floor; per profile, the latency from its create returning
    to all its policies being present (watched); peak RSS.
 """
 
