@@ -44,6 +44,11 @@ def _example(binary: str, target: str, hook: str) -> str:
     return f"{binary} {verb} {target}"[:512]
 
 
+def _by_count(pod: PodDetections) -> list[str]:
+    """Rule names, most frequent first: the same order wherever targets are listed."""
+    return [r for r, _ in sorted(pod.rules.items(), key=lambda kv: (-kv[1].count, kv[0]))]
+
+
 def detection_object(key: PodKey, pod: PodDetections) -> AgentDetection:
     (kind, pns, pname), namespace, name = key
     rules = sorted(pod.rules.items(), key=lambda kv: (-kv[1].count, kv[0]))
@@ -98,7 +103,7 @@ def profile_detections(pods: list[tuple[PodKey, PodDetections]], cap: int) -> Pr
                 pod=k[2],
                 namespace=k[1],
                 workload=p.workload,
-                targets=", ".join(sorted(p.rules))[:256],
+                targets=", ".join(_by_count(p))[:256],
                 events=p.events,
                 last_seen=p.last or None,
             )
