@@ -77,6 +77,14 @@ def _env_float(name: str, default: float) -> float:
         raise SystemExit(f"agentdetect: {name}={value!r} is not a number") from None
 
 
+def _env_int(name: str, default: int | None) -> int | None:
+    value = os.environ.get(name)
+    try:
+        return default if not value else int(value)
+    except ValueError:
+        raise SystemExit(f"agentdetect: {name}={value!r} is not an integer") from None
+
+
 def _env_list(name: str) -> list[str] | None:
     items = [x.strip() for x in os.environ.get(name, "").split(",") if x.strip()]
     return items or None
@@ -223,6 +231,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from agentdetect.detect import tune_gc
     from agentdetect.runner import ServeOptions, serve
 
+    # Defaults come from the environment, which argparse does not check against the choices.
+    if args.log_format not in ("text", "json"):
+        raise CliError(f"--log-format (AGENTDETECT_LOG_FORMAT) must be text or json, got {args.log_format!r}")
+    if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise CliError(
+            f"--log-level (AGENTDETECT_LOG_LEVEL) must be DEBUG, INFO, WARNING or ERROR, "
+            f"got {args.log_level!r}"
+        )
     kopf.configure(
         verbose=args.log_level == "DEBUG",
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
@@ -407,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-pods",
         type=int,
-        default=int(os.environ.get("AGENTDETECT_MAX_PODS") or 10_000),
+        default=_env_int("AGENTDETECT_MAX_PODS", 10_000),
         help="cap on (profile, pod) entries in memory (AGENTDETECT_MAX_PODS)",
     )
     p.add_argument("--max-rules-per-pod", type=int, default=64)
@@ -419,19 +435,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--priority",
         type=int,
-        default=int(os.environ["AGENTDETECT_PRIORITY"]) if os.environ.get("AGENTDETECT_PRIORITY") else None,
+        default=_env_int("AGENTDETECT_PRIORITY", None),
         help="peering priority; the highest live peer is active (AGENTDETECT_PRIORITY; default random)",
     )
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=int(os.environ.get("AGENTDETECT_METRICS_PORT", "8080")),
+        default=_env_int("AGENTDETECT_METRICS_PORT", 8080),
         help="serve Prometheus /metrics here; 0 turns it off (AGENTDETECT_METRICS_PORT)",
     )
     p.add_argument(
         "--health-port",
         type=int,
-        default=int(os.environ.get("AGENTDETECT_HEALTH_PORT", "8081")),
+        default=_env_int("AGENTDETECT_HEALTH_PORT", 8081),
         help="serve /healthz for liveness and readiness probes; 0 turns it off (AGENTDETECT_HEALTH_PORT)",
     )
     p.add_argument(
