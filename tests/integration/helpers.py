@@ -7,6 +7,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from agentdetect.controlplane import ControlPlane
 from agentdetect.models import GROUP, VERSION
 from tests.waiting import eventually
 
@@ -82,3 +83,27 @@ def gone(read: Any) -> bool:
     except ApiException as exc:
         return bool(exc.status == 404)
     return False
+
+
+def apply_profile(control_plane: ControlPlane, namespace: str, name: str, spec: str) -> None:
+    """``kubectl apply`` an AgentDetectionProfile; ``spec`` is YAML flow text, e.g.
+    ``{processes: {presets: [shells]}}``."""
+    control_plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=f"apiVersion: {GROUP}/{VERSION}\nkind: AgentDetectionProfile\n"
+        f"metadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n",
+    )
+
+
+def detections(api: Any, namespace: str) -> list[dict[str, Any]]:
+    got = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "agentdetections"
+    )
+    assert isinstance(got, dict)
+    return list(got["items"])
+
+
+def detection_of(api: Any, namespace: str, pod: str) -> dict[str, Any] | None:
+    return next((d for d in detections(api, namespace) if d["pod"]["name"] == pod), None)

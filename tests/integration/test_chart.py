@@ -21,7 +21,7 @@ from kubernetes import client
 from agentdetect import binaries
 from agentdetect.controlplane import ControlPlane, kubeconfig_dict
 from agentdetect.samples import kprobe_event
-from tests.integration.helpers import wait_condition
+from tests.integration.helpers import apply_profile, detection_of, wait_condition
 from tests.kwoknode import KwokNode
 from tests.operator_process import OperatorProcess
 from tests.waiting import eventually
@@ -32,6 +32,7 @@ KUBE_VERSION = binaries.KUBERNETES_VERSION.lstrip("v")
 #: A release verified by the Go checksum database, whose module carries its CRDs.
 PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
 #: Every optional feature on, including a policy template override (layered over the built-ins).
+SPEC = "{network: {providers: [openai]}, processes: {presets: [shells]}}"
 ALL_ON_VALUES = {
     "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
     "grafanaDashboard": {"enabled": True},
@@ -294,7 +295,7 @@ def test_two_replicas_with_the_chart_identity_one_active_then_failover(
     active = OperatorProcess(script, release.kubeconfig, tmp_path / "active.log", *common, "--priority=200")
     standby = OperatorProcess(script, release.kubeconfig, tmp_path / "standby.log", *common, "--priority=100")
     with active, standby:
-        _apply_profile(control_plane, namespace, "first")
+        apply_profile(control_plane, namespace, "first", SPEC)
         obj = wait_condition(api, "first", namespace, "Applied", timeout=60)
         policy = next(p["name"] for p in obj["status"]["policies"] if p["hook"] == "execve")
 
@@ -322,10 +323,7 @@ def test_two_replicas_with_the_chart_identity_one_active_then_failover(
         tetragon.append_log("export-stdout", line)
 
         def detected() -> bool:
-            got = client.CustomObjectsApi(api).list_namespaced_custom_object(
-                "agentdetect.io", "v1alpha1", namespace, "agentdetections"
-            )
-            return isinstance(got, dict) and any(d["pod"]["name"] == "agent-1" for d in got["items"])
+            return detection_of(api, namespace, "agent-1") is not None
 
         eventually(
             detected,
@@ -340,7 +338,7 @@ def test_two_replicas_with_the_chart_identity_one_active_then_failover(
 
         # The active replica goes (a rollout, a node drain): the standby takes over.
         assert active.stop() == 0
-        _apply_profile(control_plane, namespace, "second")
+        apply_profile(control_plane, namespace, "second", SPEC)
         wait_condition(api, "second", namespace, "Applied", timeout=60)
         assert f"{namespace}/second: applied" in standby.output()
         assert f"{namespace}/second: applied" not in active.output()
@@ -357,24 +355,5 @@ def test_two_replicas_with_the_chart_identity_one_active_then_failover(
 
 
 def _events(api: Any, namespace: str, pod: str) -> int | None:
-    got = client.CustomObjectsApi(api).list_namespaced_custom_object(
-        "agentdetect.io", "v1alpha1", namespace, "agentdetections"
-    )
-    assert isinstance(got, dict)
-    return next((d["summary"]["events"] for d in got["items"] if d["pod"]["name"] == pod), None)
-
-
-def _apply_profile(control_plane: ControlPlane, namespace: str, name: str) -> None:
-    control_plane.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=f"""
-apiVersion: agentdetect.io/v1alpha1
-kind: AgentDetectionProfile
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  network: {{providers: [openai]}}
-  processes: {{presets: [shells]}}
-""",
-    )
+    det = detection_of(api, namespace, pod)
+    return None if det is None else int(det["summary"]["events"])

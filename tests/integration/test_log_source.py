@@ -18,7 +18,7 @@ from agentdetect.resolve import StaticResolver
 from agentdetect.runner import OperatorThread
 from agentdetect.samples import kprobe_event
 from tests.integration.conftest import TEST_HOSTS
-from tests.integration.helpers import wait_condition
+from tests.integration.helpers import apply_profile, detection_of, wait_condition
 from tests.kwoknode import FakePod, KwokNode
 from tests.waiting import eventually
 
@@ -68,14 +68,6 @@ def _tetragon_pod(node: KwokNode, namespace: str, name: str, tmp_path: Path) -> 
     )
 
 
-def _detection(api: Any, namespace: str, pod: str) -> dict[str, Any] | None:
-    resp = client.CustomObjectsApi(api).list_namespaced_custom_object(
-        "agentdetect.io", "v1alpha1", namespace, "agentdetections"
-    )
-    assert isinstance(resp, dict)
-    return next((d for d in resp["items"] if d["pod"]["name"] == pod), None)
-
-
 def test_events_followed_from_tetragon_pods_exactly_once(
     control_plane: ControlPlane,
     api: Any,
@@ -88,18 +80,8 @@ def test_events_followed_from_tetragon_pods_exactly_once(
     service = following_operator.detection
     assert service is not None and service.source is not None
     source = service.source
-    control_plane.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=f"""
-apiVersion: agentdetect.io/v1alpha1
-kind: AgentDetectionProfile
-metadata: {{name: agents, namespace: {namespace}}}
-spec:
-  network: {{providers: [openai]}}
-  processes: {{presets: [shells]}}
-""",
+    apply_profile(
+        control_plane, namespace, "agents", "{network: {providers: [openai]}, processes: {presets: [shells]}}"
     )
     policies = {
         p["hook"]: p["name"]
@@ -124,7 +106,7 @@ spec:
         ]
 
     def count(expected: int) -> bool:
-        det = _detection(api, namespace, "agent-1")
+        det = detection_of(api, namespace, "agent-1")
         return det is not None and det["summary"]["events"] == expected
 
     first.append_log("export-stdout", *events("tcp_connect", "104.18.6.192", 5))
@@ -138,7 +120,7 @@ spec:
     first.append_log("export-stdout", *events("execve", "/bin/sh", 3))
     eventually(lambda: count(8), timeout=30, what="8 events after the reconnect")
     assert state.duplicates_dropped >= 5, "the reconnect replayed the last second, and it was dropped"
-    det = _detection(api, namespace, "agent-1")
+    det = detection_of(api, namespace, "agent-1")
     assert det is not None and det["summary"]["targets"] == "openai, shells"
 
     # Tetragon pods come and go: a new node's pod is followed too.

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from agentdetect.controlplane import ControlPlane
-from tests.integration.helpers import wait_condition
+from tests.integration.helpers import apply_profile, wait_condition
 from tests.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,18 +103,7 @@ def test_operator_from_the_wheel_starts_serves_probes_metrics_and_stops_on_sigte
     op = OperatorProcess(installed, control_plane.kubeconfig, tmp_path / "operator.log", "--log-format=json")
     with op:
         assert op.healthz()[0] == 200
-        control_plane.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=f"""
-apiVersion: agentdetect.io/v1alpha1
-kind: AgentDetectionProfile
-metadata: {{name: shells, namespace: {namespace}}}
-spec:
-  processes: {{presets: [shells]}}
-""",
-        )
+        apply_profile(control_plane, namespace, "shells", "{processes: {presets: [shells]}}")
         wait_condition(api, "shells", namespace, "Applied")
         metrics = op.metrics()
         assert (
