@@ -24,7 +24,7 @@ from agentdetect import binaries, crdgen, tetragon_crds
 from agentdetect.controlplane import ControlPlane
 from agentdetect.models import GROUP, VERSION
 from agentdetect.reconcile import Config, parse_profile
-from agentdetect.render import Profile, Target, policy_name
+from agentdetect.render import policy_name, target_in
 from agentdetect.resolve import StaticResolver
 from agentdetect.runner import OperatorThread
 from agentdetect.samples import kprobe_event
@@ -92,14 +92,7 @@ def sample_events(directory: Path = EXAMPLES) -> list[bytes]:
     profiles = {p.name: p for p in (parse_profile(d) for d in example_profiles(directory))}
 
     def pol(name: str, hook: str, namespace: str | None = None) -> str:
-        profile: Profile = profiles[name]
-        if profile.kind == "AgentDetectionProfile":
-            target = Target("TracingPolicyNamespaced", profile.namespace)
-        elif namespace is None:
-            target = Target("TracingPolicy", None)
-        else:
-            target = Target("TracingPolicyNamespaced", namespace)
-        return policy_name(profile, target, hook)
+        return policy_name(profiles[name], target_in(profiles[name], namespace), hook)
 
     clock = _clock()
     lines: list[bytes] = []

@@ -266,6 +266,16 @@ def policy_name(profile: Profile, target: Target, hook: str) -> str:
     return readable[: 63 - len(suffix)].rstrip("-.") + suffix
 
 
+def target_in(profile: Profile, namespace: str | None = None) -> Target:
+    """Where ``profile``'s policies go: its own namespace for a namespaced profile; for a
+    cluster profile, ``namespace`` (one its namespaceSelector selects), or cluster-wide."""
+    if profile.kind == "AgentDetectionProfile":
+        return Target("TracingPolicyNamespaced", profile.namespace)
+    if namespace is None:
+        return Target("TracingPolicy", None)
+    return Target("TracingPolicyNamespaced", namespace)
+
+
 def owner_labels(profile: Profile) -> dict[str, str]:
     labels = {
         LABEL_MANAGED_BY: MANAGED_BY,

@@ -13,7 +13,7 @@ import yaml
 from agentdetect.events import Event
 from agentdetect.match import ProfileState
 from agentdetect.reconcile import parse_profile, targets_for
-from agentdetect.render import HOOKS, Profile, Target, hostnames_of, policy_name
+from agentdetect.render import HOOKS, Profile, hostnames_of, policy_name, target_in
 from agentdetect.resolve import StaticResolver, resolve_all
 from agentdetect.samples import kprobe_event
 
@@ -66,14 +66,8 @@ def state_of(
 def policy_of(profile: Profile, hook: str, namespace: str | None = None) -> str:
     """The name of the policy ``profile`` renders for ``hook`` (into ``namespace`` for a cluster
     profile with a namespace selector; its own namespace for a namespaced one)."""
-    if profile.kind == "AgentDetectionProfile":
-        target = Target("TracingPolicyNamespaced", profile.namespace)
-    elif namespace is None:
-        target = Target("TracingPolicy", None)
-    else:
-        target = Target("TracingPolicyNamespaced", namespace)
     assert hook in HOOKS
-    return policy_name(profile, target, hook)
+    return policy_name(profile, target_in(profile, namespace), hook)
 
 
 def event(
