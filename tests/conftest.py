@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,10 +65,7 @@ def api(control_plane: ControlPlane) -> Any:
 
 @pytest.fixture
 def namespace(api: Any) -> Iterator[str]:
-    from kubernetes import client
+    from tests.integration.helpers import temporary_namespace
 
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    core = client.CoreV1Api(api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    with temporary_namespace(api, "t", length=10) as name:
+        yield name

@@ -8,12 +8,13 @@ only when selected with ``-m e2e``, and skip saying why otherwise.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client, config
+
+from tests.integration.helpers import temporary_namespace
 
 REASON_NOT_SELECTED = "end to end on a real cluster is opt-in: run `pytest -m e2e` (see README, kind recipe)"
 
@@ -49,8 +50,5 @@ def cluster() -> Any:
 
 @pytest.fixture
 def e2e_namespace(cluster: Any) -> Iterator[str]:
-    name = f"agentdetect-e2e-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(cluster)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    with temporary_namespace(cluster, "agentdetect-e2e") as name:
+        yield name

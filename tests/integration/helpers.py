@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kubernetes import client
@@ -107,3 +110,15 @@ def detections(api: Any, namespace: str) -> list[dict[str, Any]]:
 
 def detection_of(api: Any, namespace: str, pod: str) -> dict[str, Any] | None:
     return next((d for d in detections(api, namespace) if d["pod"]["name"] == pod), None)
+
+
+@contextmanager
+def temporary_namespace(api: Any, prefix: str, length: int = 6) -> Iterator[str]:
+    """A namespace with a random suffix, deleted afterwards (with all it holds)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:length]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)

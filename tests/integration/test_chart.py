@@ -21,7 +21,7 @@ from kubernetes import client
 from agentdetect import binaries
 from agentdetect.controlplane import ControlPlane, kubeconfig_dict
 from agentdetect.samples import kprobe_event
-from tests.integration.helpers import apply_profile, detection_of, wait_condition
+from tests.integration.helpers import apply_profile, detection_of, temporary_namespace, wait_condition
 from tests.kwoknode import KwokNode
 from tests.operator_process import OperatorProcess
 from tests.waiting import eventually
@@ -229,11 +229,8 @@ class Release:
 
 @pytest.fixture(scope="module")
 def tetragon_ns(control_plane: ControlPlane) -> Iterator[str]:
-    name = f"tetragon-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(control_plane.api_client())
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    with temporary_namespace(control_plane.api_client(), "tetragon") as name:
+        yield name
 
 
 @pytest.fixture

@@ -3,14 +3,12 @@ through the API server, and the operator turns it into AgentDetections exactly o
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from kubernetes import client
 
 from agentdetect.controlplane import ControlPlane
 from agentdetect.reconcile import Config
@@ -18,7 +16,7 @@ from agentdetect.resolve import StaticResolver
 from agentdetect.runner import OperatorThread
 from agentdetect.samples import kprobe_event
 from tests.integration.conftest import TEST_HOSTS
-from tests.integration.helpers import apply_profile, detection_of, wait_condition
+from tests.integration.helpers import apply_profile, detection_of, temporary_namespace, wait_condition
 from tests.kwoknode import FakePod, KwokNode
 from tests.waiting import eventually
 
@@ -26,17 +24,9 @@ TETRAGON_LABELS = {"app.kubernetes.io/name": "tetragon"}
 
 
 @pytest.fixture(scope="module")
-def tetragon_ns(api: Any) -> Iterator[str]:
-    name = f"tetragon-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
-
-
-@pytest.fixture(scope="module")
-def api(control_plane: ControlPlane) -> Any:
-    return control_plane.api_client()
+def tetragon_ns(control_plane: ControlPlane) -> Iterator[str]:
+    with temporary_namespace(control_plane.api_client(), "tetragon") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
