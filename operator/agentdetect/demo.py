@@ -60,18 +60,18 @@ BOT1, BOT2, INDEXER, API = PODS
 PY = "/usr/bin/python3"
 SDK = "/usr/local/lib/python3.12/site-packages/pinecone/__init__.py"
 TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-#: (events, hook, profile, namespace of a cluster profile's policy, pod, binary, target, port)
-SCENARIO: tuple[tuple[int, str, str, str | None, DemoPod, str, str, int], ...] = (
-    (40, "tcp_connect", "llm-egress", None, BOT1, PY, "104.18.6.192", 443),  # api.openai.com
-    (12, "tcp_connect", "llm-egress", None, BOT1, PY, "10.8.0.10", 443),  # the LLM gateway
-    (25, "tcp_connect", "llm-egress", None, BOT2, PY, "160.79.104.10", 443),  # api.anthropic.com
-    (3, "tcp_connect", "llm-egress", None, BOT2, PY, "10.42.7.3", 8000),  # in-cluster vLLM
-    (2, "fd_install", "credential-access", None, BOT2, PY, TOKEN, 0),
-    (1, "execve", "shells-in-production", "support", BOT1, "/bin/bash", "/bin/bash", 0),
-    (18, "tcp_connect", "vector-databases", "rag", INDEXER, PY, "34.111.1.20", 443),  # Pinecone index
-    (4, "fd_install", "vector-databases", "rag", INDEXER, PY, SDK, 0),
-    (1, "fd_install", "credential-access", None, API, "/usr/bin/cat", "/root/.ssh/id_ed25519", 0),
-    (2, "execve", "shells-in-production", "payments", API, "/usr/bin/curl", "/usr/bin/curl", 0),
+#: (events, hook, profile, pod, binary, target, port)
+SCENARIO: tuple[tuple[int, str, str, DemoPod, str, str, int], ...] = (
+    (40, "tcp_connect", "llm-egress", BOT1, PY, "104.18.6.192", 443),  # api.openai.com
+    (12, "tcp_connect", "llm-egress", BOT1, PY, "10.8.0.10", 443),  # the LLM gateway
+    (25, "tcp_connect", "llm-egress", BOT2, PY, "160.79.104.10", 443),  # api.anthropic.com
+    (3, "tcp_connect", "llm-egress", BOT2, PY, "10.42.7.3", 8000),  # in-cluster vLLM
+    (2, "fd_install", "credential-access", BOT2, PY, TOKEN, 0),
+    (1, "execve", "shells-in-production", BOT1, "/bin/bash", "/bin/bash", 0),
+    (18, "tcp_connect", "vector-databases", INDEXER, PY, "34.111.1.20", 443),  # Pinecone index
+    (4, "fd_install", "vector-databases", INDEXER, PY, SDK, 0),
+    (1, "fd_install", "credential-access", API, "/usr/bin/cat", "/root/.ssh/id_ed25519", 0),
+    (2, "execve", "shells-in-production", API, "/usr/bin/curl", "/usr/bin/curl", 0),
 )
 
 
@@ -91,16 +91,16 @@ def sample_events(directory: Path = EXAMPLES) -> list[bytes]:
     of noise a real export carries (other events, a line cut short by a log rotation)."""
     profiles = {p.name: p for p in (parse_profile(d) for d in example_profiles(directory))}
 
-    def pol(name: str, hook: str, namespace: str | None = None) -> str:
-        return policy_name(profiles[name], target_in(profiles[name], namespace), hook)
+    def pol(name: str, hook: str) -> str:
+        return policy_name(profiles[name], target_in(profiles[name]), hook)
 
     clock = _clock()
     lines: list[bytes] = []
-    for n, hook, profile, policy_ns, pod, binary, target, port in SCENARIO:
+    for n, hook, profile, pod, binary, target, port in SCENARIO:
         for _ in range(n):
             event = kprobe_event(
                 hook=hook,
-                policy=pol(profile, hook, policy_ns),
+                policy=pol(profile, hook),
                 namespace=pod.namespace,
                 pod=pod.name,
                 workload=pod.labels["app.kubernetes.io/name"],

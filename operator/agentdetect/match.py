@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from agentdetect import catalog
 from agentdetect.events import Event
-from agentdetect.render import Profile, Target, network_targets, policy_name
+from agentdetect.render import Profile, Target, network_targets, policy_names
 from agentdetect.resolve import Resolution
 
 ProfileKey = tuple[str, str | None, str]  # (kind, namespace, name)
@@ -67,6 +67,11 @@ class _NetworkRules:
     any_address: list[tuple[str, frozenset[int]]] = field(default_factory=list)
 
     def lookup(self, address: str, port: int) -> str | None:
+        if address.startswith(_MAPPED):
+            # A dual-stack socket's IPv4 destination, as Tetragon prints it (netip's String of
+            # an AF_INET6 address, pkg/reader/network/network.go); rendered as the IPv4 rule's
+            # twin (render.ipv4_mapped), so it belongs to that rule.
+            address = _unmapped(address)
         for name, ports in self.exact.get(address, ()):
             if not ports or port in ports:
                 return name
@@ -82,6 +87,17 @@ class _NetworkRules:
             if port in ports:
                 return name
         return None
+
+
+_MAPPED = "::ffff:"
+
+
+def _unmapped(address: str) -> str:
+    try:
+        mapped = ipaddress.IPv6Address(address).ipv4_mapped
+    except ValueError:
+        return address
+    return address if mapped is None else str(mapped)
 
 
 @dataclass
@@ -136,13 +152,17 @@ class ProfileState:
 
 class Matcher:
     def __init__(self, states: Iterable[ProfileState]) -> None:
-        self._by_policy: dict[str, tuple[_ProfileRules, str, str | None]] = {}
+        #: policy name -> (rules, hook, the namespaces its events may come from, None for any)
+        self._by_policy: dict[str, tuple[_ProfileRules, str, frozenset[str] | None]] = {}
         for state in states:
             rules = _rules_for(state.profile, state.resolved)
             for target in state.targets:
-                for hook in ("tcp_connect", "fd_install", "execve"):
-                    name = policy_name(state.profile, target, hook)
-                    self._by_policy[name] = (rules, hook, target.namespace)
+                if target.namespaces is not None:
+                    allowed: frozenset[str] | None = frozenset(target.namespaces)
+                else:
+                    allowed = None if target.namespace is None else frozenset([target.namespace])
+                for name, hook in policy_names(state.profile, target, state.resolved):
+                    self._by_policy[name] = (rules, hook, allowed)
         # Results, Match objects included, are cached per (policy, target, port): a stream repeats
         # the same few destinations, paths and binaries, and building objects per event costs.
         self._cache: dict[tuple[str, str, int], Match | None] = {}
@@ -156,9 +176,9 @@ class Matcher:
         if entry is None or entry[1] != event.hook:
             self.unmatched += 1
             return None
-        rules, hook, namespace = entry
-        if namespace is not None and namespace != event.namespace:
-            self.unmatched += 1  # a namespaced policy only ever fires for its own namespace
+        rules, hook, allowed = entry
+        if allowed is not None and event.namespace not in allowed:
+            self.unmatched += 1  # the policy's pod selector never lets such an event through
             return None
         key = (event.policy, event.target, event.port)
         try:

@@ -106,7 +106,64 @@ Cidr = Annotated[
 ]
 Port = Annotated[int, Field(ge=1, le=65535)]
 LabelValue = Annotated[str, Field(max_length=63, pattern=_LABEL_VALUE)]
-PathValue = Annotated[str, Field(min_length=1, max_length=255, pattern=_NO_CONTROL)]
+
+
+# ---- Tetragon's limits ---------------------------------------------------------------------
+# What the agent refuses, enforced here so the API server refuses it first, with a field path.
+# Tetragon counts bytes (pkg/selectors/kernel.go: ArgSelectorValue, ArgStringSelectorValue
+# take len([]byte(v))), so the limits are on UTF-8 bytes; CEL's size() counts characters,
+# hence size(bytes(self)).
+#: Postfix: "string is longer than 127 characters" at >= StringPostfixMaxLength (128 bytes),
+#: pkg/selectors/selectors.go and writePostfix in pkg/selectors/kernel.go (v1.6.0, v1.7.0).
+TETRAGON_POSTFIX_MAX_BYTES = 127
+#: Prefix: refused above StringPrefixMaxLength (256 bytes), writePrefix, same files.
+TETRAGON_PREFIX_MAX_BYTES = 256
+#: Equal on strings: at most 4096 bytes on kernels >= 5.11, 510 on 5.4 to 5.10 and 144 before
+#: (ArgStringSelectorValue). 255 fits every kernel from 5.4 on, where matchArgs may hold more
+#: than one filter anyway (ParseMatchArgs: one filter without large programs, before 5.3).
+PATH_MAX_BYTES = 255
+
+
+def _bytes_at_most(limit: int, what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        size = len(value.encode())
+        if size > limit:
+            raise ValueError(f"{what} is {size} bytes of UTF-8; Tetragon allows at most {limit}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _bytes_rule(limit: int, what: str) -> dict[str, str]:
+    return _cel(
+        f"size(bytes(self)) <= {limit}",
+        f"{what} must be at most {limit} bytes of UTF-8 (Tetragon's limit)",
+        reason="FieldValueTooLong",
+    )
+
+
+PathValue = Annotated[
+    str,
+    _bytes_at_most(PATH_MAX_BYTES, "a path"),
+    Field(
+        min_length=1,
+        max_length=PATH_MAX_BYTES,
+        pattern=_NO_CONTROL,
+        json_schema_extra=_extra(_bytes_rule(PATH_MAX_BYTES, "a path")),
+    ),
+]
+#: Tetragon's prefix limit (256 bytes) is above the path limit, so a prefix is any path.
+PrefixValue = PathValue
+PostfixValue = Annotated[
+    str,
+    _bytes_at_most(TETRAGON_POSTFIX_MAX_BYTES, "a postfix"),
+    Field(
+        min_length=1,
+        max_length=TETRAGON_POSTFIX_MAX_BYTES,
+        pattern=_NO_CONTROL,
+        json_schema_extra=_extra(_bytes_rule(TETRAGON_POSTFIX_MAX_BYTES, "a postfix")),
+    ),
+]
 ProviderName = Annotated[
     str,
     _in(list(_CATALOG.providers), "provider"),
@@ -343,8 +400,8 @@ class PathRule(_Model):
     )
 
     equal: PathValue | None = Field(None, description="The whole path, e.g. /etc/shadow.")
-    prefix: PathValue | None = Field(None, description="The path starts with this, e.g. /etc/ssl/private/.")
-    postfix: PathValue | None = Field(None, description="The path ends with this, e.g. /.ssh/id_rsa.")
+    prefix: PrefixValue | None = Field(None, description="The path starts with this, e.g. /etc/ssl/private/.")
+    postfix: PostfixValue | None = Field(None, description="The path ends with this, e.g. /.ssh/id_rsa.")
     enforce: bool = _ENFORCE
 
     @model_validator(mode="after")
@@ -364,8 +421,8 @@ class BinaryRule(PathRule):
     """An executable, matched on the file name given to execve."""
 
     equal: PathValue | None = Field(None, description="The whole executable path, e.g. /usr/bin/curl.")
-    prefix: PathValue | None = Field(None, description="The path starts with this, e.g. /tmp/.")
-    postfix: PathValue | None = Field(None, description="The path ends with this, e.g. /curl.")
+    prefix: PrefixValue | None = Field(None, description="The path starts with this, e.g. /tmp/.")
+    postfix: PostfixValue | None = Field(None, description="The path ends with this, e.g. /curl.")
 
 
 class Files(_Model):
@@ -454,15 +511,55 @@ class ProfileSpec(_Model):
         return found
 
 
+_HOST_PROCESSES = _cel(
+    "!has(self.hostProcesses) || !self.hostProcesses || (self.mode != 'Enforce' && "
+    "!has(self.selector) && !has(self.containerSelector) && !has(self.namespaceSelector))",
+    "hostProcesses watches every process on every node: it cannot be combined with mode Enforce, "
+    "selector, containerSelector or namespaceSelector",
+    field_path=".hostProcesses",
+    reason="FieldValueForbidden",
+)
+
+
 class ClusterProfileSpec(ProfileSpec):
     """A profile for many namespaces."""
+
+    model_config = ConfigDict(json_schema_extra=_extra(_NON_EMPTY, _HOST_PROCESSES))
 
     namespace_selector: LabelSelector | None = Field(
         None,
         alias="namespaceSelector",
-        description="Namespaces to watch. Absent or empty: every namespace, rendered as one cluster-wide "
-        "TracingPolicy; otherwise one TracingPolicyNamespaced per selected namespace.",
+        description="Namespaces to watch. Absent or empty: every namespace. Rendered as one cluster-wide "
+        "TracingPolicy per hook whose pod selector names the selected namespaces, kept current as "
+        "namespaces come, go or change labels.",
     )
+    host_processes: bool = Field(
+        False,
+        alias="hostProcesses",
+        description="Also watch processes outside any pod (kubelet, the container runtime, node agents). "
+        "Off by default: every policy then carries a pod selector, which Tetragon applies to pod "
+        "processes only. Observe only: not with mode Enforce, selector, containerSelector or "
+        "namespaceSelector.",
+    )
+
+    @model_validator(mode="after")
+    def _host_processes_alone(self) -> ClusterProfileSpec:
+        if not self.host_processes:
+            return self
+        if self.mode == Mode.ENFORCE:
+            raise ValueError("hostProcesses cannot be combined with mode Enforce")
+        given = [
+            name
+            for name, value in (
+                ("selector", self.selector),
+                ("containerSelector", self.container_selector),
+                ("namespaceSelector", self.namespace_selector),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValueError(f"hostProcesses cannot be combined with {', '.join(given)}")
+        return self
 
 
 # ---- detections ----------------------------------------------------------------------------

@@ -128,11 +128,12 @@ def targets_for(profile: Profile, namespaces: list[tuple[str, dict[str, str]]] |
     assert isinstance(spec, ClusterProfileSpec)
     if spec.namespace_selector is None or spec.namespace_selector.selects_all():
         return [Target("TracingPolicy", None)]
-    return [
-        Target("TracingPolicyNamespaced", name)
-        for name, labels in sorted(namespaces or [])
-        if spec.namespace_selector.matches(labels)
-    ]
+    selector = spec.namespace_selector
+    selected = tuple(name for name, labels in sorted(namespaces or []) if selector.matches(labels))
+    # One cluster-wide policy per hook, narrowed to these namespaces by its pod selector: one
+    # policy-filter entry however many namespaces match (render.pod_selector), where a policy
+    # per namespace would use one each, of at most 128 per agent.
+    return [Target("TracingPolicy", None, selected)] if selected else []
 
 
 def contains(desired: Any, live: Any) -> bool:
@@ -318,7 +319,10 @@ class Reconciler:
             if selects_all:
                 self.cluster_selections.pop(profile.name, None)
             else:
-                self.cluster_selections[profile.name] = (spec, {t.namespace for t in targets if t.namespace})
+                self.cluster_selections[profile.name] = (
+                    spec,
+                    {ns for t in targets for ns in t.namespaces or ()},
+                )
 
         self.board.publish(ProfileState(profile, tuple(targets), dict(resolved)))
         refs = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import json
 import re
 from collections import defaultdict
@@ -23,15 +24,25 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentdetect import catalog
-from agentdetect.models import Destination, LabelSelector, Mode, ProfileSpec
+from agentdetect.models import ClusterProfileSpec, Destination, LabelSelector, Mode, ProfileSpec
 from agentdetect.resolve import Resolution, as_cidr
 
 BUILTIN_TEMPLATES = Path(__file__).with_name("templates")
 HOOKS = ("tcp_connect", "fd_install", "execve")
 _HOOK_SHORT = {"tcp_connect": "net", "fd_install": "file", "execve": "exec"}
-#: Selectors per kprobe; more are spread over further kprobes on the same call, keeping each
-#: hook's in-kernel selector program small.
+#: Selectors per kprobe: Tetragon refuses more ("no more than 5 selectors supported",
+#: MaxSelectors in pkg/selectors/selectors.go, MAX_SELECTORS in bpf/process/types/basic.h).
+#: A hook that needs more is split across policies, never across kprobes of one policy: with
+#: kprobe_multi the agent refuses a second kprobe on the same symbol ("can't have multiple
+#: instances of same symbol", pkg/sensors/tracing/generickprobe.go).
 MAX_SELECTORS = 5
+#: The label Tetragon gives every pod in its policy filter, whatever the pod's own labels
+#: (labels.K8sPodNamespace, added in policy.podMatches, pkg/policyfilter/state.go, v1.6.0 and
+#: v1.7.0). ``Exists`` on it selects every pod and no host process on both releases, where an
+#: empty podSelector does not: v1.6.0 treats ``{}`` as no filter at all, host processes
+#: included (updatePolicyFilter in pkg/sensors/handler.go), v1.7.0 as all pods
+#: (pkg/sensors/k8s.go).
+POD_NAMESPACE_LABEL = "k8s:io.kubernetes.pod.namespace"
 MANAGED_BY = "agentdetect"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PROFILE_KIND = "agentdetect.io/profile-kind"
@@ -90,6 +101,17 @@ class _Kprobe(_Closed):
     selectors: list[_Selector] = Field(min_length=1, max_length=MAX_SELECTORS)
 
 
+class _Requirement(_Closed):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] | None = None
+
+
+class _PodSelector(_Closed):
+    match_labels: dict[str, str] | None = Field(None, alias="matchLabels")
+    match_expressions: list[_Requirement] | None = Field(None, alias="matchExpressions")
+
+
 class _Metadata(_Closed):
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     namespace: str | None = None
@@ -98,9 +120,10 @@ class _Metadata(_Closed):
 
 
 class _Spec(_Closed):
-    pod_selector: dict[str, Any] | None = Field(None, alias="podSelector")
+    pod_selector: _PodSelector | None = Field(None, alias="podSelector")
     container_selector: dict[str, Any] | None = Field(None, alias="containerSelector")
-    kprobes: list[_Kprobe] = Field(min_length=1)
+    #: One kprobe per policy: see MAX_SELECTORS.
+    kprobes: list[_Kprobe] = Field(min_length=1, max_length=1)
 
 
 class RenderedPolicy(_Closed):
@@ -115,10 +138,14 @@ class RenderedPolicy(_Closed):
 
 @dataclass(frozen=True)
 class Target:
-    """Where a policy goes: a cluster-wide TracingPolicy, or a namespace."""
+    """Where a policy goes: a namespace, or cluster-wide; a cluster-wide policy of a profile with
+    a namespaceSelector names the namespaces it selects (``namespaces``), which Tetragon's
+    policy filter enforces through the pod selector. They are not part of the policy's name:
+    the policy stays the same object as namespaces come and go."""
 
     kind: PolicyKind
     namespace: str | None
+    namespaces: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -199,23 +226,40 @@ def _action(enforce: bool, mode: str) -> str:
     return ACTION_ENFORCE if enforce and mode == Mode.ENFORCE else ACTION_OBSERVE
 
 
+def ipv4_mapped(cidr: str) -> str | None:
+    """The IPv4-mapped IPv6 twin of an IPv4 network (``::ffff:a.b.c.d/96+n``), else None.
+
+    A dual-stack socket (AF_INET6, the JVM's default) that connects to an IPv4 address carries
+    ``::ffff:a.b.c.d``, and the kernel looks such a destination up among a DAddr filter's IPv6
+    entries only (filter_addr_map, bpf/process/types/basic.h), so every IPv4 entry needs its
+    twin."""
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return None  # not ours to judge here: the models refuse it before anything renders
+    if net.version != 4:
+        return None
+    return f"::ffff:{net.network_address}/{96 + net.prefixlen}"
+
+
 def network_selectors(spec: ProfileSpec, targets: list[NetworkTarget]) -> list[dict[str, Any]]:
-    """Targets grouped by (ports, action): one selector each, DAddr AND DPort."""
-    groups: dict[tuple[tuple[int, ...], str, bool], set[str]] = defaultdict(set)
+    """One selector per (ports, action): what the kernel must tell apart. Which provider or
+    destination an address belongs to is worked out afterwards from the event (match.py), so
+    targets that share ports and action share a selector, DAddr AND DPort. A target that
+    matches any address on its ports makes its group's selector port-only."""
+    groups: dict[tuple[tuple[int, ...], str], tuple[set[str], list[bool]]] = {}
     for t in targets:
         if not t.cidrs and not t.any_address:
             continue  # nothing resolved yet; reported in status, rendered once it resolves
-        key = (t.ports, _action(t.enforce, spec.mode), t.any_address)
-        groups[key].update(t.cidrs)
+        cidrs, any_address = groups.setdefault((t.ports, _action(t.enforce, spec.mode)), (set(), []))
+        cidrs.update(t.cidrs)
+        any_address.append(t.any_address)
     out = []
-    for (ports, action, any_address), cidrs in sorted(groups.items()):
-        out.append(
-            {
-                "addresses": [] if any_address else sorted(cidrs),
-                "ports": [str(p) for p in ports],
-                "action": action,
-            }
-        )
+    for (ports, action), (cidrs, any_address) in sorted(groups.items()):
+        addresses: list[str] = []
+        if not any(any_address):
+            addresses = sorted(cidrs | {twin for c in cidrs if (twin := ipv4_mapped(c)) is not None})
+        out.append({"addresses": addresses, "ports": [str(p) for p in ports], "action": action})
     return out
 
 
@@ -252,28 +296,54 @@ def process_selectors(spec: ProfileSpec) -> list[dict[str, Any]]:
 # ---- names and labels ----------------------------------------------------------------------
 
 
-def policy_name(profile: Profile, target: Target, hook: str) -> str:
+def policy_name(profile: Profile, target: Target, hook: str, part: int = 0) -> str:
     """Unique across namespaces and both Tetragon kinds (cilium/tetragon#2299, #2440): the hash
-    covers every part of the policy's identity, the readable part is for people."""
-    identity = "/".join(
-        [profile.kind, profile.namespace or "", profile.name, target.kind, target.namespace or "", hook]
-    )
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
+    covers every part of the policy's identity, the readable part is for people. ``part`` > 0
+    names the further policies of a hook that needs more selectors than one kprobe holds."""
+    parts = [profile.kind, profile.namespace or "", profile.name, target.kind, target.namespace or "", hook]
+    short = _HOOK_SHORT[hook]
+    if part:
+        parts.append(str(part))
+        short = f"{short}{part + 1}"
+    digest = hashlib.sha256("/".join(parts).encode()).hexdigest()[:8]
     readable = profile.name.replace(".", "-")  # a DNS-subdomain profile name may have dots
     if target.namespace and target.namespace != profile.namespace:
         readable = f"{readable}-{target.namespace}"
-    suffix = f"-{_HOOK_SHORT[hook]}-{digest}"
+    suffix = f"-{short}-{digest}"
     return readable[: 63 - len(suffix)].rstrip("-.") + suffix
 
 
-def target_in(profile: Profile, namespace: str | None = None) -> Target:
-    """Where ``profile``'s policies go: its own namespace for a namespaced profile; for a
-    cluster profile, ``namespace`` (one its namespaceSelector selects), or cluster-wide."""
+def target_in(profile: Profile) -> Target:
+    """Where ``profile``'s policies go, as far as their names are concerned: its own namespace
+    for a namespaced profile, cluster-wide for a cluster profile."""
     if profile.kind == "AgentDetectionProfile":
         return Target("TracingPolicyNamespaced", profile.namespace)
-    if namespace is None:
-        return Target("TracingPolicy", None)
-    return Target("TracingPolicyNamespaced", namespace)
+    return Target("TracingPolicy", None)
+
+
+def hook_selectors(spec: ProfileSpec, resolved: Mapping[str, Resolution]) -> dict[str, list[dict[str, Any]]]:
+    """Each hook's selectors, in order; a hook without any renders no policy."""
+    return {
+        "tcp_connect": network_selectors(spec, network_targets(spec, resolved)),
+        "fd_install": file_selectors(spec),
+        "execve": process_selectors(spec),
+    }
+
+
+def split(selectors: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Selectors in policies of at most MAX_SELECTORS each."""
+    return [selectors[i : i + MAX_SELECTORS] for i in range(0, len(selectors), MAX_SELECTORS)]
+
+
+def policy_names(
+    profile: Profile, target: Target, resolved: Mapping[str, Resolution]
+) -> list[tuple[str, str]]:
+    """(policy name, hook) of every policy ``render`` makes for ``profile`` at ``target``."""
+    return [
+        (policy_name(profile, target, hook, part), hook)
+        for hook, selectors in hook_selectors(profile.spec, resolved).items()
+        for part in range(len(split(selectors)))
+    ]
 
 
 def owner_labels(profile: Profile) -> dict[str, str]:
@@ -369,27 +439,44 @@ def _selector_dict(sel: LabelSelector | None) -> dict[str, Any] | None:
     return {k: v for k, v in sel.dump().items() if v}
 
 
+def pod_selector(spec: ProfileSpec, target: Target) -> dict[str, Any] | None:
+    """The policy's podSelector: the profile's, narrowed to the target's namespaces, and never
+    empty (see POD_NAMESPACE_LABEL), so the policy watches pod processes only. None, which
+    Tetragon applies to every process on the node, only for ``hostProcesses``."""
+    if isinstance(spec, ClusterProfileSpec) and spec.host_processes:
+        return None
+    selector = _selector_dict(spec.selector) or {}
+    expressions = list(selector.get("matchExpressions", []))
+    if target.namespaces is not None:
+        expressions.append({"key": POD_NAMESPACE_LABEL, "operator": "In", "values": list(target.namespaces)})
+    if not selector.get("matchLabels") and not expressions:
+        expressions.append({"key": POD_NAMESPACE_LABEL, "operator": "Exists"})
+    if expressions:
+        selector["matchExpressions"] = expressions
+    return selector
+
+
 def render_hook(
     profile: Profile,
     target: Target,
     hook: str,
     selectors: list[dict[str, Any]],
     template_dir: Path | None = None,
+    part: int = 0,
 ) -> dict[str, Any]:
     labels = {**owner_labels(profile), LABEL_HOOK: hook}
     policy = {
         "kind": target.kind,
-        "name": policy_name(profile, target, hook),
+        "name": policy_name(profile, target, hook, part),
         "namespace": target.namespace,
         "labels": labels,
         "annotations": {},
     }
     context = {
         "policy": policy,
-        "pod_selector": _selector_dict(profile.spec.selector),
+        "pod_selector": pod_selector(profile.spec, target),
         "container_selector": _selector_dict(profile.spec.container_selector),
         "selectors": selectors,
-        "max_selectors": MAX_SELECTORS,
     }
     try:
         text = environment(template_dir).get_template(f"{hook}.yaml.j2").render(context)
@@ -411,6 +498,8 @@ def render_hook(
         raise RenderError(f"template {hook}.yaml.j2 changed the policy's kind, name or namespace")
     if any(meta["labels"].get(k) != v for k, v in labels.items()):
         raise RenderError(f"template {hook}.yaml.j2 dropped or changed the ownership labels")
+    if doc["spec"].get("podSelector") != context["pod_selector"]:
+        raise RenderError(f"template {hook}.yaml.j2 dropped or changed the pod selector")
     meta["annotations"][ANNOTATION_HASH] = spec_hash(meta["labels"], doc["spec"])
     return doc
 
@@ -421,16 +510,12 @@ def render(
     resolved: Mapping[str, Resolution],
     template_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Every policy for ``profile``: one per hook it uses, per target."""
-    spec = profile.spec
-    per_hook = {
-        "tcp_connect": network_selectors(spec, network_targets(spec, resolved)),
-        "fd_install": file_selectors(spec),
-        "execve": process_selectors(spec),
-    }
+    """Every policy for ``profile``: per target, one per hook it uses, or more where a hook
+    needs more selectors than one kprobe holds."""
+    per_hook = hook_selectors(profile.spec, resolved)
     docs = []
     for target in targets:
         for hook in HOOKS:
-            if per_hook[hook]:
-                docs.append(render_hook(profile, target, hook, per_hook[hook], template_dir))
+            for part, selectors in enumerate(split(per_hook[hook])):
+                docs.append(render_hook(profile, target, hook, selectors, template_dir, part))
     return docs

@@ -63,11 +63,10 @@ def state_of(
     return ProfileState(profile, tuple(targets_for(profile, namespaces)), resolved)
 
 
-def policy_of(profile: Profile, hook: str, namespace: str | None = None) -> str:
-    """The name of the policy ``profile`` renders for ``hook`` (into ``namespace`` for a cluster
-    profile with a namespace selector; its own namespace for a namespaced one)."""
+def policy_of(profile: Profile, hook: str) -> str:
+    """The name of the (first) policy ``profile`` renders for ``hook``."""
     assert hook in HOOKS
-    return policy_name(profile, target_in(profile, namespace), hook)
+    return policy_name(profile, target_in(profile), hook)
 
 
 def event(

@@ -150,7 +150,14 @@ def test_render_prints_policies(tmp_path: Path, capsys: pytest.CaptureFixture[st
         if a["operator"] == "DAddr"
         for v in a["values"]
     ]
-    assert sorted(daddr) == ["10.8.0.10/32", "160.79.104.10/32", "2001:db8::10/128"]
+    # Each IPv4 address also as its IPv4-mapped twin, for dual-stack sockets (render.ipv4_mapped).
+    assert sorted(daddr) == [
+        "10.8.0.10/32",
+        "160.79.104.10/32",
+        "2001:db8::10/128",
+        "::ffff:10.8.0.10/128",
+        "::ffff:160.79.104.10/128",
+    ]
 
 
 def test_render_is_reproducible(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -178,10 +185,13 @@ def test_render_cluster_profile_into_selected_namespaces(
     args = ["render", "-f", path, "--namespace", "prod-a:env=prod,team=a", "--namespace", "dev:env=dev"]
     assert cli.main([*args, "--namespace", "prod-b:env=prod"]) == 0
     docs = _docs(capsys.readouterr().out)
-    assert [(d["kind"], d["metadata"]["namespace"]) for d in docs] == [
-        ("TracingPolicyNamespaced", "prod-a"),
-        ("TracingPolicyNamespaced", "prod-b"),
+    assert [d["kind"] for d in docs] == ["TracingPolicy"]
+    (selected,) = [
+        e["values"]
+        for e in docs[0]["spec"]["podSelector"]["matchExpressions"]
+        if e["key"] == "k8s:io.kubernetes.pod.namespace"
     ]
+    assert selected == ["prod-a", "prod-b"]
     assert cli.main(["render", "-f", path]) == 0
     assert _docs(capsys.readouterr().out) == []
 

@@ -168,7 +168,8 @@ def test_spec_fields_are_described_for_kubectl_explain(kind: str) -> None:
     assert undescribed == []
     top = set(spec["properties"])
     expected = {"mode", "selector", "containerSelector", "network", "files", "processes"}
-    assert top == (expected | {"namespaceSelector"} if kind.startswith("Cluster") else expected)
+    cluster_only = {"namespaceSelector", "hostProcesses"}
+    assert top == (expected | cluster_only if kind.startswith("Cluster") else expected)
 
 
 def test_cel_rules_mirror_the_pydantic_checks() -> None:

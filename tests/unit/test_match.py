@@ -8,7 +8,8 @@ import pytest
 from agentdetect import catalog
 from agentdetect.events import Event
 from agentdetect.match import Match, Matcher, ProfileKey, ProfileState
-from agentdetect.render import HOOKS, Profile, policy_name
+from agentdetect.reconcile import parse_profile
+from agentdetect.render import Profile, Target, policy_name
 from tests.unit.detect_helpers import event, example, make_profile, policy_of, state_of, static_hosts
 
 LLM = ("AgentDetectionProfile", "support", "llm-egress")
@@ -205,7 +206,7 @@ def _file(profile: Profile, path: str, namespace: str = "anywhere") -> Event:
 
 def _exec(profile: Profile, path: str, namespace: str | None = None) -> Event:
     ns = namespace or profile.namespace or "anywhere"
-    policy = policy_of(profile, "execve", None if profile.kind == "AgentDetectionProfile" else namespace)
+    policy = policy_of(profile, "execve")
     return event(policy=policy, hook="execve", namespace=ns, target=path, port=0)
 
 
@@ -363,8 +364,55 @@ def test_policies_cover_every_hook_and_target() -> None:
     ]
     state = state_of(profile, namespaces)
     matcher = _matcher(state)
-    assert matcher.policies() == {policy_name(profile, t, hook) for t in state.targets for hook in HOOKS}
-    assert len(matcher.policies()) == 2 * len(HOOKS)
+    hooks = profile.spec.hooks()
+    assert matcher.policies() == {policy_name(profile, t, hook) for t in state.targets for hook in hooks}
+    assert len(matcher.policies()) == len(hooks)  # one cluster-wide policy per hook it uses
+
+
+def test_policies_split_over_several_parts_all_match() -> None:
+    """A hook with more selectors than one kprobe holds renders several policies: an event from
+    any of them belongs to the profile."""
+    destinations = [{"name": f"d{i}", "cidrs": [f"10.{i}.0.0/16"], "ports": [1000 + i]} for i in range(12)]
+    profile = parse_profile(
+        {
+            "kind": "AgentDetectionProfile",
+            "metadata": {"name": "wide", "namespace": "team"},
+            "spec": {"network": {"destinations": destinations}},
+        }
+    )
+    matcher = _matcher(state_of(profile))
+    target = Target("TracingPolicyNamespaced", "team")
+    key: ProfileKey = ("AgentDetectionProfile", "team", "wide")
+    for part, i in ((0, 0), (1, 7), (2, 11)):
+        policy = policy_name(profile, target, "tcp_connect", part)
+        assert policy in matcher.policies()
+        ev = event(policy=policy, hook="tcp_connect", namespace="team", target=f"10.{i}.3.4", port=1000 + i)
+        assert matcher.match(ev) == Match(key, f"d{i}")
+
+
+def test_ipv4_mapped_destinations_match_the_ipv4_rule() -> None:
+    """Tetragon prints an AF_INET6 socket's IPv4 destination as ::ffff:a.b.c.d (netip's String,
+    pkg/reader/network/network.go); the policy caught it through the rule's twin."""
+    profile = parse_profile(
+        {
+            "kind": "AgentDetectionProfile",
+            "metadata": {"name": "jvm", "namespace": "team"},
+            "spec": {
+                "network": {
+                    "providers": ["openai"],
+                    "destinations": [{"name": "gw", "cidrs": ["10.8.0.0/16"], "ports": [443]}],
+                }
+            },
+        }
+    )
+    matcher = _matcher(state_of(profile))
+    key: ProfileKey = ("AgentDetectionProfile", "team", "jvm")
+    policy = policy_of(profile, "tcp_connect")
+    openai = static_hosts()["api.openai.com"][0]
+    cases = ((f"::ffff:{openai}", "openai"), ("::ffff:10.8.9.9", "gw"), ("::ffff:10.9.0.1", None))
+    for address, rule in cases:
+        ev = event(policy=policy, hook="tcp_connect", namespace="team", target=address, port=443)
+        assert matcher.match(ev) == (None if rule is None else Match(key, rule))
 
 
 def test_cluster_profile_with_namespace_selector_maps_every_namespace_to_one_profile() -> None:
@@ -376,19 +424,12 @@ def test_cluster_profile_with_namespace_selector_maps_every_namespace_to_one_pro
     ]
     matcher = _matcher(state_of(profile, namespaces))
     key: ProfileKey = ("ClusterAgentDetectionProfile", None, "shells-in-production")
-    names = {policy_of(profile, "execve", ns) for ns in ("payments", "search")}
-    assert len(names) == 2  # one policy per namespace ...
+    assert len(matcher.policies()) == 1  # one cluster-wide policy ...
     for ns in ("payments", "search"):
         found = matcher.match(_exec(profile, "/bin/bash", ns))
-        assert found == Match(key, "shells")  # ... all back to the same profile
-    # Not selected: no policy there, so nothing can match.
-    assert policy_of(profile, "execve", "sandbox") not in matcher.policies()
+        assert found == Match(key, "shells")  # ... for every selected namespace
+    # Not selected: the policy's pod selector keeps such events out; none is attributed.
     assert matcher.match(_exec(profile, "/bin/bash", "sandbox")) is None
-    # A namespaced policy's event from another namespace.
-    cross = event(
-        policy=policy_of(profile, "execve", "payments"), hook="execve", namespace="search", target="/bin/sh"
-    )
-    assert matcher.match(cross) is None
 
 
 def test_cluster_profile_without_selector_matches_every_namespace() -> None:

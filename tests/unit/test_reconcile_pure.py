@@ -188,10 +188,7 @@ def test_cluster_profile_without_selector_is_one_tracing_policy(selector: dict[s
 def test_cluster_profile_with_selector_targets_matching_namespaces() -> None:
     spec = {**FILES, "namespaceSelector": {"matchLabels": {"env": "prod"}}}
     profile = _profile(spec, kind="ClusterAgentDetectionProfile", namespace=None)
-    assert targets_for(profile, NAMESPACES) == [
-        Target("TracingPolicyNamespaced", "ai"),
-        Target("TracingPolicyNamespaced", "prod"),
-    ]
+    assert targets_for(profile, NAMESPACES) == [Target("TracingPolicy", None, ("ai", "prod"))]
     assert targets_for(profile, [("dev", {"env": "dev"})]) == []
     assert targets_for(profile, None) == []
 
@@ -199,7 +196,7 @@ def test_cluster_profile_with_selector_targets_matching_namespaces() -> None:
 def test_cluster_profile_selector_expressions() -> None:
     spec = {**FILES, "namespaceSelector": {"matchExpressions": [{"key": "ai", "operator": "DoesNotExist"}]}}
     profile = _profile(spec, kind="ClusterAgentDetectionProfile", namespace=None)
-    assert [t.namespace for t in targets_for(profile, NAMESPACES)] == ["dev", "prod"]
+    assert [t.namespaces for t in targets_for(profile, NAMESPACES)] == [("dev", "prod")]
 
 
 # ---- validation messages ---------------------------------------------------------------------

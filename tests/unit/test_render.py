@@ -35,12 +35,14 @@ from agentdetect.render import (
     LABEL_PROFILE_NAME,
     LABEL_PROFILE_NAMESPACE,
     MAX_SELECTORS,
+    POD_NAMESPACE_LABEL,
     PolicyKind,
     Profile,
     ProfileKind,
     RenderError,
     Target,
     hostnames_of,
+    ipv4_mapped,
     network_targets,
     policy_name,
     render,
@@ -80,9 +82,21 @@ def _selectors(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _match_values(doc: dict[str, Any], operator: str) -> list[str]:
-    return [
-        v for s in _selectors(doc) for a in s["matchArgs"] if a["operator"] == operator for v in a["values"]
-    ]
+    """The values of ``operator``; for DAddr without the IPv4-mapped twins, after checking that
+    every IPv4 network of each selector has exactly its twin there (render.ipv4_mapped)."""
+    out = []
+    for s in _selectors(doc):
+        for a in s["matchArgs"]:
+            if a["operator"] != operator:
+                continue
+            values = a["values"]
+            if operator == "DAddr":
+                twins = {v for v in values if v.startswith("::ffff:")}
+                plain = [v for v in values if v not in twins]
+                assert twins == {ipv4_mapped(v) for v in plain} - {None}
+                values = plain
+            out.extend(values)
+    return out
 
 
 def _rules(doc: dict[str, Any], action: str | None = None) -> set[tuple[str, str]]:
@@ -174,7 +188,29 @@ def test_cidr_destination_without_ports_matches_any_port() -> None:
     )
     (doc,) = _render(profile)
     (sel,) = _selectors(doc)
-    assert sel["matchArgs"] == [{"index": 0, "operator": "DAddr", "values": ["10.9.0.0/16", "2001:db8::/48"]}]
+    values = ["10.9.0.0/16", "2001:db8::/48", "::ffff:10.9.0.0/112"]
+    assert sel["matchArgs"] == [{"index": 0, "operator": "DAddr", "values": values}]
+
+
+@pytest.mark.parametrize(
+    ("cidr", "twin"),
+    [
+        ("10.9.0.0/16", "::ffff:10.9.0.0/112"),
+        ("203.0.113.7/32", "::ffff:203.0.113.7/128"),
+        ("0.0.0.0/0", "::ffff:0.0.0.0/96"),
+        ("2001:db8::/48", None),
+        ("not-a-cidr", None),
+    ],
+)
+def test_ipv4_networks_have_ipv4_mapped_twins(cidr: str, twin: str | None) -> None:
+    """A dual-stack socket's IPv4 destination is ::ffff:a.b.c.d and is looked up among a DAddr
+    filter's IPv6 entries only (filter_addr_map, bpf/process/types/basic.h)."""
+    assert ipv4_mapped(cidr) == twin
+    if twin is not None:
+        v4, v6 = ipaddress.IPv4Network(cidr), ipaddress.IPv6Network(twin)
+        assert v6.num_addresses == v4.num_addresses
+        first = v6.network_address.ipv4_mapped
+        assert first is not None and first == v4.network_address
 
 
 @pytest.mark.parametrize("name", list(CATALOG.file_presets))
@@ -226,14 +262,45 @@ def test_one_selector_per_operator_and_action() -> None:
     assert all(len(s["matchArgs"]) == 1 for s in _selectors(doc))
 
 
-def test_selectors_beyond_the_limit_spill_into_further_kprobes() -> None:
-    count = MAX_SELECTORS + 2
+def test_selectors_beyond_the_limit_spill_into_further_policies_never_kprobes() -> None:
+    """Under kprobe_multi the agent refuses two kprobes on one symbol in a policy ("can't have
+    multiple instances of same symbol", pkg/sensors/tracing/generickprobe.go)."""
+    count = 2 * MAX_SELECTORS + 1
     destinations = [{"name": f"d{i}", "cidrs": [f"10.{i}.0.0/16"], "ports": [1000 + i]} for i in range(count)]
-    (doc,) = _render(_profile({"network": {"destinations": destinations}}))
-    kprobes = doc["spec"]["kprobes"]
-    assert [len(k["selectors"]) for k in kprobes] == [MAX_SELECTORS, 2]
-    assert all(k["call"] == "tcp_connect" for k in kprobes)
-    assert sorted(_match_values(doc, "DPort")) == sorted(str(1000 + i) for i in range(count))
+    profile = _profile({"network": {"destinations": destinations}})
+    docs = _render(profile)
+    assert [len(d["spec"]["kprobes"]) for d in docs] == [1, 1, 1]
+    assert [len(_selectors(d)) for d in docs] == [MAX_SELECTORS, MAX_SELECTORS, 1]
+    assert all(d["spec"]["kprobes"][0]["call"] == "tcp_connect" for d in docs)
+    assert sorted(v for d in docs for v in _match_values(d, "DPort")) == sorted(
+        str(1000 + i) for i in range(count)
+    )
+    target = Target("TracingPolicyNamespaced", "team-a")
+    names = [d["metadata"]["name"] for d in docs]
+    assert names == [policy_name(profile, target, "tcp_connect", part) for part in range(3)]
+    assert names[0].startswith("llm-egress-net-") and names[1].startswith("llm-egress-net2-")
+    assert len(set(names)) == 3
+
+
+def test_targets_sharing_ports_and_action_share_one_selector() -> None:
+    """The kernel only has to tell ports and actions apart: which destination an address
+    belongs to is worked out from the event afterwards (match.py)."""
+    destinations = [{"name": f"d{i}", "cidrs": [f"10.{i}.0.0/16"], "ports": [443]} for i in range(20)]
+    spec = {"network": {"providers": ["openai", "anthropic", "ollama"], "destinations": destinations}}
+    (doc,) = _render(_profile(spec), HOST_TABLE)
+    assert len(_selectors(doc)) == 2  # 443 with addresses; 11434 on any address (ollama)
+
+
+def test_a_target_on_any_address_makes_its_group_port_only() -> None:
+    spec = {
+        "network": {
+            "providers": ["ollama"],
+            "destinations": [{"name": "gpu-box", "cidrs": ["10.5.0.0/16"], "ports": [11434]}],
+        }
+    }
+    (doc,) = _render(_profile(spec))
+    (sel,) = _selectors(doc)
+    assert sel["matchArgs"] == [{"index": 0, "operator": "DPort", "values": ["11434"]}]
 
 
 # ---- actions ---------------------------------------------------------------------------------
@@ -255,7 +322,10 @@ def test_enforce_mode_kills_on_enforcing_rules_only() -> None:
     docs = _by_hook(_render(_profile({**ENFORCING_SPEC, "mode": "Enforce"}), HOST_TABLE))
     net = docs["tcp_connect"]
     kill = [s for s in _selectors(net) if s["matchActions"] == [{"action": ACTION_ENFORCE}]]
-    assert [a["values"] for s in kill for a in s["matchArgs"]] == [["10.1.0.0/16"], ["443"]]
+    assert [a["values"] for s in kill for a in s["matchArgs"]] == [
+        ["10.1.0.0/16", "::ffff:10.1.0.0/112"],
+        ["443"],
+    ]
     observed = {v for s in _selectors(net) if s not in kill for a in s["matchArgs"] for v in a["values"]}
     assert "10.2.0.0/16" in observed and _cidrs_of(CATALOG.providers["openai"].hostnames) <= observed
     assert "10.1.0.0/16" not in observed
@@ -346,20 +416,31 @@ def test_cluster_profile_renders_a_cluster_wide_policy() -> None:
     assert LABEL_PROFILE_NAMESPACE not in doc["metadata"]["labels"]
 
 
-def test_cluster_profile_renders_per_selected_namespace() -> None:
+def test_cluster_profile_renders_one_policy_naming_the_selected_namespaces() -> None:
+    """One policy-filter entry however many namespaces match (Tetragon holds 128 per agent,
+    POLICY_FILTER_MAX_POLICIES in bpf/process/policy_filter.h)."""
     profile = _profile(
-        {"files": {"presets": ["credentials"]}, "namespaceSelector": {"matchLabels": {"tier": "rag"}}},
+        {
+            "files": {"presets": ["credentials"]},
+            "selector": {"matchLabels": {"app": "bot"}},
+            "namespaceSelector": {"matchLabels": {"tier": "rag"}},
+        },
         name="creds",
         namespace=None,
         kind=CADP,
     )
     namespaces = [("b", {"tier": "rag"}), ("a", {"tier": "rag"}), ("c", {"tier": "web"})]
-    docs = render(profile, targets_for(profile, namespaces), {})
-    assert [(d["kind"], d["metadata"]["namespace"]) for d in docs] == [
-        ("TracingPolicyNamespaced", "a"),
-        ("TracingPolicyNamespaced", "b"),
-    ]
-    assert [d["metadata"]["name"][:12] for d in docs] == ["creds-a-file", "creds-b-file"]
+    (doc,) = render(profile, targets_for(profile, namespaces), {})
+    assert doc["kind"] == "TracingPolicy" and "namespace" not in doc["metadata"]
+    assert doc["spec"]["podSelector"] == {
+        "matchLabels": {"app": "bot"},
+        "matchExpressions": [{"key": POD_NAMESPACE_LABEL, "operator": "In", "values": ["a", "b"]}],
+    }
+    # The name does not depend on the namespaces: the policy is updated as they change.
+    (again,) = render(profile, targets_for(profile, [("z", {"tier": "rag"})]), {})
+    assert again["metadata"]["name"] == doc["metadata"]["name"]
+    assert again["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["z"]
+    assert render(profile, targets_for(profile, [("c", {"tier": "web"})]), {}) == []
 
 
 def test_pod_and_container_selectors_are_passed_through() -> None:
@@ -377,11 +458,52 @@ def test_pod_and_container_selectors_are_passed_through() -> None:
     }
 
 
-def test_empty_selectors_are_omitted() -> None:
-    (doc,) = _render(
-        _profile({"files": {"presets": ["credentials"]}, "selector": {}, "containerSelector": {}})
-    )
-    assert set(doc["spec"]) == {"kprobes"}
+PODS_ONLY = {"matchExpressions": [{"key": POD_NAMESPACE_LABEL, "operator": "Exists"}]}
+
+
+@pytest.mark.parametrize("kind", [ADP, CADP])
+def test_without_a_selector_every_pod_and_no_host_process_is_watched(kind: str) -> None:
+    """An empty podSelector would watch host processes too on Tetragon v1.6.0 (no filter at
+    all: updatePolicyFilter in pkg/sensors/handler.go); Exists on the namespace label Tetragon
+    gives every pod (pkg/policyfilter/state.go podMatches) selects all pods on v1.6 and v1.7."""
+    spec = {"files": {"presets": ["credentials"]}, "selector": {}, "containerSelector": {}}
+    (doc,) = _render(_profile(spec, namespace=None if kind == CADP else "team-a", kind=kind))
+    assert doc["spec"] == {"podSelector": PODS_ONLY, "kprobes": doc["spec"]["kprobes"]}
+
+
+def test_match_expressions_alone_keep_the_users_selector() -> None:
+    expr = [{"key": "tier", "operator": "NotIn", "values": ["batch"]}]
+    spec = {"files": {"presets": ["credentials"]}, "selector": {"matchExpressions": expr}}
+    (doc,) = _render(_profile(spec))
+    assert doc["spec"]["podSelector"] == {"matchExpressions": expr}
+
+
+def test_host_processes_only_when_asked() -> None:
+    spec = {"files": {"presets": ["credentials"]}, "hostProcesses": True}
+    (doc,) = _render(_profile(spec, namespace=None, kind=CADP))
+    assert "podSelector" not in doc["spec"] and "containerSelector" not in doc["spec"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"mode": "Enforce"}, "hostProcesses cannot be combined with mode Enforce"),
+        ({"selector": {"matchLabels": {"a": "b"}}}, "cannot be combined with selector"),
+        ({"namespaceSelector": {}}, "cannot be combined with namespaceSelector"),
+        ({"containerSelector": {}}, "cannot be combined with containerSelector"),
+    ],
+)
+def test_host_processes_stand_alone_and_never_enforce(extra: dict[str, Any], message: str) -> None:
+    spec = {"files": {"presets": ["credentials"]}, "hostProcesses": True, **extra}
+    with pytest.raises(ValueError) as err:
+        _profile(spec, namespace=None, kind=CADP)
+    assert message in describe_invalid(err.value)
+
+
+def test_host_processes_is_a_cluster_profile_field() -> None:
+    with pytest.raises(ValueError) as err:
+        _profile({"files": {"presets": ["credentials"]}, "hostProcesses": True})
+    assert "spec.hostProcesses" in describe_invalid(err.value)
 
 
 _IDENTITIES: list[tuple[ProfileKind, str | None, PolicyKind, str | None, str]] = [

@@ -186,7 +186,7 @@ def test_replay_cluster_profile_with_namespaces(tmp_path: Path, capsys: pytest.C
     lines = [
         line(
             hook="execve",
-            policy=policy_of(profile, "execve", ns),
+            policy=policy_of(profile, "execve"),
             namespace=ns,
             pod="api-5d4f-q1w2e",
             target=target,
