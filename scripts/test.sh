@@ -15,6 +15,17 @@ fi
 # pod logs) before the clock of any test starts.
 "$venv/bin/agentdetect" binaries --kwok --helm >/dev/null
 
+# Tetragon as the judge: its real CRDs (v1.7.0 for the API server, both supported releases
+# for the schema dry runs) and tpjudge, its own policy checks, when ../shared has them.
+shared=../shared
+if [ -d "$shared/tetragon" ]; then
+  export TETRAGON_CRDS_ROOT=${TETRAGON_CRDS_ROOT:-$(cd "$shared/tetragon" && pwd)}
+  export TETRAGON_CRDS_DIR=${TETRAGON_CRDS_DIR:-$TETRAGON_CRDS_ROOT/v1.7.0/crds}
+fi
+if [ -x "$shared/tools/tetragon-judge/tpjudge" ]; then
+  export TETRAGON_JUDGE=${TETRAGON_JUDGE:-$(cd "$shared/tools/tetragon-judge" && pwd)/tpjudge}
+fi
+
 "$venv/bin/ruff" check operator tests bench
 "$venv/bin/ruff" format --check operator tests bench
 "$venv/bin/mypy"

@@ -1,4 +1,5 @@
-"""Session fixtures: one real control plane for the whole run, Tetragon's CRDs in it."""
+"""Session fixtures: one real control plane for the whole run, Tetragon's CRDs in it; every
+policy rendered anywhere in the run recorded, for Tetragon's own checks at the end."""
 
 from __future__ import annotations
 
@@ -9,10 +10,51 @@ from typing import Any
 import pytest
 
 from agentdetect import binaries, tetragon_crds
+from agentdetect import render as render_module
 from agentdetect.controlplane import ControlPlane, load_yaml_documents
 from tests.standin_crds import standin_tetragon_crds
+from tests.tetragon_judge import Recorder
 
 REPO = Path(__file__).resolve().parent.parent
+#: Every policy rendered in this run (tests/tetragon_judge.py); judged by the last test.
+RENDERED = Recorder()
+JUDGE_LAST = "judge_last"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_rendered_policies() -> Iterator[None]:
+    """Wraps the one function every policy comes out of, in this process (the CLI, the
+    reconciler, operator threads, benchmarks' helpers): nothing rendered escapes the judge."""
+    original = render_module.render_hook
+
+    def recording(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        doc = original(*args, **kwargs)
+        RENDERED.add([doc])
+        return doc
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(render_module, "render_hook", recording)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _name_the_renderer(request: pytest.FixtureRequest) -> Iterator[None]:
+    unjudged = request.node.get_closest_marker("unjudged") is not None
+    RENDERED.current_test = request.node.nodeid
+    RENDERED.paused = unjudged
+    yield
+    RENDERED.paused = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The judge runs after everything that renders."""
+    last = [i for i in items if i.get_closest_marker(JUDGE_LAST)]
+    items[:] = [i for i in items if not i.get_closest_marker(JUDGE_LAST)] + last
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if RENDERED.summary:
+        terminalreporter.write_line(RENDERED.summary)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import yaml
 
-from agentdetect import __version__, binaries, crdgen, tetragon_crds
+from agentdetect import __version__, binaries, crdgen, tetragon_crds, yamlout
 from agentdetect.controlplane import ControlPlane, ControlPlaneError, load_yaml_documents
 from agentdetect.reconcile import Config, describe_invalid, now_rfc3339, parse_profile, targets_for
 from agentdetect.render import RenderError, hostnames_of, render
@@ -161,7 +161,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
         raise CliError(
             f"no AgentDetectionProfile or ClusterAgentDetectionProfile in {', '.join(args.filename)}"
         )
-    print(yaml.safe_dump_all(out, sort_keys=False), end="")
+    print(yamlout.dump_all(out), end="")
     return 1 if failures else 0
 
 

@@ -20,7 +20,7 @@ import orjson
 import yaml
 from kubernetes import client
 
-from agentdetect import binaries, crdgen, tetragon_crds
+from agentdetect import binaries, crdgen, tetragon_crds, yamlout
 from agentdetect.controlplane import ControlPlane
 from agentdetect.models import GROUP, VERSION
 from agentdetect.reconcile import Config, parse_profile
@@ -198,7 +198,7 @@ def run(out: TextIO = sys.stdout, kubernetes_version: str = binaries.KUBERNETES_
         cfg = Config(resolver=StaticResolver(hosts), detect=True, flush_interval=0.5)
         with OperatorThread(cfg, cp.kubeconfig) as op:
             docs = example_profiles()
-            cp.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs))
+            cp.kubectl("apply", "--server-side", "-f", "-", input=yamlout.dump_all(docs))
             custom = client.CustomObjectsApi(api)
             _wait("every profile reconciled", lambda: _settled(custom, docs))
             say("\n$ kubectl get agentdetectionprofiles,clusteragentdetectionprofiles -A")
@@ -215,7 +215,7 @@ def run(out: TextIO = sys.stdout, kubernetes_version: str = binaries.KUBERNETES_
                 for key in ("managedFields", "resourceVersion", "uid", "creationTimestamp", "generation"):
                     policy["metadata"].pop(key, None)
                 say(f"\n# one rendered policy in full: {policy['metadata']['name']}")
-                say(yaml.safe_dump(policy, sort_keys=False).rstrip())
+                say(yamlout.dump_all([policy]).rstrip())
 
             service = op.detection
             assert service is not None

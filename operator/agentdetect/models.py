@@ -58,7 +58,9 @@ _LABEL_KEY = (
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 _LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
-_NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
+#: No control characters (C0, DEL, C1): Tetragon refuses C1 controls when it reads a policy as
+#: YAML ("control characters are not allowed", tetra and --tracing-policy-dir; found by tpjudge).
+_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]+$"
 
 
 def _cidr(value: str) -> str:
@@ -138,7 +140,7 @@ def _bytes_rule(limit: int, what: str) -> dict[str, str]:
     return _cel(
         f"size(bytes(self)) <= {limit}",
         f"{what} must be at most {limit} bytes of UTF-8 (Tetragon's limit)",
-        reason="FieldValueTooLong",
+        reason="FieldValueInvalid",
     )
 
 

@@ -371,7 +371,7 @@ def spec_hash(labels: Mapping[str, str], spec: Mapping[str, Any]) -> str:
 _YAML_UNSAFE = re.compile("[\u007f-\u009f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
 
 
-def _json(value: Any) -> str:
+def yaml_json(value: Any) -> str:
     """JSON is YAML, so a value emitted this way can never act as YAML syntax. Unicode stays as
     is (a \\u-escaped astral character would come back as two lone surrogates); only the
     characters YAML would alter are escaped."""
@@ -391,7 +391,7 @@ def environment(template_dir: Path | None = None) -> jinja2.Environment:
         autoescape=False,
         keep_trailing_newline=True,
     )
-    env.filters["json"] = _json
+    env.filters["json"] = yaml_json
     return env
 
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
-TETRAGON_VERSION = "v1.6.0"
+#: The Tetragon releases whose CRDs every rendered policy must pass (README: supported versions).
+SUPPORTED_VERSIONS = ("v1.6.0", "v1.7.0")
+TETRAGON_VERSION = SUPPORTED_VERSIONS[-1]
 TETRAGON_MODULE = "github.com/cilium/tetragon/pkg/k8s"
 CRD_SUBDIR = "apis/cilium.io/client/crds/v1alpha1"
 CRD_NAMES = ("tracingpolicies.cilium.io", "tracingpoliciesnamespaced.cilium.io")
@@ -71,10 +73,21 @@ def module_dir(version: str = TETRAGON_VERSION) -> Path:
     return Path(info["Dir"]) / CRD_SUBDIR
 
 
-def load(version: str = TETRAGON_VERSION) -> list[dict[str, Any]]:
-    """The two Tetragon CRDs as dicts, ready to apply."""
+def load(version: str | None = None) -> list[dict[str, Any]]:
+    """The two Tetragon CRDs as dicts, ready to apply: without ``version``, from
+    ``TETRAGON_CRDS_DIR`` if set; a given release from ``TETRAGON_CRDS_ROOT/<version>/crds``
+    if set (the layout of a directory that holds several releases); else from the module."""
     override = os.environ.get("TETRAGON_CRDS_DIR")
-    return _crds_in(Path(override) if override else module_dir(version))
+    if version is None and override:
+        return _crds_in(Path(override))
+    version = version or TETRAGON_VERSION
+    root = os.environ.get("TETRAGON_CRDS_ROOT")
+    if root:
+        directory = Path(root) / version / "crds"
+        if not directory.is_dir():
+            raise TetragonCRDsUnavailable(f"TETRAGON_CRDS_ROOT has no {version}/crds ({directory})")
+        return _crds_in(directory)
+    return _crds_in(module_dir(version))
 
 
 # ---- stand-ins ---------------------------------------------------------------------------------

@@ -66,6 +66,22 @@ spec:
             "spec.selector",
             "In and NotIn need values",
         ),
+        # Tetragon's limits, in UTF-8 bytes as it counts them (models.TETRAGON_POSTFIX_MAX_BYTES).
+        (
+            "  files: {paths: [{postfix: /" + "a" * 127 + "}]}",
+            "spec.files.paths[0].postfix",
+            "may not be more than 127",
+        ),
+        (
+            "  files: {paths: [{postfix: /" + "\u00e9" * 63 + "}]}",
+            "spec.files.paths[0].postfix",
+            "at most 127 bytes of UTF-8",
+        ),
+        (
+            "  processes: {binaries: [{prefix: /" + "\u00e9" * 127 + "}]}",
+            "spec.processes.binaries[0].prefix",
+            "at most 255 bytes of UTF-8",
+        ),
     ],
 )
 def test_bad_profile_is_rejected_naming_the_field(
@@ -75,6 +91,27 @@ def test_bad_profile_is_rejected_naming_the_field(
     assert result.returncode != 0, f"accepted: {spec}"
     assert field in result.stderr, result.stderr
     assert says in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["mode: Enforce", "selector: {matchLabels: {app: x}}", "namespaceSelector: {}", "containerSelector: {}"],
+)
+def test_host_processes_stand_alone(control_plane: ControlPlane, profile_crds: list[str], extra: str) -> None:
+    """Host processes (kubelet, the runtime, node agents) are watched only when asked, and
+    never killed."""
+    doc = f"""
+apiVersion: agentdetect.io/v1alpha1
+kind: ClusterAgentDetectionProfile
+metadata: {{name: host-bad}}
+spec:
+  hostProcesses: true
+  {extra}
+  processes: {{presets: [shells]}}
+"""
+    result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=doc, check=False)
+    assert result.returncode != 0, f"accepted: {extra}"
+    assert "spec.hostProcesses" in result.stderr and "cannot be combined" in result.stderr, result.stderr
 
 
 def test_overlong_name_is_rejected(control_plane: ControlPlane, profile_crds: list[str]) -> None:
