@@ -43,6 +43,21 @@ class PodDetections:
     dirty: bool = False
 
 
+@dataclass(slots=True)
+class HostDetections:
+    """A profile's matches from processes outside any pod: no pod to own an AgentDetection, so
+    they are summed per profile and reported in its status."""
+
+    events: int = 0
+    first: str = ""
+    last: str = ""
+    rules: dict[str, int] = field(default_factory=dict)
+    example_binary: str = ""
+    example_target: str = ""
+    example_hook: str = ""
+    node: str = ""
+
+
 @dataclass
 class AggregateStats:
     dropped_over_pod_cap: int = 0
@@ -59,8 +74,27 @@ class Aggregator:
         self.stats = AggregateStats()
         #: Counts of deleted pods' rules, so totals for metrics never go back (see rule_totals).
         self._retired: dict[tuple[ProfileKey, str], int] = {}
+        self.host: dict[ProfileKey, HostDetections] = {}
+        #: Profiles whose host detections changed since the last flush.
+        self.host_dirty: set[ProfileKey] = set()
+
+    def add_host(self, event: Event, match: Match) -> None:
+        host = self.host.get(match.profile)
+        if host is None:
+            host = self.host[match.profile] = HostDetections(first=event.time)
+        host.events += 1
+        host.rules[match.rule] = host.rules.get(match.rule, 0) + 1
+        if event.time >= host.last:
+            host.last = event.time
+            host.example_binary, host.example_target = event.binary, event.target
+            host.example_hook, host.node = event.hook, event.node
+        host.first = min(host.first, event.time)
+        self.host_dirty.add(match.profile)
 
     def add(self, event: Event, match: Match) -> None:
+        if not event.pod:
+            self.add_host(event, match)
+            return
         time = event.time
         key = (match.profile, event.namespace, event.pod)
         pod = self.pods.get(key)
@@ -119,6 +153,12 @@ class Aggregator:
             self.dirty.discard(k)
         for t in [t for t in self._retired if t[0] == profile]:
             del self._retired[t]
+        self.host.pop(profile, None)
+        self.host_dirty.discard(profile)
+
+    def take_host_dirty(self) -> set[ProfileKey]:
+        dirty, self.host_dirty = self.host_dirty, set()
+        return dirty
 
     def rule_totals(self) -> dict[tuple[ProfileKey, str], int]:
         """Stored events per (profile, rule), deleted pods included. Summed when asked (a

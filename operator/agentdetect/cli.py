@@ -196,6 +196,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     else:
         print(detections_table(objects))
     st = pipeline.stats
+    for (kind, namespace, name), host in sorted(pipeline.aggregator.host.items(), key=lambda kv: str(kv[0])):
+        where = f"{namespace}/{name}" if namespace else name
+        print(
+            f"{kind} {where}: {host.events} events from processes outside any pod ({', '.join(host.rules)})",
+            file=sys.stderr,
+        )
     print(
         f"{st.lines} lines: {st.events} hook events, {pipeline.unmatched} matched no profile, "
         f"{st.ignored} other events, {st.malformed} malformed, {st.truncated} truncated, "
@@ -244,7 +250,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
     )
     logging.getLogger().setLevel(args.log_level)
-    for flag in ("flush_interval", "resolve_interval"):
+    for flag in ("flush_interval", "resolve_interval", "policy_filter_budget"):
         if getattr(args, flag) <= 0:
             raise CliError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     for flag in ("metrics_port", "health_port"):
@@ -264,6 +270,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         flush_interval=args.flush_interval,
         max_pods=args.max_pods,
         max_rules_per_pod=args.max_rules_per_pod,
+        policy_filter_budget=args.policy_filter_budget,
     )
     options = ServeOptions(
         namespaces=args.namespace or None,
@@ -427,6 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap on (profile, pod) entries in memory (AGENTDETECT_MAX_PODS)",
     )
     p.add_argument("--max-rules-per-pod", type=int, default=64)
+    p.add_argument(
+        "--policy-filter-budget",
+        type=int,
+        default=_env_int("AGENTDETECT_POLICY_FILTER_BUDGET", 64),
+        help="policies of ours that may use Tetragon's policy filter (128 per agent, shared with other "
+        "tools); beyond it profiles report PolicyFilterBudget=False (AGENTDETECT_POLICY_FILTER_BUDGET)",
+    )
     p.add_argument(
         "--peering",
         default=os.environ.get("AGENTDETECT_PEERING") or None,

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import orjson
 from kubernetes.client.exceptions import ApiException
 
-from agentdetect.aggregate import PodDetections, PodKey
+from agentdetect.aggregate import HostDetections, PodDetections, PodKey
 from agentdetect.detect import Pipeline
 from agentdetect.kube import Cluster
 from agentdetect.match import ProfileKey
 from agentdetect.models import (
     AgentDetection,
     DetectionSummary,
+    HostProcessDetections,
     ObjectRef,
     PodDetectionSummary,
     ProfileDetections,
@@ -91,7 +92,22 @@ def detection_object(key: PodKey, pod: PodDetections) -> AgentDetection:
     )
 
 
-def profile_detections(pods: list[tuple[PodKey, PodDetections]], cap: int) -> ProfileDetections:
+def host_detections(host: HostDetections | None) -> HostProcessDetections | None:
+    if host is None:
+        return None
+    example = _example(host.example_binary, host.example_target, host.example_hook)
+    return HostProcessDetections(
+        events=host.events,
+        first_seen=host.first or None,
+        last_seen=host.last or None,
+        targets=", ".join(r for r, _ in sorted(host.rules.items(), key=lambda kv: (-kv[1], kv[0])))[:256],
+        example=(f"on {host.node}: {example}" if host.node else example)[:512],
+    )
+
+
+def profile_detections(
+    pods: list[tuple[PodKey, PodDetections]], cap: int, host: HostDetections | None = None
+) -> ProfileDetections:
     """The profile-level summary; the per-pod list keeps the ``cap`` most recently active pods."""
     recent = sorted(pods, key=lambda kp: kp[1].last, reverse=True)
     return ProfileDetections(
@@ -110,6 +126,7 @@ def profile_detections(pods: list[tuple[PodKey, PodDetections]], cap: int) -> Pr
             for k, p in recent[:cap]
         ],
         truncated=len(recent) > cap,
+        host_processes=host_detections(host),
     )
 
 
@@ -146,6 +163,7 @@ class DetectionWriter:
         agg = self.pipeline.aggregator
         with self.pipeline.lock:
             keys = agg.take_dirty()
+            host_dirty = agg.take_host_dirty()
             docs = {k: detection_object(k, agg.pods[k]) for k in keys if k in agg.pods}
         for key, obj in docs.items():
             body = obj.dump()
@@ -179,10 +197,11 @@ class DetectionWriter:
             self._written[key] = digest
             result.detections_written += 1
         self._status_owed.update(k[0] for k in keys)
+        self._status_owed.update(host_dirty)
         for profile in sorted(self._status_owed, key=str):
             with self.pipeline.lock:
                 pods = [(k, p) for k, p in agg.pods.items() if k[0] == profile]
-                summary = profile_detections(pods, self.max_status_pods).dump()
+                summary = profile_detections(pods, self.max_status_pods, agg.host.get(profile)).dump()
             digest = orjson.dumps(summary, option=orjson.OPT_SORT_KEYS)
             if self._status_written.get(profile) == digest:
                 self._status_owed.discard(profile)

@@ -24,7 +24,10 @@ HOOK_OF_FUNCTION = {
     "__arm64_sys_execve": "execve",
 }
 KILLED_ACTIONS = frozenset({"KPROBE_ACTION_SIGKILL", "KPROBE_ACTION_OVERRIDE"})
-#: Event kinds Tetragon exports that are not ours: counted as ignored, not as unknown.
+#: Event kinds Tetragon exports that are not ours: counted as ignored, not as unknown. The
+#: oneof of GetEventsResponse (api/v1/tetragon/events.proto, v1.7.0), and the network events
+#: of older and enterprise builds (process_connect, process_close, process_listen: samples in
+#: docs/security-observability-with-ebpf/03_chapter/).
 OTHER_KINDS = frozenset(
     {
         "process_exec",
@@ -36,6 +39,11 @@ OTHER_KINDS = frozenset(
         "process_throttle",
         "process_usdt",
         "rate_limit_info",
+        "test",
+        "process_connect",
+        "process_close",
+        "process_listen",
+        "process_accept",
     }
 )
 
@@ -44,6 +52,8 @@ OTHER_KINDS = frozenset(
 class Event:
     policy: str
     hook: str
+    #: Both empty for a process outside any pod (a ClusterAgentDetectionProfile with
+    #: hostProcesses, or a policy not rendered by agentdetect).
     namespace: str
     pod: str
     workload: str
@@ -62,7 +72,7 @@ class Event:
 class ParseStats:
     lines: int = 0
     events: int = 0
-    ignored: int = 0  # valid Tetragon events of other kinds or hooks, or outside any pod
+    ignored: int = 0  # valid Tetragon events of other kinds or hooks
     malformed: int = 0
     truncated: int = 0
     unknown: int = 0
@@ -71,6 +81,10 @@ class ParseStats:
 
     def as_dict(self) -> dict[str, int]:
         return {k: v for k, v in vars(self).items() if isinstance(v, int)}
+
+
+#: What a process outside any pod has for a pod: Tetragon leaves the "pod" key out.
+_NO_POD: dict[str, str] = {"namespace": "", "name": ""}
 
 
 def _first_arg(args: list[Any], key: str) -> Any:
@@ -121,8 +135,8 @@ def parse_line(line: bytes | str, stats: ParseStats) -> Event | None:
         hook = HOOK_OF_FUNCTION.get(kprobe["function_name"])
         policy = kprobe.get("policy_name")
         process = kprobe["process"]
-        pod = process.get("pod")
-        if hook is None or not policy or not pod:
+        pod = process.get("pod") or _NO_POD
+        if hook is None or not policy:
             stats.ignored += 1
             return None
         args: list[Any] = kprobe.get("args") or []

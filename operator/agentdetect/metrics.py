@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -40,6 +40,7 @@ class DetectionCollector(Collector):
             lines, events, ignored, unmatched = stats.lines, stats.events, stats.ignored, pipeline.unmatched
             skipped = {r: getattr(stats, r) for r in SKIP_REASONS}
             totals = pipeline.aggregator.rule_totals()
+            host_totals = {profile: h.events for profile, h in pipeline.aggregator.host.items()}
             pods = len(pipeline.aggregator.pods)
             top = heapq.nlargest(TOP_PODS, pipeline.aggregator.pods.items(), key=lambda kp: kp[1].events)
             top_pods = [(key, p.events) for key, p in top]
@@ -72,6 +73,14 @@ class DetectionCollector(Collector):
         ):
             detections.add_metric([kind, namespace or "", profile, rule], n)
         yield detections
+        host = CounterMetricFamily(
+            "agentdetect_host_process_events",
+            "Events that matched a profile's rule from processes outside any pod (hostProcesses).",
+            labels=["kind", "namespace", "profile"],
+        )
+        for (kind, namespace, profile), n in sorted(host_totals.items(), key=lambda kv: str(kv[0])):
+            host.add_metric([kind, namespace or "", profile], n)
+        yield host
         yield GaugeMetricFamily(
             "agentdetect_pods_with_detections", "(profile, pod) entries held in memory.", value=pods
         )
@@ -144,6 +153,22 @@ class Metrics:
 
     def watch_detection(self, service: DetectionService) -> None:
         self.registry.register(DetectionCollector(service))
+
+    def watch_policy_filter(self, owned: Callable[[], int], budget: Callable[[], int]) -> None:
+        """Gauges read when Prometheus scrapes: policies using Tetragon's policy filter, and the
+        budget they are held to (each agent holds at most 128, for every tool on the node)."""
+        used = Gauge(
+            "agentdetect_policy_filter_policies",
+            "Tetragon policies owned by agentdetect that take a slot in the agent's policy filter.",
+            registry=self.registry,
+        )
+        used.set_function(lambda: float(owned()))
+        limit = Gauge(
+            "agentdetect_policy_filter_budget",
+            "The most policy-filter policies agentdetect should own (--policy-filter-budget).",
+            registry=self.registry,
+        )
+        limit.set_function(lambda: float(budget()))
 
     @contextmanager
     def reconcile(self, kind: str) -> Iterator[ReconcileRecord]:

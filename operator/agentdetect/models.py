@@ -606,6 +606,17 @@ class PodDetectionSummary(_Model):
     last_seen: str | None = Field(None, alias="lastSeen")
 
 
+class HostProcessDetections(_Model):
+    """Matches from processes outside any pod (hostProcesses, or an older policy without a pod
+    selector): no Pod to own an AgentDetection, so they are summed here."""
+
+    events: int = Field(0, description="Matched events from host processes.")
+    first_seen: str | None = Field(None, alias="firstSeen", description="The earliest such event.")
+    last_seen: str | None = Field(None, alias="lastSeen", description="The latest such event.")
+    targets: str = Field("", description="The rules that fired, most frequent first, comma-separated.")
+    example: str = Field("", description="The latest occurrence: node, binary and what it did.")
+
+
 class ProfileDetections(_Model):
     """What pods matched by this profile were seen doing (the per-pod detail is in AgentDetections)."""
 
@@ -614,6 +625,9 @@ class ProfileDetections(_Model):
     last_detection: str | None = Field(None, alias="lastDetection")
     by_pod: list[PodDetectionSummary] = Field(default_factory=list, alias="byPod")
     truncated: bool = Field(False, description="byPod lists only the most recently active pods.")
+    host_processes: HostProcessDetections | None = Field(
+        None, alias="hostProcesses", description="Matches from processes outside any pod."
+    )
 
 
 # ---- status --------------------------------------------------------------------------------

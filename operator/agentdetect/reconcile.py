@@ -36,6 +36,7 @@ from agentdetect.render import (
 from agentdetect.resolve import Resolution, Resolver, SystemResolver, resolve_all
 
 log = logging.getLogger(__name__)
+BUDGET_CONDITION = "PolicyFilterBudget"
 
 TETRAGON_INSTALL_HINT = (
     "Tetragon's TracingPolicy CRDs (cilium.io/v1alpha1) are not installed. Install Tetragon, e.g. "
@@ -61,6 +62,10 @@ class Config:
     flush_interval: float = 10.0
     max_pods: int = 10_000
     max_rules_per_pod: int = 64
+    #: Policies of ours that may use a slot of Tetragon's policy filter, which holds at most
+    #: 128 per agent (POLICY_FILTER_MAX_POLICIES, bpf/process/policy_filter.h) for every tool
+    #: on the node; beyond this, profiles say so in their PolicyFilterBudget condition.
+    policy_filter_budget: int = 64
 
 
 @dataclass
@@ -190,21 +195,62 @@ def resolved_status(profile: Profile, resolved: Mapping[str, Resolution]) -> lis
     ]
 
 
-def ready_condition(
-    previous: list[dict[str, Any]], generation: int | None, ready: bool, reason: str, message: str, now: str
+def set_condition(
+    previous: list[dict[str, Any]],
+    type_: str,
+    generation: int | None,
+    ok: bool,
+    reason: str,
+    message: str,
+    now: str,
 ) -> list[dict[str, Any]]:
-    status = "True" if ready else "False"
-    old = next((c for c in previous if c.get("type") == "Ready"), None)
+    """``previous`` with the condition ``type_`` set; its transition time moves only when its
+    status does."""
+    status = "True" if ok else "False"
+    old = next((c for c in previous if c.get("type") == type_), None)
     since = old["lastTransitionTime"] if old and old.get("status") == status else now
     cond = {
-        "type": "Ready",
+        "type": type_,
         "status": status,
         "reason": reason,
         "message": message,
         "lastTransitionTime": since,
         "observedGeneration": generation,
     }
-    return [c for c in previous if c.get("type") != "Ready"] + [cond]
+    return [c for c in previous if c.get("type") != type_] + [cond]
+
+
+def ready_condition(
+    previous: list[dict[str, Any]], generation: int | None, ready: bool, reason: str, message: str, now: str
+) -> list[dict[str, Any]]:
+    return set_condition(previous, "Ready", generation, ready, reason, message, now)
+
+
+def uses_policy_filter(doc: Mapping[str, Any]) -> bool:
+    """Whether Tetragon's agent gives this policy a slot in its policy filter: a namespaced
+    policy, or one with a pod or container selector (updatePolicyFilter, pkg/sensors/k8s.go,
+    v1.7.0; pkg/sensors/handler.go, v1.6.0)."""
+    spec = doc.get("spec") or {}
+    return bool(
+        doc.get("kind") == "TracingPolicyNamespaced"
+        or spec.get("podSelector") is not None
+        or spec.get("containerSelector") is not None
+    )
+
+
+def budget_condition(owned: int, budget: int) -> tuple[bool, str, str]:
+    if owned <= budget:
+        # No count here: the message stays the same as other profiles come and go, so an
+        # unchanged profile costs no status write.
+        return True, "WithinBudget", f"agentdetect's policies are within its policy-filter budget of {budget}"
+    return (
+        False,
+        "BudgetExceeded",
+        f"agentdetect owns {owned} policies that use Tetragon's policy filter, over its budget of "
+        f"{budget}; each Tetragon agent holds at most 128 for all tools and refuses to load more. "
+        "Merge profiles, narrow namespaceSelectors into one cluster profile, or raise "
+        "--policy-filter-budget if no other tool uses the filter",
+    )
 
 
 class Reconciler:
@@ -227,6 +273,10 @@ class Reconciler:
         self.desired: dict[ObjectKey, dict[str, Any]] = {}
         #: Cluster profiles with a namespace selector, and the namespaces they currently render into.
         self.cluster_selections: dict[str, tuple[ClusterProfileSpec, set[str]]] = {}
+
+    def policy_filter_policies(self) -> int:
+        """How many of the policies this operator owns take a slot in Tetragon's policy filter."""
+        return sum(1 for doc in list(self.desired.values()) if uses_policy_filter(doc))
 
     def _lock(self, kind: str, namespace: str | None, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -257,6 +307,17 @@ class Reconciler:
                 outcome.message,
                 now,
             )
+            if outcome.ready or outcome.applied:
+                within, reason, message = budget_condition(
+                    self.policy_filter_policies(), self.config.policy_filter_budget
+                )
+                conditions = new_status["conditions"]
+                old_budget = next((c for c in conditions if c.get("type") == BUDGET_CONDITION), None)
+                new_status["conditions"] = set_condition(
+                    conditions, BUDGET_CONDITION, meta.get("generation"), within, reason, message, now
+                )
+                if not within and (old_budget is None or old_budget.get("reason") != reason):
+                    self.emit(dict(body), "Warning", reason, message)
             changed = {k: v for k, v in new_status.items() if status.get(k) != v}
             if changed:
                 self.cluster.patch_status(body["kind"], meta["name"], meta.get("namespace"), changed)

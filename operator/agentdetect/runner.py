@@ -80,6 +80,7 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
         gate = PeeringGate(cluster.api, options.peering, options.priority, peering_ns)
     detection = DetectionService(cluster, reconciler.board, cfg, gate=gate) if cfg.detect else None
     metrics = Metrics()
+    metrics.watch_policy_filter(reconciler.policy_filter_policies, lambda: cfg.policy_filter_budget)
     if detection is not None:
         metrics.watch_detection(detection)
     registry = build_registry(reconciler, detection, metrics)

@@ -11,6 +11,7 @@ from kubernetes import client
 
 from agentdetect.controlplane import ControlPlane
 from agentdetect.models import GROUP, VERSION
+from agentdetect.render import POD_NAMESPACE_LABEL
 from agentdetect.runner import OperatorThread
 from tests.integration.helpers import cluster_policies, gone, policies, wait_condition
 from tests.waiting import eventually
@@ -47,6 +48,17 @@ def _owned(api: Any, profile: str) -> set[str]:
     return {p["metadata"]["namespace"] for p in policies(api, None, f"agentdetect.io/profile-name={profile}")}
 
 
+def _selected(api: Any, profile: str) -> set[str] | None:
+    """The namespaces the profile's one TracingPolicy names in its pod selector; None without one."""
+    found = cluster_policies(api, f"agentdetect.io/profile-name={profile}")
+    if not found:
+        return None
+    (policy,) = found
+    expressions = policy["spec"]["podSelector"]["matchExpressions"]
+    (values,) = [e["values"] for e in expressions if e["key"] == POD_NAMESPACE_LABEL]
+    return set(values)
+
+
 def test_selected_namespaces_are_followed(
     control_plane: ControlPlane,
     api: Any,
@@ -55,6 +67,8 @@ def test_selected_namespaces_are_followed(
     label: str,
     cleanup: list[tuple[str, str]],
 ) -> None:
+    """One TracingPolicy whatever the namespaces (one of Tetragon's 128 policy-filter slots),
+    its pod selector kept to the namespaces the profile selects."""
     a, b = f"{label}-a", f"{label}-b"
     _ns(core, a, {"team": label})
     _ns(core, b, {})
@@ -73,34 +87,28 @@ spec:
 """,
     )
     obj = wait_condition(api, label, None, "Applied")
-    assert [p["namespace"] for p in obj["status"]["policies"]] == [a]
-    assert _owned(api, label) == {a}
-    assert cluster_policies(api, f"agentdetect.io/profile-name={label}") == []
+    assert [(p["kind"], p.get("namespace")) for p in obj["status"]["policies"]] == [("TracingPolicy", None)]
+    assert _selected(api, label) == {a}
+    assert _owned(api, label) == set()  # no TracingPolicyNamespaced at all
 
     core.patch_namespace(b, {"metadata": {"labels": {"team": label}}})
-    eventually(lambda: _owned(api, label) == {a, b}, timeout=15, what="policy in the relabelled namespace")
+    eventually(lambda: _selected(api, label) == {a, b}, timeout=15, what="the relabelled namespace selected")
 
     core.patch_namespace(a, {"metadata": {"labels": {"team": None}}})
-    eventually(
-        lambda: _owned(api, label) == {b}, timeout=15, what="policy pruned from the unlabelled namespace"
-    )
+    eventually(lambda: _selected(api, label) == {b}, timeout=15, what="the unlabelled namespace dropped")
 
     c = f"{label}-c"
     _ns(core, c, {"team": label})
     cleanup.append(("ns", c))
-    eventually(lambda: _owned(api, label) == {b, c}, timeout=15, what="policy in the new namespace")
+    eventually(lambda: _selected(api, label) == {b, c}, timeout=15, what="the new namespace selected")
 
     core.delete_namespace(c)
     cleanup.remove(("ns", c))
+    eventually(lambda: _selected(api, label) == {b}, timeout=30, what="the deleted namespace dropped")
+
+    core.patch_namespace(b, {"metadata": {"labels": {"team": None}}})
     eventually(
-        lambda: (
-            sorted(
-                p.get("namespace") for p in wait_condition(api, label, None, "Applied")["status"]["policies"]
-            )
-            == [b]
-        ),
-        timeout=30,
-        what="the deleted namespace dropped from status",
+        lambda: _selected(api, label) is None, timeout=15, what="the policy pruned when none is selected"
     )
 
 

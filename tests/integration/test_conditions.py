@@ -129,6 +129,7 @@ spec:
             for m in s["matchArgs"]
             if m["operator"] == "DAddr"
             for v in m["values"]
+            if not v.startswith("::ffff:")  # each IPv4 address's twin (render.ipv4_mapped)
         ]
 
     assert daddrs() == ["10.9.0.1/32"]
@@ -186,3 +187,53 @@ spec:
     wait_condition(api, "early", namespace, "Applied", timeout=30)
     assert len(policies(api, namespace)) == 1
     assert profile(api, "early", namespace)["status"]["policyCount"] == 1
+
+
+def test_policy_filter_budget_is_reported_not_silently_exceeded(
+    control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
+) -> None:
+    """Tetragon's agent holds at most 128 policies with a pod selector or a namespace
+    (POLICY_FILTER_MAX_POLICIES, bpf/process/policy_filter.h) and refuses to load more: beyond
+    the operator's budget, profiles say so, with an Event and a metric."""
+    doc = f"""
+apiVersion: agentdetect.io/v1alpha1
+kind: AgentDetectionProfile
+metadata: {{name: many, namespace: {namespace}}}
+spec:
+  files: {{presets: [credentials]}}
+  processes: {{presets: [shells]}}
+"""
+    control_plane.kubectl("apply", "-f", "-", input=doc)
+    obj = wait_condition(api, "many", namespace, "Applied")
+    within = next(c for c in obj["status"]["conditions"] if c["type"] == "PolicyFilterBudget")
+    assert (within["status"], within["reason"]) == ("True", "WithinBudget")
+
+    assert operator.reconciler is not None
+    owned = operator.reconciler.policy_filter_policies()
+    assert owned >= 2
+    operator.cfg.policy_filter_budget = owned - 1
+    try:
+        _touch(api, "many", namespace)
+
+        def exceeded() -> dict[str, Any] | None:
+            conds = profile(api, "many", namespace)["status"]["conditions"]
+            c = next(c for c in conds if c["type"] == "PolicyFilterBudget")
+            return c if c["reason"] == "BudgetExceeded" else None
+
+        cond = eventually(exceeded, timeout=15, what="PolicyFilterBudget=False")
+        assert cond["status"] == "False" and f"over its budget of {owned - 1}" in cond["message"]
+        still = ready(profile(api, "many", namespace))
+        assert still is not None and still["status"] == "True"  # still applied
+        core = client.CoreV1Api(api)
+        selector = "involvedObject.name=many,reason=BudgetExceeded"
+        eventually(
+            lambda: core.list_namespaced_event(namespace, field_selector=selector).items,
+            timeout=10,
+            what="a BudgetExceeded Event",
+        )
+        assert operator.runtime is not None
+        registry = operator.runtime.metrics.registry
+        assert registry.get_sample_value("agentdetect_policy_filter_policies") == owned
+        assert registry.get_sample_value("agentdetect_policy_filter_budget") == owned - 1
+    finally:
+        operator.cfg.policy_filter_budget = 64

@@ -88,7 +88,10 @@ def test_tracing_policy_round_trip(api: Any, tetragon: None, namespace: str) -> 
         "cilium.io", "v1alpha1", namespace, "tracingpoliciesnamespaced", "tpn"
     )
     assert got["metadata"]["namespace"] == namespace
-    assert got["spec"]["kprobes"][0]["args"] == [{"index": 0, "type": "sock"}]
+    # Tetragon's schema fills in its defaults (maxData, resolve, returnCopy on each arg).
+    (arg,) = got["spec"]["kprobes"][0]["args"]
+    assert arg["index"] == 0 and arg["type"] == "sock"
+    assert {k: arg[k] for k in ("maxData", "returnCopy")} == {"maxData": False, "returnCopy": False}
 
 
 def test_tracing_policy_with_wrong_type_is_rejected(api: Any, tetragon: None) -> None:

@@ -8,6 +8,7 @@ import itertools
 import re
 from typing import Any
 
+import orjson
 import pytest
 from kubernetes.client.exceptions import ApiException
 
@@ -17,6 +18,7 @@ from agentdetect.detections import DetectionWriter, detection_name, detection_ob
 from agentdetect.kube import Cluster
 from agentdetect.match import ProfileKey
 from agentdetect.models import AgentDetection, ProfileDetections
+from agentdetect.reconcile import parse_profile
 from tests.unit.detect_helpers import example, line, policy_of, state_of, ts
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -522,3 +524,75 @@ def test_forget_pod_drops_the_cached_uid_and_written_state(setup: Setup) -> None
     assert result.detections_written == 1
     assert setup.cluster.uid_lookups == [("support", "bot-1")] * 2
     assert setup.cluster.applied[0][0] == setup.cluster.applied[1][0]  # the same content, written again
+
+
+# ---- processes outside any pod ---------------------------------------------------------------
+
+
+def _host_line(
+    policy: str, second: int, target: str = "/root/.ssh/id_ed25519", node: str = "node-1"
+) -> bytes:
+    doc = orjson.loads(
+        line(hook="fd_install", policy=policy, namespace="x", pod="x", target=target, time=ts(second))
+    )
+    del doc["process_kprobe"]["process"]["pod"]  # what Tetragon exports for a host process
+    doc["node_name"] = node
+    return orjson.dumps(doc)
+
+
+def test_host_process_matches_are_counted_in_the_profile_status_not_dropped() -> None:
+    profile = parse_profile(
+        {
+            "kind": "ClusterAgentDetectionProfile",
+            "metadata": {"name": "node-secrets"},
+            "spec": {"hostProcesses": True, "files": {"presets": ["ssh-keys", "credentials"]}},
+        }
+    )
+    board = ProfileBoard()
+    board.publish(state_of(profile))
+    pipeline = Pipeline(board, Aggregator())
+    cluster = FakeCluster()
+    writer = DetectionWriter(cluster, pipeline)
+    policy = policy_of(profile, "fd_install")
+    pipeline.feed_many(
+        [
+            _host_line(policy, 5),
+            _host_line(policy, 1, "/etc/shadow", node="node-2"),
+            _host_line(policy, 9, node="node-3"),
+            _host_line(policy, 7, "/etc/hostname"),  # the policy's event, but no rule of ours
+        ]
+    )
+    assert pipeline.stats.events == 4 and pipeline.unmatched == 1
+    writer.flush()
+    assert cluster.applied == []  # no pod to own an AgentDetection
+    ((kind, name, namespace, status),) = cluster.statuses
+    assert (kind, name, namespace) == ("ClusterAgentDetectionProfile", "node-secrets", None)
+    assert status["detections"]["hostProcesses"] == {
+        "events": 3,
+        "firstSeen": ts(1),
+        "lastSeen": ts(9),
+        "targets": "ssh-keys, credentials",
+        "example": "on node-3: /usr/bin/python3 opened /root/.ssh/id_ed25519",
+    }
+    assert writer.flush().writes == 0  # nothing new, nothing written
+    pipeline.feed(_host_line(policy, 11))
+    assert writer.flush().statuses_written == 1
+
+
+def test_host_events_of_a_namespaced_policy_are_not_attributed() -> None:
+    """Tetragon never lets a host process through a TracingPolicyNamespaced; such a line is not
+    attributed to the profile."""
+    llm = example("credential-access.yaml")
+    profile = parse_profile(
+        {
+            "kind": "AgentDetectionProfile",
+            "metadata": {"name": "creds", "namespace": "team"},
+            "spec": {"files": {"presets": ["ssh-keys"]}},
+        }
+    )
+    board = ProfileBoard()
+    board.publish(state_of(profile))
+    board.publish(state_of(llm))
+    pipeline = Pipeline(board, Aggregator())
+    pipeline.feed(_host_line(policy_of(profile, "fd_install"), 1))
+    assert pipeline.unmatched == 1 and pipeline.aggregator.host == {}

@@ -367,7 +367,10 @@ def test_kprobe_of_another_function_is_ignored(function: str) -> None:
 
 
 @pytest.mark.parametrize("pod", ["absent", None, {}])
-def test_kprobe_outside_any_pod_is_ignored(pod: Any) -> None:
+def test_kprobe_outside_any_pod_is_a_host_event(pod: Any) -> None:
+    """Counted and reported per profile (a hostProcesses profile asks for them), never dropped
+    silently; Tetragon leaves "pod" out for a host process."""
+
     def host_process(doc: dict[str, Any]) -> None:
         if pod == "absent":
             del doc["process_kprobe"]["process"]["pod"]
@@ -375,8 +378,10 @@ def test_kprobe_outside_any_pod_is_ignored(pod: Any) -> None:
             doc["process_kprobe"]["process"]["pod"] = pod
 
     event, stats = _parse(_mutated(host_process))
-    assert event is None
-    _only(stats, "ignored")
+    assert event is not None
+    assert (event.namespace, event.pod, event.workload) == ("", "", "")
+    assert event.target == "104.18.6.192"
+    _only(stats, "events")
 
 
 @pytest.mark.parametrize("policy", ["absent", "", None])

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from agentdetect.models import ProfileSpec
 from agentdetect.reconcile import (
+    budget_condition,
     contains,
     describe_invalid,
     format_validation_error,
@@ -19,6 +20,7 @@ from agentdetect.reconcile import (
     ready_condition,
     resolved_status,
     targets_for,
+    uses_policy_filter,
 )
 from agentdetect.render import ANNOTATION_HASH, Profile, Target, render
 from agentdetect.resolve import Resolution, ResolutionError, StaticResolver, as_cidr, resolve_all
@@ -348,3 +350,28 @@ def test_previous_resolutions_of_empty_status() -> None:
     assert previous_resolutions({"resolved": [{"hostname": "h", "resolvedAt": T0}]}) == {
         "h": Resolution((), T0)
     }
+
+
+# ---- Tetragon's policy filter ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "uses"),
+    [
+        ("TracingPolicyNamespaced", {}, True),
+        ("TracingPolicy", {"podSelector": {"matchLabels": {"a": "b"}}}, True),
+        ("TracingPolicy", {"containerSelector": {}}, True),
+        ("TracingPolicy", {}, False),  # hostProcesses: no filter at all
+    ],
+)
+def test_which_policies_take_a_policy_filter_slot(kind: str, spec: dict[str, Any], uses: bool) -> None:
+    assert uses_policy_filter({"kind": kind, "spec": spec}) is uses
+
+
+def test_budget_condition_names_the_limit_and_the_way_out() -> None:
+    assert budget_condition(64, 64)[:2] == (True, "WithinBudget")
+    # The same message whatever the count: no status write as other profiles come and go.
+    assert budget_condition(3, 64) == budget_condition(60, 64)
+    ok, reason, message = budget_condition(65, 64)
+    assert (ok, reason) == (False, "BudgetExceeded")
+    assert "65" in message and "64" in message and "128" in message and "--policy-filter-budget" in message

@@ -813,3 +813,19 @@ def test_broken_override_raises_render_error(tmp_path: Path, edit: Any, match: s
     profile = _profile(_PROFILE_ALL)
     with pytest.raises(RenderError, match=re.escape(match)):
         render(profile, targets_for(profile, None), {}, template_dir=directory)
+
+
+def test_regional_catalog_lists_name_their_source() -> None:
+    """Providers listed region by region say where the list of regions comes from."""
+    text = catalog.CATALOG_FILE.read_text()
+    for name, provider in CATALOG.providers.items():
+        if len(provider.hostnames) > 3:
+            found = re.search(rf"\n  {name}:\n((?:    .*\n)*)", text)
+            block = found.group(1) if found else ""
+            assert "# Source:" in block, f"{name}: {len(provider.hostnames)} hostnames without a source"
+    bedrock = CATALOG.providers["bedrock"].hostnames
+    assert {"bedrock-runtime.us-east-1.amazonaws.com", "bedrock-runtime.eu-central-2.amazonaws.com"} <= set(
+        bedrock
+    )
+    assert "bedrock-runtime-fips.us-gov-west-1.amazonaws.com" in bedrock
+    assert "europe-west12-aiplatform.googleapis.com" in CATALOG.providers["google-vertex-ai"].hostnames

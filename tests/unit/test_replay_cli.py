@@ -110,7 +110,7 @@ def test_replay_prints_the_detections_table(tmp_path: Path, capsys: pytest.Captu
         ["support", POD2, "llm-egress", "2", "azure-openai-prod, llm-gateway", "2", ts(8), "Killed"],
     ]
     assert err.strip() == (
-        "17 lines: 10 hook events, 2 matched no profile, 2 other events, 3 malformed, "
+        "17 lines: 11 hook events, 3 matched no profile, 1 other events, 3 malformed, "
         "1 truncated, 1 unknown, 0 oversized"
     )
 
@@ -171,7 +171,7 @@ def test_replay_of_nothing_prints_the_header(tmp_path: Path, capsys: pytest.Capt
     assert cli.main(["replay", events, "-f", LLM_EGRESS, "--static-hosts", HOSTS]) == 0
     out, err = capsys.readouterr()
     assert _table(out) == [HEADER]
-    assert err.startswith("7 lines: 0 hook events, 0 matched no profile, 2 other events, 3 malformed")
+    assert err.startswith("7 lines: 1 hook events, 1 matched no profile, 1 other events, 3 malformed")
 
 
 def test_replay_max_pods(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
