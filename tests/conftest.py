@@ -13,7 +13,7 @@ from agentdetect import binaries, tetragon_crds
 from agentdetect import render as render_module
 from agentdetect.controlplane import ControlPlane, load_yaml_documents
 from tests.standin_crds import standin_tetragon_crds
-from tests.tetragon_judge import Recorder
+from tests.tetragon_judge import Recorder, watch_policies
 
 REPO = Path(__file__).resolve().parent.parent
 #: Every policy rendered in this run (tests/tetragon_judge.py); judged by the last test.
@@ -81,11 +81,14 @@ def tetragon_crd_docs() -> tuple[list[dict[str, Any]], str | None]:
 @pytest.fixture(scope="session")
 def policy_kinds(
     control_plane: ControlPlane, tetragon_crd_docs: tuple[list[dict[str, Any]], str | None]
-) -> bool:
-    """TracingPolicy kinds served by the API server; True when they carry Tetragon's real schema."""
+) -> Iterator[bool]:
+    """TracingPolicy kinds served by the API server; True when they carry Tetragon's real schema.
+    While they are served, every policy of ours the API server stores is recorded for the judge
+    too: operators run as their own processes (the chart and packaging tests) render there."""
     docs, missing = tetragon_crd_docs
     control_plane.install_crds(docs)
-    return missing is None
+    with watch_policies(control_plane.api_client(), RENDERED):
+        yield missing is None
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,13 @@ the sensor stage looks at) through the sensor stage as well.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,13 +113,13 @@ class Recorder:
     summary: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, docs: Iterable[dict[str, Any]]) -> None:
-        if self.paused:
+    def add(self, docs: Iterable[dict[str, Any]], test: str | None = None) -> None:
+        if self.paused and test is None:
             return
         with self._lock:
             for doc in docs:
                 self.rendered += 1
-                self.docs.setdefault(_digest(doc), (json.loads(json.dumps(doc)), self.current_test))
+                self.docs.setdefault(_digest(doc), (json.loads(json.dumps(doc)), test or self.current_test))
 
     def judge(self) -> tuple[str, list[str]]:
         """A summary line and one line per refused policy."""
@@ -145,3 +146,56 @@ class Recorder:
             f"{len(sensor_idx)} distinct shapes through the agent's sensor stage: {len(refused)} refused"
         )
         return self.summary, refused
+
+
+@contextlib.contextmanager
+def watch_policies(api: Any, recorder: Recorder) -> Iterator[None]:
+    """Records every TracingPolicy(Namespaced) of ours the API server stores, from any process."""
+    from kubernetes import client, watch
+
+    stop = threading.Event()
+    custom = client.CustomObjectsApi(api)
+
+    def follow(plural: str) -> None:
+        while not stop.is_set():
+            stream = watch.Watch()  # type: ignore[no-untyped-call]
+            try:
+                for item in stream.stream(  # type: ignore[no-untyped-call]
+                    custom.list_cluster_custom_object,
+                    "cilium.io",
+                    "v1alpha1",
+                    plural,
+                    label_selector="app.kubernetes.io/managed-by=agentdetect",
+                    timeout_seconds=5,
+                ):
+                    if item["type"] in ("ADDED", "MODIFIED"):
+                        recorder.add([_as_applied(item["object"])], test="(applied by an operator process)")
+                    if stop.is_set():
+                        break
+            except Exception:  # the API server going away at the end of the session
+                stop.wait(1)
+
+    threads = [
+        threading.Thread(target=follow, args=(p,), daemon=True, name=f"judge-{p}")
+        for p in ("tracingpolicies", "tracingpoliciesnamespaced")
+    ]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+
+
+def _as_applied(obj: dict[str, Any]) -> dict[str, Any]:
+    """What was applied, without what the server adds to metadata."""
+    meta = obj.get("metadata", {})
+    kept = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": kept,
+        "spec": obj.get("spec", {}),
+    }

@@ -8,11 +8,13 @@ before anyone may apply it.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import ipaddress
 import json
 import re
+import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -226,6 +228,7 @@ def _action(enforce: bool, mode: str) -> str:
     return ACTION_ENFORCE if enforce and mode == Mode.ENFORCE else ACTION_OBSERVE
 
 
+@functools.lru_cache(maxsize=65536)
 def ipv4_mapped(cidr: str) -> str | None:
     """The IPv4-mapped IPv6 twin of an IPv4 network (``::ffff:a.b.c.d/96+n``), else None.
 
@@ -379,6 +382,52 @@ def yaml_json(value: Any) -> str:
     return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+#: Tokens carry a random per-process part: neither a template nor a profile can produce one.
+_NONCE = secrets.token_hex(8)
+
+
+@dataclass
+class _Values:
+    """Every value a template passes through the ``json`` filter, kept out of the YAML text:
+    the filter writes a token in its place and the parsed document gets the value back. The
+    text that remains is the policy's skeleton, the same for every policy of the same shape,
+    so its parse is cached (``_skeleton``); parsing it on every render was most of the render
+    time. Values still never act as YAML syntax (they are not in the YAML at all), and the
+    whole document is still checked against the closed policy model."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def stash(self, value: Any) -> str:
+        token = f"agentdetect:{_NONCE}:{len(self.values)}"
+        self.values[token] = value
+        return token
+
+    def restore(self, node: Any) -> Any:
+        """A new document: the cached skeleton is never modified."""
+        if type(node) is str:
+            return self.values.get(node, node)
+        if type(node) is dict:
+            return {k: self.restore(v) for k, v in node.items()}
+        if type(node) is list:
+            return [self.restore(v) for v in node]
+        return node
+
+
+#: The values of the policy being rendered in this thread; a context variable rather than a
+#: template variable, so macros imported without context (as the built-in ones are) use it too.
+_CURRENT: contextvars.ContextVar[_Values | None] = contextvars.ContextVar("agentdetect_values", default=None)
+
+
+def _json_filter(value: Any) -> str:
+    values = _CURRENT.get()
+    return yaml_json(value if values is None else values.stash(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _skeleton(text: str) -> Any:
+    return load_rendered(text)
+
+
 @functools.cache
 def environment(template_dir: Path | None = None) -> jinja2.Environment:
     loaders: list[jinja2.BaseLoader] = []
@@ -391,7 +440,7 @@ def environment(template_dir: Path | None = None) -> jinja2.Environment:
         autoescape=False,
         keep_trailing_newline=True,
     )
-    env.filters["json"] = yaml_json
+    env.filters["json"] = _json_filter
     return env
 
 
@@ -472,18 +521,22 @@ def render_hook(
         "labels": labels,
         "annotations": {},
     }
+    values = _Values()
     context = {
         "policy": policy,
         "pod_selector": pod_selector(profile.spec, target),
         "container_selector": _selector_dict(profile.spec.container_selector),
         "selectors": selectors,
     }
+    token = _CURRENT.set(values)
     try:
         text = environment(template_dir).get_template(f"{hook}.yaml.j2").render(context)
     except (jinja2.TemplateError, TypeError, ValueError) as exc:
         raise RenderError(f"template {hook}.yaml.j2: {exc}") from exc
+    finally:
+        _CURRENT.reset(token)
     try:
-        doc = load_rendered(text)
+        doc = values.restore(_skeleton(text))
     except yaml.YAMLError as exc:
         raise RenderError(f"template {hook}.yaml.j2 produced invalid YAML: {exc}") from exc
     if not isinstance(doc, dict):

@@ -829,3 +829,23 @@ def test_regional_catalog_lists_name_their_source() -> None:
     )
     assert "bedrock-runtime-fips.us-gov-west-1.amazonaws.com" in bedrock
     assert "europe-west12-aiplatform.googleapis.com" in CATALOG.providers["google-vertex-ai"].hostnames
+
+
+def test_policies_of_one_shape_share_a_parsed_skeleton_but_never_values() -> None:
+    """Values are kept out of the YAML text (render._Values), so the text left is the same for
+    every policy of a shape and is parsed once; each policy still gets exactly its own values."""
+    from agentdetect import render as render_module
+
+    render_module._skeleton.cache_clear()
+    a = _render(_profile({"files": {"paths": [{"equal": "/a"}]}}, name="one", namespace="x"))
+    b = _render(_profile({"files": {"paths": [{"equal": "/b"}]}}, name="two", namespace="y"))
+    info = render_module._skeleton.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    assert _rules(a[0]) == {("Equal", "/a")} and _rules(b[0]) == {("Equal", "/b")}
+    assert (a[0]["metadata"]["namespace"], b[0]["metadata"]["namespace"]) == ("x", "y")
+
+
+def test_a_string_shaped_like_a_token_stays_a_string() -> None:
+    fake = "/agentdetect:0000000000000000:0"
+    (doc,) = _render(_profile({"files": {"paths": [{"equal": fake}]}}))
+    assert _rules(doc) == {("Equal", fake)}
