@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -183,8 +183,3 @@ def settings_for(max_workers: int = 16) -> kopf.OperatorSettings:
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = max_workers
     return settings
-
-
-def emit_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    # kopf reads only apiVersion/kind/metadata from it; a plain mapping serves.
-    kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message[:1024])

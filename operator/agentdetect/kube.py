@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import logging
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from agentdetect.render import (
 )
 from agentdetect.render import MANAGED_BY as _MANAGED_BY
 
+log = logging.getLogger(__name__)
 TETRAGON_GROUP, TETRAGON_VERSION = "cilium.io", "v1alpha1"
 POLICY_PLURALS = {"TracingPolicy": "tracingpolicies", "TracingPolicyNamespaced": "tracingpoliciesnamespaced"}
 PROFILE_PLURALS = {
@@ -171,6 +175,43 @@ class Cluster:
                 return None
             raise
         return pod.metadata.uid if pod.metadata else None
+
+    # ---- Events --------------------------------------------------------------------------
+
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on ``body``, from any thread (kopf.event needs kopf's handler
+        context, which the re-resolution sweep and the detection threads do not have). An
+        Event about a cluster-scoped object is stored in ``default`` and names no namespace in
+        involvedObject, which is where ``kubectl describe`` looks for it. Best effort: a
+        refused Event (a terminating namespace, a missing permission) is logged, not raised."""
+        meta = body.get("metadata") or {}
+        namespace = meta.get("namespace")
+        now = datetime.datetime.now(datetime.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name') or 'agentdetect'}."[:200]),
+            involved_object=client.V1ObjectReference(
+                api_version=body.get("apiVersion"),
+                kind=body.get("kind"),
+                name=meta.get("name"),
+                uid=meta.get("uid"),
+                namespace=namespace or None,
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=client.V1EventSource(component=FIELD_MANAGER),
+            reporting_component=f"{GROUP}/operator",
+            reporting_instance=socket.gethostname()[:128],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            self.core.create_namespaced_event(namespace or "default", event)
+        except ApiException as exc:
+            log.warning(
+                "could not post Event %s on %s %s: %s", reason, body.get("kind"), meta.get("name"), exc.reason
+            )
 
     # ---- profiles and namespaces -----------------------------------------------------------
 

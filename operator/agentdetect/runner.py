@@ -17,7 +17,7 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from agentdetect.detection_service import DetectionService
-from agentdetect.handlers import build_registry, emit_event, settings_for
+from agentdetect.handlers import build_registry, settings_for
 from agentdetect.kube import Cluster
 from agentdetect.metrics import Metrics
 from agentdetect.peering import PeeringGate
@@ -72,7 +72,7 @@ class ServeOptions:
 def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | None = None) -> Runtime:
     options = options or ServeOptions()
     cluster = Cluster(api_client(kubeconfig))
-    reconciler = Reconciler(cluster, cfg, emit=emit_event)
+    reconciler = Reconciler(cluster, cfg, emit=cluster.post_event)
     gate = None
     if options.peering is not None and options.priority is not None:
         # kopf peers per namespace when it watches namespaces; the first one speaks for all.

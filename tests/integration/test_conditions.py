@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -237,3 +238,75 @@ spec:
         assert registry.get_sample_value("agentdetect_policy_filter_budget") == owned - 1
     finally:
         operator.cfg.policy_filter_budget = 64
+
+
+def test_re_resolution_posts_its_events_from_its_own_thread(
+    control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str, resolver: StaticResolver
+) -> None:
+    """The sweep runs outside kopf's handlers; its Events used to fail there (LookupError on
+    kopf's settings context var) and count the reconcile as an error."""
+    resolver.table["drifting.example.com"] = ["10.7.0.1"]
+    doc = f"""
+apiVersion: agentdetect.io/v1alpha1
+kind: AgentDetectionProfile
+metadata: {{name: drifting, namespace: {namespace}}}
+spec:
+  network: {{destinations: [{{name: gw, hostnames: [drifting.example.com], ports: [443]}}]}}
+"""
+    control_plane.kubectl("apply", "-f", "-", input=doc)
+    wait_condition(api, "drifting", namespace, "Applied")
+    assert operator.runtime is not None
+    registry = operator.runtime.metrics.registry
+    errors_before = registry.get_sample_value(
+        "agentdetect_reconciles_total",
+        {"kind": "AgentDetectionProfile", "result": "error", "reason": "Exception"},
+    )
+    resolver.table["drifting.example.com"] = ["10.7.0.2"]  # the sweep (every 2 s here) notices
+    core = client.CoreV1Api(api)
+
+    def applied_events() -> list[Any]:
+        items = core.list_namespaced_event(namespace, field_selector="involvedObject.name=drifting").items
+        return [e for e in items if e.reason == "Applied"]
+
+    def two_applied() -> list[Any] | None:
+        found = applied_events()
+        return found if len(found) >= 2 else None
+
+    events = eventually(two_applied, timeout=20, what="the sweep's Event")
+    assert all(e.source.component == "agentdetect" and e.type == "Normal" for e in events)
+    assert (
+        registry.get_sample_value(
+            "agentdetect_reconciles_total",
+            {"kind": "AgentDetectionProfile", "result": "error", "reason": "Exception"},
+        )
+        == errors_before
+    )
+
+
+def test_cluster_profile_events_are_where_kubectl_describe_looks(
+    control_plane: ControlPlane, api: Any, operator: OperatorThread
+) -> None:
+    name = f"described-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=f"""
+apiVersion: agentdetect.io/v1alpha1
+kind: ClusterAgentDetectionProfile
+metadata: {{name: {name}}}
+spec: {{files: {{presets: [credentials]}}}}
+""",
+    )
+    try:
+        wait_condition(api, name, None, "Applied")
+
+        def described() -> str | None:
+            out = control_plane.kubectl("describe", "cadp", name).stdout
+            return out if "Applied" in out.split("Events:")[-1] else None
+
+        text = eventually(described, timeout=15, what="the Event in kubectl describe")
+        events = text.split("Events:")[-1]
+        assert "agentdetect" in events and "1 policy applied" in events
+    finally:
+        control_plane.kubectl("delete", "cadp", name, check=False)
