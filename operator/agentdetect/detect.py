@@ -48,6 +48,10 @@ class ProfileBoard:
             if self._states.pop(key, None) is not None:
                 self.version += 1
 
+    def keys(self) -> set[ProfileKey]:
+        with self._lock:
+            return set(self._states)
+
     def snapshot(self) -> tuple[int, list[ProfileState]]:
         with self._lock:
             return self.version, list(self._states.values())

@@ -10,6 +10,7 @@ from agentdetect.aggregate import Aggregator
 from agentdetect.detect import Pipeline, ProfileBoard
 from agentdetect.detections import DetectionWriter, FlushResult
 from agentdetect.kube import Cluster
+from agentdetect.match import ProfileKey
 from agentdetect.reconcile import Config
 from agentdetect.sources import TetragonLogSource
 
@@ -103,6 +104,25 @@ class DetectionService:
             self._follow_peering()
             if self.active:
                 self.flush()
+
+    def profile_deleted(self, profile: ProfileKey) -> int:
+        """Its detections are forgotten and its AgentDetections deleted: they answer a question
+        nobody asks any more (README: Detections)."""
+        with self.pipeline.lock:
+            self.pipeline.aggregator.forget_profile(profile)
+        self.writer.forget_profile(profile)
+        kind, namespace, name = profile
+        return self.cluster.delete_detections(kind, name, namespace)
+
+    def prune_orphans(self) -> int:
+        """AgentDetections whose profile was deleted while no operator ran."""
+        deleted = 0
+        for kind, namespace, name in sorted(self.cluster.detection_profiles(), key=str):
+            if self.cluster.get_profile(kind, name, namespace) is None:
+                deleted += self.cluster.delete_detections(kind, name, namespace)
+        if deleted:
+            log.info("deleted %d AgentDetections whose profile no longer exists", deleted)
+        return deleted
 
     def pod_deleted(self, namespace: str, name: str) -> None:
         with self.pipeline.lock:

@@ -165,7 +165,10 @@ class DetectionWriter:
             keys = agg.take_dirty()
             host_dirty = agg.take_host_dirty()
             docs = {k: detection_object(k, agg.pods[k]) for k in keys if k in agg.pods}
+        known = self.pipeline.board.keys()
         for key, obj in docs.items():
+            if key[0] not in known:
+                continue  # the profile was deleted since: its detections go with it
             body = obj.dump()
             digest = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
             if self._written.get(key) == digest:
@@ -198,6 +201,7 @@ class DetectionWriter:
             result.detections_written += 1
         self._status_owed.update(k[0] for k in keys)
         self._status_owed.update(host_dirty)
+        self._status_owed &= known
         for profile in sorted(self._status_owed, key=str):
             with self.pipeline.lock:
                 pods = [(k, p) for k, p in agg.pods.items() if k[0] == profile]
@@ -229,6 +233,12 @@ class DetectionWriter:
                 self._pod_uids.clear()
             self._pod_uids[(namespace, name)] = uid
         return uid
+
+    def forget_profile(self, profile: ProfileKey) -> None:
+        for key in [k for k in self._written if k[0] == profile]:
+            del self._written[key]
+        self._status_written.pop(profile, None)
+        self._status_owed.discard(profile)
 
     def forget_pod(self, namespace: str, name: str) -> None:
         self._pod_uids.pop((namespace, name), None)

@@ -79,6 +79,10 @@ def build_registry(
         @kopf.on.startup(registry=registry, id="start-detection")
         def start_detection(**_: Any) -> None:
             detection.start()
+            try:
+                detection.prune_orphans()
+            except Exception:  # best effort: the next start tries again
+                log.exception("pruning AgentDetections of deleted profiles failed")
 
         @kopf.on.cleanup(registry=registry, id="stop-detection")
         def stop_detection(**_: Any) -> None:
@@ -130,10 +134,7 @@ def build_registry(
             if type == "DELETED":
                 reconciler.forget(_kind, body.metadata.name or "", body.metadata.namespace)
                 if detection is not None:
-                    with detection.pipeline.lock:
-                        detection.pipeline.aggregator.forget_profile(
-                            (_kind, body.metadata.namespace, body.metadata.name or "")
-                        )
+                    detection.profile_deleted((_kind, body.metadata.namespace, body.metadata.name or ""))
 
     for plural in POLICY_PLURALS.values():
 

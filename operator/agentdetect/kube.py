@@ -79,14 +79,7 @@ class Cluster:
 
     def list_owned(self, profile_kind: str, name: str, namespace: str | None) -> list[dict[str, Any]]:
         """Policies labelled as rendered from this profile: what pruning compares against."""
-        selector = ",".join(
-            [
-                f"{LABEL_MANAGED_BY}={_MANAGED_BY}",
-                f"{LABEL_PROFILE_KIND}={profile_kind}",
-                f"{LABEL_PROFILE_NAME}={name}",
-            ]
-            + ([f"{LABEL_PROFILE_NAMESPACE}={namespace}"] if namespace else [f"!{LABEL_PROFILE_NAMESPACE}"])
-        )
+        selector = profile_selector(profile_kind, name, namespace)
         items: list[dict[str, Any]] = []
         if namespace:  # a namespaced profile only ever owns policies in its own namespace
             resp = self.custom.list_namespaced_custom_object(
@@ -166,6 +159,38 @@ class Cluster:
             force=True,
             _content_type=_APPLY,
         )
+
+    def delete_detections(self, profile_kind: str, name: str, namespace: str | None) -> int:
+        """Delete the AgentDetections of a profile, in every namespace they are in (one
+        deletecollection per namespace); the number deleted."""
+        selector = profile_selector(profile_kind, name, namespace)
+        found = _obj(
+            self.custom.list_cluster_custom_object(GROUP, VERSION, "agentdetections", label_selector=selector)
+        ).get("items", [])
+        for ns in sorted({d["metadata"]["namespace"] for d in found}):
+            try:
+                self.custom.delete_collection_namespaced_custom_object(
+                    GROUP, VERSION, ns, "agentdetections", label_selector=selector
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        return len(found)
+
+    def detection_profiles(self) -> set[tuple[str, str | None, str]]:
+        """(kind, namespace, name) of every profile some AgentDetection names."""
+        items = _obj(
+            self.custom.list_cluster_custom_object(
+                GROUP, VERSION, "agentdetections", label_selector=f"{LABEL_MANAGED_BY}={_MANAGED_BY}"
+            )
+        ).get("items", [])
+        out = set()
+        for d in items:
+            labels = d["metadata"].get("labels") or {}
+            kind, name = labels.get(LABEL_PROFILE_KIND), labels.get(LABEL_PROFILE_NAME)
+            if kind and name:
+                out.add((kind, labels.get(LABEL_PROFILE_NAMESPACE), name))
+        return out
 
     def pod_uid(self, namespace: str, name: str) -> str | None:
         try:
@@ -252,6 +277,18 @@ class Cluster:
             assert meta is not None and meta.name is not None
             out.append((meta.name, dict(meta.labels or {})))
         return out
+
+
+def profile_selector(profile_kind: str, name: str, namespace: str | None) -> str:
+    """The label selector of what agentdetect made for one profile (policies, detections)."""
+    return ",".join(
+        [
+            f"{LABEL_MANAGED_BY}={_MANAGED_BY}",
+            f"{LABEL_PROFILE_KIND}={profile_kind}",
+            f"{LABEL_PROFILE_NAME}={name}",
+        ]
+        + ([f"{LABEL_PROFILE_NAMESPACE}={namespace}"] if namespace else [f"!{LABEL_PROFILE_NAMESPACE}"])
+    )
 
 
 def _obj(value: object) -> dict[str, Any]:

@@ -256,6 +256,8 @@ def test_chart_rbac_grants_what_the_operator_does_and_no_more(
     assert can(control_plane, "create", "tracingpoliciesnamespaced.cilium.io", "-n", namespace)
     assert can(control_plane, "delete", "tracingpolicies.cilium.io")
     assert can(control_plane, "create", "agentdetections.agentdetect.io", "-n", namespace)
+    assert can(control_plane, "deletecollection", "agentdetections.agentdetect.io", "-n", namespace)
+    assert can(control_plane, "list", "agentdetections.agentdetect.io", "-A")
     assert can(control_plane, "get", "pods", "--subresource=log", "-n", tetragon_ns)
     assert can(control_plane, "create", "events", "-n", namespace)
     assert can(control_plane, "patch", f"clusterkopfpeerings.kopf.dev/{release.name}")

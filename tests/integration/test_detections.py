@@ -186,3 +186,78 @@ def test_events_become_agentdetections_and_profile_status(
         lambda: not any(k[2] == "chatbot-1" for k in service.pipeline.aggregator.pods),
         what="pod state forgotten",
     )
+
+
+def _detect(service: Any, policy: str, namespace: str, pod: str, n: int = 1) -> None:
+    for i in range(n):
+        service.pipeline.feed(
+            orjson.dumps(
+                kprobe_event(
+                    hook="execve",
+                    policy=policy,
+                    namespace=namespace,
+                    pod=pod,
+                    target="/bin/sh",
+                    time=f"2026-11-23T12:00:00.{i:09d}Z",
+                )
+            )
+        )
+
+
+def test_deleting_a_profile_deletes_its_agentdetections(
+    control_plane: ControlPlane, api: Any, detecting_operator: OperatorThread, namespace: str
+) -> None:
+    """AgentDetections answer a profile's question: they go with the profile, not only with the
+    pod; those of another profile stay."""
+    service = detecting_operator.detection
+    assert service is not None
+    for name in ("asked", "kept"):
+        control_plane.kubectl(
+            "apply", "-f", "-", input=PROFILE.replace("name: chatbot,", f"name: {name},").format(ns=namespace)
+        )
+    policies = {}
+    for name in ("asked", "kept"):
+        status = wait_condition(api, name, namespace, "Applied")["status"]
+        policies[name] = next(p["name"] for p in status["policies"] if p["hook"] == "execve")
+    _pod(api, namespace, "chatbot-9")
+    for name in ("asked", "kept"):
+        _detect(service, policies[name], namespace, "chatbot-9", n=2)
+    eventually(lambda: len(_detections(api, namespace)) == 2, what="an AgentDetection per profile")
+
+    control_plane.kubectl("delete", "adp", "asked", "-n", namespace)
+    eventually(
+        lambda: [d["profile"]["name"] for d in _detections(api, namespace)] == ["kept"],
+        timeout=15,
+        what="the deleted profile's AgentDetection deleted",
+    )
+    # Late events of the deleted profile's policy write nothing back.
+    _detect(service, policies["asked"], namespace, "chatbot-9", n=3)
+    service.flush()
+    assert [d["profile"]["name"] for d in _detections(api, namespace)] == ["kept"]
+
+
+def test_agentdetections_of_profiles_deleted_while_no_operator_ran_are_pruned(
+    control_plane: ControlPlane, api: Any, detecting_operator: OperatorThread, namespace: str
+) -> None:
+    service = detecting_operator.detection
+    assert service is not None
+    custom = client.CustomObjectsApi(api)
+    orphan = {
+        "apiVersion": "agentdetect.io/v1alpha1",
+        "kind": "AgentDetection",
+        "metadata": {
+            "name": "pod-1.adp-gone-abcdef",
+            "labels": {
+                "app.kubernetes.io/managed-by": "agentdetect",
+                "agentdetect.io/profile-kind": "AgentDetectionProfile",
+                "agentdetect.io/profile-name": "gone",
+                "agentdetect.io/profile-namespace": namespace,
+            },
+        },
+        "pod": {"kind": "Pod", "namespace": namespace, "name": "pod-1"},
+        "profile": {"kind": "AgentDetectionProfile", "namespace": namespace, "name": "gone"},
+        "summary": {"rules": 0, "targets": "", "events": 0, "action": "Observed"},
+    }
+    custom.create_namespaced_custom_object("agentdetect.io", "v1alpha1", namespace, "agentdetections", orphan)
+    assert service.prune_orphans() == 1
+    assert _detections(api, namespace) == []
