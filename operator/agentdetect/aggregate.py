@@ -33,6 +33,17 @@ class RuleStats:
 
 
 @dataclass(slots=True)
+class StreamMark:
+    """How far a record goes in one stream: the kubelet timestamp of its last counted line and
+    how many counted lines carry exactly that timestamp (timestamps can repeat)."""
+
+    through: int
+    at_through: int = 1
+    #: After a restore: lines at ``through`` still to pass over, as the stream is read again.
+    to_skip: int = 0
+
+
+@dataclass(slots=True)
 class PodDetections:
     workload: str
     rules: dict[str, RuleStats] = field(default_factory=dict)
@@ -41,6 +52,8 @@ class PodDetections:
     dropped_rules: int = 0
     #: Mirrors membership in Aggregator.dirty: one set insertion per flush, not per event.
     dirty: bool = False
+    #: Per Tetragon stream, how far the counts go.
+    streams: dict[str, StreamMark] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -63,6 +76,8 @@ class AggregateStats:
     dropped_over_pod_cap: int = 0
     dropped_over_rule_cap: int = 0
     pods_forgotten: int = 0
+    #: Lines at or before a record's stream position: already counted there.
+    already_counted: int = 0
 
 
 class Aggregator:
@@ -77,6 +92,38 @@ class Aggregator:
         self.host: dict[ProfileKey, HostDetections] = {}
         #: Profiles whose host detections changed since the last flush.
         self.host_dirty: set[ProfileKey] = set()
+
+    def add_at(self, event: Event, match: Match, stream: str, stamp_ns: int) -> None:
+        """``add`` for a line of a followed stream: a line at or before what the (profile, pod)
+        record already counts from that stream is not counted again."""
+        if not event.pod:
+            self.add(event, match)
+            return
+        key = (match.profile, event.namespace, event.pod)
+        pod = self.pods.get(key)
+        mark = pod.streams.get(stream) if pod is not None else None
+        if mark is not None:
+            if stamp_ns < mark.through:
+                self.stats.already_counted += 1
+                return
+            if stamp_ns == mark.through and mark.to_skip > 0:
+                mark.to_skip -= 1
+                self.stats.already_counted += 1
+                return
+        self.add(event, match)
+        pod = self.pods.get(key)
+        if pod is None:
+            return  # over a cap: not counted, so no position either
+        mark = pod.streams.get(stream)
+        if mark is None or stamp_ns > mark.through:
+            pod.streams[stream] = StreamMark(stamp_ns)
+        else:
+            mark.at_through += 1
+
+    def restore(self, key: PodKey, pod: PodDetections) -> None:
+        """Start from the record (an AgentDetection read back): counts go on from there."""
+        if key not in self.pods and len(self.pods) < self.max_pods:
+            self.pods[key] = pod
 
     def add_host(self, event: Event, match: Match) -> None:
         host = self.host.get(match.profile)

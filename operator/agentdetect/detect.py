@@ -87,6 +87,16 @@ class Pipeline:
             if match is not None:
                 self.aggregator.add(event, match)
 
+    def feed_at(self, line: bytes, stream: str, stamp_ns: int) -> None:
+        """A line of a followed Tetragon stream, with its kubelet timestamp."""
+        with self.lock:
+            event = parse_line(line, self.stats)
+            if event is None:
+                return
+            match = self._current_matcher().match(event)
+            if match is not None:
+                self.aggregator.add_at(event, match, stream, stamp_ns)
+
     def feed_many(self, lines: Iterable[bytes | str]) -> None:
         """The hot loop for files and benchmarks: one lock and one matcher check per batch."""
         with self.lock:

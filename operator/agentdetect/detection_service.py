@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from agentdetect.aggregate import Aggregator
 from agentdetect.detect import Pipeline, ProfileBoard
-from agentdetect.detections import DetectionWriter, FlushResult
+from agentdetect.detections import DetectionWriter, FlushResult, record_of
 from agentdetect.kube import Cluster
 from agentdetect.match import ProfileKey
 from agentdetect.reconcile import Config
@@ -19,8 +20,14 @@ log = logging.getLogger(__name__)
 
 class DetectionService:
     """Follows Tetragon, aggregates, writes. With a peering ``gate``, only while this replica is
-    the active one: on becoming active it starts afresh (the logs are read from their start,
-    so counts are rebuilt, not added to); on becoming standby it stops following and writing."""
+    the active one; on becoming standby it stops following and writing.
+
+    The AgentDetection objects are the record. On becoming active (at start, or on taking
+    over from another replica) it first waits until every profile that exists has been
+    reconciled (``settled``: an event read before its profile is known would be counted as
+    unmatched and lost), then starts from the records (counts, first seen, and how far into
+    each Tetragon stream they go), and only then follows the logs: a line a record already
+    counts is passed over, so counts neither go back nor count anything twice."""
 
     def __init__(
         self,
@@ -29,15 +36,21 @@ class DetectionService:
         cfg: Config,
         follow_logs: bool = True,
         gate: Callable[[], bool] | None = None,
+        settled: Callable[[], set[ProfileKey]] | None = None,
+        settle_timeout: float = 120.0,
     ) -> None:
         self.cfg = cfg
         self.cluster = cluster
         self.follow_logs = follow_logs
         self.gate = gate
+        self.settled = settled
+        self.settle_timeout = settle_timeout
         self.pipeline = Pipeline(board, Aggregator(cfg.max_pods, cfg.max_rules_per_pod))
         self.writer = DetectionWriter(cluster, self.pipeline)
-        self.source: TetragonLogSource | None = self._new_source() if gate is None else None
+        self.source: TetragonLogSource | None = None
         self.active = gate is None
+        #: Set once this activation has restored the records and started following.
+        self.begun = threading.Event()
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="agentdetect-flush", daemon=True)
         self.last_flush = FlushResult()
@@ -48,24 +61,78 @@ class DetectionService:
         cfg = self.cfg
         return TetragonLogSource(
             self.cluster.api,
-            self.pipeline.feed,
+            self.pipeline.feed_at,
             cfg.tetragon_namespace,
             cfg.tetragon_selector,
             cfg.tetragon_container,
         )
 
     def start(self) -> DetectionService:
-        if self.active and self.source is not None:
-            self.source.start()
+        if self.active:
+            self._begin_soon()
         self._flusher.start()
         return self
+
+    def _begin_soon(self) -> None:
+        self.begun.clear()
+        threading.Thread(target=self._begin, name="agentdetect-begin", daemon=True).start()
+
+    def _begin(self) -> None:
+        self._wait_for_profiles()
+        if self._stop.is_set() or not self.active:
+            return
+        try:
+            restored = self.restore()
+        except Exception:  # without the records, counting from zero would overwrite them
+            log.exception("reading AgentDetections failed; detection waits and tries again")
+            if not self._stop.wait(self.cfg.retry_delay):
+                self._begin_soon()
+            return
+        log.info("detection starts from %d AgentDetections", restored)
+        self.source = self._new_source()
+        if self.source is not None:
+            self.source.start()
+        self.begun.set()
+
+    def _wait_for_profiles(self) -> None:
+        if self.settled is None:
+            return
+        deadline = time.monotonic() + self.settle_timeout
+        while not self._stop.is_set():
+            try:
+                missing = self.cluster.profile_keys() - self.settled()
+            except Exception:  # the API server may be briefly away; keep waiting
+                log.warning("listing profiles failed while waiting for them to be reconciled")
+                missing = {("?", None, "?")}
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                log.warning(
+                    "starting detection with %d profile(s) not yet reconciled (e.g. %s): their events "
+                    "read meanwhile are counted as unmatched",
+                    len(missing),
+                    sorted(missing, key=str)[0],
+                )
+                return
+            self._stop.wait(0.2)
+
+    def restore(self) -> int:
+        """Load the records into a fresh aggregator; the number loaded."""
+        records = [r for r in (record_of(d) for d in self.cluster.list_detections()) if r is not None]
+        aggregator = Aggregator(self.cfg.max_pods, self.cfg.max_rules_per_pod)
+        for key, pod in records:
+            aggregator.restore(key, pod)
+        with self.pipeline.lock:
+            self.pipeline.aggregator = aggregator
+        self.writer = DetectionWriter(self.cluster, self.pipeline)
+        return len(records)
 
     def stop(self) -> None:
         self._stop.set()
         if self.source is not None:
             self.source.stop()
         self._flusher.join(10)
-        if self.active:
+        if self.active and self.begun.is_set():
             self.flush()  # what arrived last is not lost on a clean stop
 
     def _follow_peering(self) -> None:
@@ -77,17 +144,13 @@ class DetectionService:
             log.exception("checking the peering failed")
             return
         if want and not self.active:
-            with self.pipeline.lock:
-                self.pipeline.aggregator = Aggregator(self.cfg.max_pods, self.cfg.max_rules_per_pod)
-            self.writer = DetectionWriter(self.cluster, self.pipeline)
-            self.source = self._new_source()
-            if self.source is not None:
-                self.source.start()
             self.active = True
-            log.info("detection active: following Tetragon's export")
+            log.info("detection active: starting from the records, then following Tetragon's export")
+            self._begin_soon()
         elif not want and self.active:
             if self.source is not None:
                 self.source.stop()
+                self.source = None
             self.active = False
             log.info("detection on standby: another replica is active")
 
@@ -102,7 +165,7 @@ class DetectionService:
         self._follow_peering()
         while not self._stop.wait(self.cfg.flush_interval):
             self._follow_peering()
-            if self.active:
+            if self.active and self.begun.is_set():
                 self.flush()
 
     def profile_deleted(self, profile: ProfileKey) -> int:

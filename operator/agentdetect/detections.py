@@ -8,14 +8,18 @@ API writes depends on how many pods were active, never on how many events arrive
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
-from agentdetect.aggregate import HostDetections, PodDetections, PodKey
+from agentdetect.aggregate import HostDetections, PodDetections, PodKey, RuleStats, StreamMark
 from agentdetect.detect import Pipeline
 from agentdetect.kube import Cluster
 from agentdetect.match import ProfileKey
@@ -27,7 +31,9 @@ from agentdetect.models import (
     PodDetectionSummary,
     ProfileDetections,
     RuleDetection,
+    StreamPosition,
 )
+from agentdetect.sources import parse_timestamp
 
 log = logging.getLogger(__name__)
 _KIND_SHORT = {"AgentDetectionProfile": "adp", "ClusterAgentDetectionProfile": "cadp"}
@@ -40,9 +46,47 @@ def detection_name(key: PodKey) -> str:
     return f"{base[: 253 - 7].rstrip('-.')}-{digest}"
 
 
+_VERBS = {"tcp_connect": "connected to", "fd_install": "opened", "execve": "executed"}
+#: Stream positions kept per record: Tetragon pods come and go (restarts, node changes).
+MAX_STREAMS = 8
+
+
 def _example(binary: str, target: str, hook: str) -> str:
-    verb = {"tcp_connect": "connected to", "fd_install": "opened", "execve": "executed"}[hook]
-    return f"{binary} {verb} {target}"[:512]
+    return f"{binary} {_VERBS[hook]} {target}"[:512]
+
+
+def _ns_to_rfc3339(stamp_ns: int) -> str:
+    seconds, nanos = divmod(stamp_ns, 1_000_000_000)
+    whole = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{whole}.{nanos:09d}Z"
+
+
+def record_of(obj: Mapping[str, Any]) -> tuple[PodKey, PodDetections] | None:
+    """An AgentDetection read back into the aggregator's terms: where counting resumes after a
+    restart or a failover. None for an object that is not one of ours."""
+    try:
+        doc = AgentDetection.model_validate(obj)
+    except ValidationError:
+        return None
+    profile = doc.profile
+    if profile.kind not in ("AgentDetectionProfile", "ClusterAgentDetectionProfile"):
+        return None
+    key: PodKey = ((profile.kind, profile.namespace, profile.name), doc.pod.namespace or "", doc.pod.name)
+    pod = PodDetections(doc.workload)
+    for d in doc.detections:
+        binary, _, target = d.example.partition(f" {_VERBS[d.hook]} ")
+        pod.rules[d.rule] = RuleStats(
+            d.hook, d.count, d.first_seen, d.last_seen, int(d.action == "Killed"), binary, target
+        )
+    pod.events = doc.summary.events
+    pod.last = doc.summary.last_seen or ""
+    for s in doc.streams:
+        try:
+            through = parse_timestamp(s.through.encode())
+        except ValueError:
+            continue
+        pod.streams[s.stream] = StreamMark(through, s.lines_at_through, s.lines_at_through)
+    return key, pod
 
 
 def _by_count(pod: PodDetections) -> list[str]:
@@ -75,6 +119,12 @@ def detection_object(key: PodKey, pod: PodDetections) -> AgentDetection:
             last_seen=pod.last or None,
             action="Killed" if any(s.killed for _, s in rules) else "Observed",
         ),
+        streams=[
+            StreamPosition(
+                stream=stream, through=_ns_to_rfc3339(mark.through), lines_at_through=mark.at_through
+            )
+            for stream, mark in sorted(pod.streams.items(), key=lambda kv: -kv[1].through)[:MAX_STREAMS]
+        ],
         detections=[
             RuleDetection.model_validate(
                 {

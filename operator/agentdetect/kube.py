@@ -177,6 +177,22 @@ class Cluster:
                     raise
         return len(found)
 
+    def list_detections(self) -> list[dict[str, Any]]:
+        """Every AgentDetection of ours, in every namespace."""
+        resp = self.custom.list_cluster_custom_object(
+            GROUP, VERSION, "agentdetections", label_selector=f"{LABEL_MANAGED_BY}={_MANAGED_BY}"
+        )
+        return list(_with_kind(resp, "AgentDetection"))
+
+    def profile_keys(self) -> set[tuple[str, str | None, str]]:
+        """(kind, namespace, name) of every profile that exists."""
+        out: set[tuple[str, str | None, str]] = set()
+        for kind, plural in PROFILE_PLURALS.items():
+            for item in _obj(self.custom.list_cluster_custom_object(GROUP, VERSION, plural)).get("items", []):
+                meta = item["metadata"]
+                out.add((kind, meta.get("namespace"), meta["name"]))
+        return out
+
     def detection_profiles(self) -> set[tuple[str, str | None, str]]:
         """(kind, namespace, name) of every profile some AgentDetection names."""
         items = _obj(

@@ -104,15 +104,18 @@ class DetectionCollector(Collector):
         writes.add_metric(["AgentDetection"], writer.detection_writes)
         writes.add_metric(["status"], writer.status_writes)
         yield writes
-        if source is not None:
-            yield _counter(
-                "agentdetect_stream_reconnects",
-                "Tetragon log streams reopened after a drop.",
-                source.reconnects,
-            )
-            yield GaugeMetricFamily(
-                "agentdetect_streams", "Tetragon pods whose log is followed.", value=len(source.states)
-            )
+        # Always exported (0 while not following: standby, or before the records are read), so
+        # a query or alert on them has a series from the start.
+        yield _counter(
+            "agentdetect_stream_reconnects",
+            "Tetragon log streams reopened after a drop.",
+            source.reconnects if source is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "agentdetect_streams",
+            "Tetragon pods whose log is followed.",
+            value=len(source.states) if source is not None else 0,
+        )
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -671,8 +671,22 @@ class ProfileStatus(_Model):
     detections: ProfileDetections | None = None
 
 
+class StreamPosition(_Model):
+    """How far into one Tetragon export stream this record goes."""
+
+    stream: str = Field(description="The Tetragon pod whose export-stdout log was read, as namespace/name.")
+    through: str = Field(
+        description="The kubelet timestamp (RFC 3339, nanoseconds) of the last line of that stream "
+        "counted here: after a restart, failover or reconnect, lines at or before it are not counted again."
+    )
+    lines_at_through: int = Field(
+        1, alias="linesAtThrough", description="How many counted lines carry exactly that timestamp."
+    )
+
+
 class AgentDetection(_Model):
-    """One pod, one profile: what the pod was seen doing. Owned by the Pod, so it goes with it."""
+    """One pod, one profile: what the pod was seen doing. Owned by the Pod, so it goes with it.
+    It is the record: a restarted or newly active operator starts from its counts."""
 
     api_version: Literal["agentdetect.io/v1alpha1"] = Field("agentdetect.io/v1alpha1", alias="apiVersion")
     kind: Literal["AgentDetection"] = "AgentDetection"
@@ -682,3 +696,6 @@ class AgentDetection(_Model):
     workload: str = ""
     summary: DetectionSummary
     detections: list[RuleDetection] = Field(default_factory=list)
+    streams: list[StreamPosition] = Field(
+        default_factory=list, description="Up to which line of which Tetragon stream the counts go."
+    )

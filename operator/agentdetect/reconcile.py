@@ -273,6 +273,13 @@ class Reconciler:
         self.desired: dict[ObjectKey, dict[str, Any]] = {}
         #: Cluster profiles with a namespace selector, and the namespaces they currently render into.
         self.cluster_selections: dict[str, tuple[ClusterProfileSpec, set[str]]] = {}
+        #: Profiles reconciled at least once since start, whatever the outcome: detection waits
+        #: for all of them before it reads events (DetectionService).
+        self._settled: set[tuple[str, str | None, str]] = set()
+
+    def settled_keys(self) -> set[tuple[str, str | None, str]]:
+        with self._locks_guard:
+            return set(self._settled)
 
     def policy_filter_policies(self) -> int:
         """How many of the policies this operator owns take a slot in Tetragon's policy filter."""
@@ -284,6 +291,8 @@ class Reconciler:
 
     def forget(self, kind: str, name: str, namespace: str | None) -> None:
         """The profile is gone; its policies go with it by garbage collection."""
+        with self._locks_guard:
+            self._settled.discard((kind, namespace, name))
         if kind == "ClusterAgentDetectionProfile":
             self.cluster_selections.pop(name, None)
         self.board.remove((kind, namespace, name))
@@ -318,6 +327,8 @@ class Reconciler:
                 )
                 if not within and (old_budget is None or old_budget.get("reason") != reason):
                     self.emit(dict(body), "Warning", reason, message)
+            with self._locks_guard:
+                self._settled.add((body["kind"], meta.get("namespace"), meta["name"]))
             changed = {k: v for k, v in new_status.items() if status.get(k) != v}
             if changed:
                 self.cluster.patch_status(body["kind"], meta["name"], meta.get("namespace"), changed)

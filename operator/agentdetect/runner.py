@@ -78,7 +78,11 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
         # kopf peers per namespace when it watches namespaces; the first one speaks for all.
         peering_ns = options.namespaces[0] if options.namespaces else None
         gate = PeeringGate(cluster.api, options.peering, options.priority, peering_ns)
-    detection = DetectionService(cluster, reconciler.board, cfg, gate=gate) if cfg.detect else None
+    detection = (
+        DetectionService(cluster, reconciler.board, cfg, gate=gate, settled=reconciler.settled_keys)
+        if cfg.detect
+        else None
+    )
     metrics = Metrics()
     metrics.watch_policy_filter(reconciler.policy_filter_policies, lambda: cfg.policy_filter_budget)
     if detection is not None:

@@ -25,7 +25,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
-Sink = Callable[[bytes], None]
+#: A line's payload, the stream it came from (the Tetragon pod, namespace/name) and the
+#: kubelet's timestamp of it in nanoseconds: where a record of counts stands in that stream.
+Sink = Callable[[bytes, str, int], None]
 
 
 def file_lines(path: str) -> Iterator[bytes]:
@@ -204,7 +206,7 @@ class TetragonLogSource:
                 )
                 with self._lock:
                     self._responses[pod] = resp
-                self._pump(resp, state)
+                self._pump(resp, state, f"{self.namespace}/{pod}")
             except ApiException as exc:
                 if exc.status == 404:
                     log.info("Tetragon pod %s is gone", pod)
@@ -218,7 +220,7 @@ class TetragonLogSource:
                     self._responses.pop(pod, None)
             self._stop.wait(self.retry_delay)
 
-    def _pump(self, resp: Any, state: StreamState) -> None:
+    def _pump(self, resp: Any, state: StreamState, stream: str) -> None:
         buffer = b""
         for chunk in resp.stream(64 * 1024):
             if self._stop.is_set():
@@ -232,4 +234,4 @@ class TetragonLogSource:
                 except ValueError:
                     continue  # not a timestamped line: kubelet always prefixes with timestamps=true
                 if payload and state.admit(stamp_ns, payload):
-                    self.sink(payload)
+                    self.sink(payload, stream, stamp_ns)

@@ -40,7 +40,8 @@ def detecting_operator(
     cfg = Config(resolver=StaticResolver(TEST_HOSTS), detect=True, flush_interval=0.5, retry_delay=1.0)
     op = OperatorThread(cfg, control_plane.kubeconfig)
     op.start()
-    assert op.detection is not None and op.detection.source is not None
+    assert op.detection is not None and op.detection.begun.wait(30)
+    assert op.detection.source is not None
     op.detection.source.stop()  # no Tetragon DaemonSet in this control plane
     yield op
     op.stop()

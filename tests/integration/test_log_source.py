@@ -68,7 +68,7 @@ def test_events_followed_from_tetragon_pods_exactly_once(
     tmp_path: Path,
 ) -> None:
     service = following_operator.detection
-    assert service is not None and service.source is not None
+    assert service is not None and service.begun.wait(30) and service.source is not None
     source = service.source
     apply_profile(
         control_plane, namespace, "agents", "{network: {providers: [openai]}, processes: {presets: [shells]}}"

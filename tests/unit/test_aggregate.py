@@ -436,3 +436,61 @@ def test_feed_many_in_batches_is_the_same(batch: int) -> None:
         batched.feed_many(items[i : i + batch])
     assert whole.aggregator.pods == batched.aggregator.pods
     assert whole.stats == batched.stats
+
+
+# ---- the record: stream positions and restores ------------------------------------------------
+
+
+def test_lines_a_record_already_counts_are_not_counted_again() -> None:
+    from agentdetect.detections import detection_object, record_of
+
+    agg = Aggregator()
+    for stamp in (10, 20, 20, 30):
+        agg.add_at(_ev(), Match(P1, "openai"), "kube-system/tetragon-a", stamp)
+    pod = agg.pods[_key()]
+    assert pod.rules["openai"].count == 4
+    assert (
+        pod.streams["kube-system/tetragon-a"].through,
+        pod.streams["kube-system/tetragon-a"].at_through,
+    ) == (30, 1)
+
+    # The record, read back by a restarted operator that reads the whole stream again.
+    key, restored = record_of(detection_object(_key(), pod).dump()) or (None, None)
+    assert key == _key() and restored is not None
+    again = Aggregator()
+    again.restore(key, restored)
+    for stamp in (10, 20, 20, 30, 30, 40):  # the same four lines, then two new ones
+        again.add_at(_ev(), Match(P1, "openai"), "kube-system/tetragon-a", stamp)
+    assert again.pods[_key()].rules["openai"].count == 6
+    assert again.stats.already_counted == 4
+    # Another stream (a restarted Tetragon pod) is new in full.
+    again.add_at(_ev(), Match(P1, "openai"), "kube-system/tetragon-b", 5)
+    assert again.pods[_key()].rules["openai"].count == 7
+
+
+def test_lines_with_the_same_timestamp_are_told_apart_by_how_many_were_counted() -> None:
+    from agentdetect.detections import detection_object, record_of
+
+    agg = Aggregator()
+    for _ in range(3):
+        agg.add_at(_ev(), Match(P1, "openai"), "s", 50)
+    record = record_of(detection_object(_key(), agg.pods[_key()]).dump())
+    assert record is not None
+    assert record[1].streams["s"].at_through == 3
+    again = Aggregator()
+    again.restore(*record)
+    for _ in range(5):  # three already counted, then two the crash kept out of the record
+        again.add_at(_ev(), Match(P1, "openai"), "s", 50)
+    assert again.pods[_key()].rules["openai"].count == 5
+
+
+def test_a_restored_record_keeps_first_seen_and_examples() -> None:
+    from agentdetect.detections import detection_object, record_of
+
+    agg = Aggregator()
+    agg.add(_ev(time=ts(3), killed=True), Match(P1, "openai"))
+    agg.add(_ev(time=ts(9)), Match(P1, "openai"))
+    obj = detection_object(_key(), agg.pods[_key()])
+    record = record_of(obj.dump())
+    assert record is not None
+    assert detection_object(*record).dump() == obj.dump()

@@ -163,9 +163,15 @@ class _Response:
 
 def test_pump_splits_chunks_and_drops_the_replay_after_a_reconnect() -> None:
     received: list[bytes] = []
+    streams: set[str] = set()
     api = client.ApiClient()
     try:
-        source = TetragonLogSource(api, received.append)
+
+        def sink(payload: bytes, stream: str, stamp_ns: int) -> None:
+            received.append(payload)
+            streams.add(stream)
+
+        source = TetragonLogSource(api, sink)
         state = StreamState()
         log = (
             b'2026-11-23T12:00:00.000000001Z {"a":1}\n'
@@ -174,7 +180,7 @@ def test_pump_splits_chunks_and_drops_the_replay_after_a_reconnect() -> None:
             b'2026-11-23T12:00:01Z {"c":3}\n'
             b'2026-11-23T12:00:01Z {"c":4}\n'
         )
-        source._pump(_Response(log, chunk=7), state)
+        source._pump(_Response(log, chunk=7), state, "kube-system/tetragon-a")
         assert received == [b'{"a":1}', b'{"b":2}', b'{"c":3}', b'{"c":4}']
         # Reconnected: the kubelet repeats the last second, then new lines follow; the last
         # line has no newline yet and is not delivered.
@@ -186,10 +192,11 @@ def test_pump_splits_chunks_and_drops_the_replay_after_a_reconnect() -> None:
             b'2026-11-23T12:00:02Z {"d":6}\n'
             b'2026-11-23T12:00:03Z {"partial'
         )
-        source._pump(_Response(again, chunk=13), state)
+        source._pump(_Response(again, chunk=13), state, "kube-system/tetragon-a")
         assert received[4:] == [b'{"c":5}', b'{"d":6}']
         assert state.duplicates_dropped == 3
         assert state.lines == 6
+        assert streams == {"kube-system/tetragon-a"}
     finally:
         api.close()  # type: ignore[no-untyped-call]
 
