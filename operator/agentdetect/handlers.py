@@ -16,9 +16,6 @@ from agentdetect.models import GROUP, VERSION
 from agentdetect.reconcile import Outcome, Reconciler
 from agentdetect.render import (
     LABEL_MANAGED_BY,
-    LABEL_PROFILE_KIND,
-    LABEL_PROFILE_NAME,
-    LABEL_PROFILE_NAMESPACE,
     MANAGED_BY,
     hostnames_of,
 )
@@ -132,7 +129,7 @@ def build_registry(
         @kopf.on.event(GROUP, VERSION, plural, registry=registry, id="profile-deleted")
         def profile_event(type: str | None, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
             if type == "DELETED":
-                reconciler.forget(_kind, body.metadata.name or "", body.metadata.namespace)
+                reconciler.forget(_kind, body.metadata.name or "", body.metadata.namespace, body.metadata.uid)
                 if detection is not None:
                     detection.profile_deleted((_kind, body.metadata.namespace, body.metadata.name or ""))
 
@@ -148,18 +145,19 @@ def build_registry(
         )
         def policy_event(type: str | None, body: kopf.Body, **_: Any) -> None:
             """A rendered policy edited or deleted by hand is put back."""
-            if type is None or not reconciler.drifted(type, body):
+            owner = reconciler.drifted(type, body) if type is not None else None
+            if owner is None:
                 return
-            labels = body.metadata.labels
+            namespace = body.metadata.namespace
+            if type == "DELETED" and namespace and not reconciler.cluster.namespace_active(namespace):
+                return  # the namespace controller is emptying it: nothing to restore there
             log.info(
                 "policy %s/%s drifted (%s); restoring",
                 body.metadata.namespace or "-",
                 body.metadata.name,
-                type.lower(),
+                (type or "").lower(),
             )
-            reconcile_by_key(
-                labels[LABEL_PROFILE_KIND], labels[LABEL_PROFILE_NAME], labels.get(LABEL_PROFILE_NAMESPACE)
-            )
+            reconcile_by_key(*owner)
 
     @kopf.on.event("", "v1", "namespaces", registry=registry, id="namespace-selection")
     def namespace_event(type: str | None, body: kopf.Body, status: kopf.Status, **_: Any) -> None:

@@ -283,6 +283,16 @@ class Cluster:
             if exc.status != 404:  # deleted meanwhile: nothing to report to
                 raise
 
+    def namespace_active(self, name: str) -> bool:
+        """Whether the namespace exists and is not being deleted."""
+        try:
+            ns = self.core.read_namespace(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return not (ns.status is not None and ns.status.phase == "Terminating")
+
     def namespaces(self) -> list[tuple[str, dict[str, str]]]:
         """Active namespaces and their labels (a terminating one accepts no new objects)."""
         out = []

@@ -26,6 +26,9 @@ from agentdetect.match import ProfileState
 from agentdetect.models import ClusterProfileSpec, Mode, ProfileSpec, ResolvedDestination
 from agentdetect.render import (
     ANNOTATION_HASH,
+    LABEL_PROFILE_KIND,
+    LABEL_PROFILE_NAME,
+    LABEL_PROFILE_NAMESPACE,
     Profile,
     ProfileKind,
     RenderError,
@@ -276,6 +279,9 @@ class Reconciler:
         #: Profiles reconciled at least once since start, whatever the outcome: detection waits
         #: for all of them before it reads events (DetectionService).
         self._settled: set[tuple[str, str | None, str]] = set()
+        #: UIDs of profiles deleted: a reconcile of one that was waiting for the lock (a
+        #: re-resolution, a late update) does nothing, so it cannot publish the profile again.
+        self._forgotten: set[str] = set()
 
     def settled_keys(self) -> set[tuple[str, str | None, str]]:
         with self._locks_guard:
@@ -289,21 +295,28 @@ class Reconciler:
         with self._locks_guard:
             return self._locks.setdefault((kind, namespace, name), threading.Lock())
 
-    def forget(self, kind: str, name: str, namespace: str | None) -> None:
-        """The profile is gone; its policies go with it by garbage collection."""
-        with self._locks_guard:
-            self._settled.discard((kind, namespace, name))
-        if kind == "ClusterAgentDetectionProfile":
-            self.cluster_selections.pop(name, None)
-        self.board.remove((kind, namespace, name))
-        for key in [k for k, d in self.desired.items() if _owned_by(d, kind, name, namespace)]:
-            del self.desired[key]
+    def forget(self, kind: str, name: str, namespace: str | None, uid: str | None = None) -> None:
+        """The profile is gone; its policies go with it by garbage collection. Under the
+        profile's lock: a reconcile in flight (a re-resolution) must not publish it again."""
+        with self._lock(kind, namespace, name):
+            with self._locks_guard:
+                self._settled.discard((kind, namespace, name))
+            if kind == "ClusterAgentDetectionProfile":
+                self.cluster_selections.pop(name, None)
+            self.board.remove((kind, namespace, name))
+            # list(): other workers insert meanwhile; a snapshot is taken whole, under the GIL.
+            for key in [k for k, d in list(self.desired.items()) if _owned_by(d, kind, name, namespace)]:
+                self.desired.pop(key, None)
+            if uid:
+                self._forgotten.add(uid)
 
     # ---- the one entry point ---------------------------------------------------------------
 
     def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         meta = body["metadata"]
         with self._lock(body["kind"], meta.get("namespace"), meta["name"]):
+            if meta.get("uid") in self._forgotten:
+                return Outcome(False, "Deleted", "the profile was deleted")
             now = now_rfc3339()
             status = dict(body.get("status") or {})
             outcome, new_status = self._reconcile(body, status, now)
@@ -446,10 +459,10 @@ class Reconciler:
             pruned += 1
         for key in [
             k
-            for k, d in self.desired.items()
+            for k, d in list(self.desired.items())
             if k not in wanted and _owned_by(d, profile.kind, profile.name, profile.namespace)
         ]:
-            del self.desired[key]
+            self.desired.pop(key, None)
         if applied or pruned:
             log.info(
                 "profile %s/%s: applied %d, pruned %d",
@@ -462,22 +475,24 @@ class Reconciler:
 
     # ---- event-driven checks (no API calls unless something is off) ------------------------
 
-    def drifted(self, event_type: str, obj: Mapping[str, Any]) -> bool:
-        """Whether a watched policy event means a policy no longer matches what we want."""
+    def drifted(self, event_type: str, obj: Mapping[str, Any]) -> tuple[str, str, str | None] | None:
+        """The profile (kind, name, namespace) whose policy a watched event shows changed or
+        gone, from what was applied, never from the edited object's own labels; else None."""
         key = key_of(dict(obj))
         desired = self.desired.get(key)
         if desired is None:
-            return False  # not ours (any more), or not reconciled yet: resume will see to it
-        if event_type == "DELETED":
-            return True
-        return not in_sync(desired, dict(obj))
+            return None  # not ours (any more), or not reconciled yet: resume will see to it
+        if event_type != "DELETED" and in_sync(desired, dict(obj)):
+            return None
+        labels = desired["metadata"]["labels"]
+        return (labels[LABEL_PROFILE_KIND], labels[LABEL_PROFILE_NAME], labels.get(LABEL_PROFILE_NAMESPACE))
 
     def cluster_profiles_affected_by(
         self, namespace: str, labels: dict[str, str] | None, gone: bool
     ) -> list[str]:
         """Cluster profiles whose namespace selection changes because of this namespace."""
         out = []
-        for name, (spec, selected) in self.cluster_selections.items():
+        for name, (spec, selected) in list(self.cluster_selections.items()):
             assert spec.namespace_selector is not None
             should = not gone and spec.namespace_selector.matches(labels or {})
             if should != (namespace in selected):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import random
 import socket
 import sys
 import threading
@@ -25,6 +26,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
+#: Seconds of margin when a dropped stream is reopened (StreamState.since_seconds).
+CLOCK_SKEW_MARGIN_S = 60
+#: A partial line longer than this is dropped unparsed (the parser skips such lines anyway).
+MAX_PARTIAL_LINE = 1024 * 1024
 #: A line's payload, the stream it came from (the Tetragon pod, namespace/name) and the
 #: kubelet's timestamp of it in nanoseconds: where a record of counts stands in that stream.
 Sink = Callable[[bytes, str, int], None]
@@ -71,6 +76,7 @@ class StreamState:
     reconnects: int = 0
     lines: int = 0
     duplicates_dropped: int = 0
+    oversized: int = 0
 
     def admit(self, stamp_ns: int, payload: bytes) -> bool:
         if stamp_ns < self.last_ns:
@@ -89,10 +95,49 @@ class StreamState:
         return True
 
     def since_seconds(self, now_ns: int) -> int | None:
+        """Whole seconds back from now, rounded up, plus a margin: the last line's timestamp is
+        the kubelet's clock and ``now`` this process's, and a clock behind the node's would
+        otherwise reopen the stream after lines not yet read. Lines read twice are dropped by
+        ``admit``; the margin costs only their replay."""
         if self.last_ns < 0:
             return None
-        # Whole seconds, rounded up so the reopened stream starts at or before the last line.
-        return max(1, (now_ns - self.last_ns) // 1_000_000_000 + 1)
+        return max(1, (now_ns - self.last_ns) // 1_000_000_000 + 1 + CLOCK_SKEW_MARGIN_S)
+
+
+class Backoff:
+    """Exponential delays with full jitter, reset by a success: many followers retrying the
+    same API server never retry in step."""
+
+    def __init__(self, base: float, cap: float = 30.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return random.uniform(0, min(self.cap, self.base * 2 ** min(self.failures, 16)))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class RateLimitedLog:
+    """One log line per failure class per interval, however many streams or objects fail."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
+        self.logger, self.interval = logger, interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, cls: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(cls, -1e18) < self.interval:
+                self._suppressed[cls] = self._suppressed.get(cls, 0) + 1
+                return
+            self._last[cls] = now
+            suppressed = self._suppressed.pop(cls, 0)
+        suffix = f" ({suppressed} more like it in the last {self.interval:.0f}s)" if suppressed else ""
+        self.logger.warning(message + suffix, *args)
 
 
 class TetragonLogSource:
@@ -122,6 +167,7 @@ class TetragonLogSource:
         self._stop = threading.Event()
         self._responses: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._log = RateLimitedLog(log)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -176,14 +222,17 @@ class TetragonLogSource:
                 for resp in gone_streams:
                     _sever(resp)
             except ApiException as exc:
-                log.warning("listing Tetragon pods in %s failed: %s", self.namespace, exc.reason)
-            except Exception:  # keep discovering whatever the transport did
-                log.exception("listing Tetragon pods failed")
+                self._log.warning(
+                    "list", "listing Tetragon pods in %s failed: %s", self.namespace, exc.reason
+                )
+            except Exception as exc:  # keep discovering whatever the transport did
+                self._log.warning("list", "listing Tetragon pods failed: %s", exc)
             self._stop.wait(self.rediscover_every)
 
     def _follow(self, pod: str) -> None:
         state = self.states[pod]
-        first = True
+        backoff = Backoff(self.retry_delay)
+        first = first_open = True
         while not self._stop.is_set():
             with self._lock:
                 if pod in self._gone:
@@ -206,19 +255,29 @@ class TetragonLogSource:
                 )
                 with self._lock:
                     self._responses[pod] = resp
+                if first_open:
+                    log.info(
+                        "following Tetragon's export: %s/%s container %s", self.namespace, pod, self.container
+                    )
+                    first_open = False
+                lines_before = state.lines
                 self._pump(resp, state, f"{self.namespace}/{pod}")
+                if state.lines > lines_before:
+                    backoff.reset()
             except ApiException as exc:
                 if exc.status == 404:
                     log.info("Tetragon pod %s is gone", pod)
                 else:
-                    log.warning("log stream of %s failed: %s", pod, exc.reason)
+                    self._log.warning("stream", "log stream of %s failed: %s", pod, exc.reason)
             except Exception as exc:  # a dropped connection surfaces in many types
                 if not self._stop.is_set():
-                    log.info("log stream of %s dropped (%s); reconnecting", pod, type(exc).__name__)
+                    self._log.warning(
+                        "dropped", "log stream of %s dropped (%s); reconnecting", pod, type(exc).__name__
+                    )
             finally:
                 with self._lock:
                     self._responses.pop(pod, None)
-            self._stop.wait(self.retry_delay)
+            self._stop.wait(backoff.next_delay())
 
     def _pump(self, resp: Any, state: StreamState, stream: str) -> None:
         buffer = b""
@@ -227,6 +286,9 @@ class TetragonLogSource:
                 return
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
+            if len(buffer) > MAX_PARTIAL_LINE:  # no newline in sight: not a line to keep
+                state.oversized += 1
+                buffer = b""
             for line in lines:
                 stamp, _, payload = line.partition(b" ")
                 try:
@@ -234,4 +296,7 @@ class TetragonLogSource:
                 except ValueError:
                     continue  # not a timestamped line: kubelet always prefixes with timestamps=true
                 if payload and state.admit(stamp_ns, payload):
-                    self.sink(payload, stream, stamp_ns)
+                    try:
+                        self.sink(payload, stream, stamp_ns)
+                    except Exception:  # our bug, not a dropped stream: say so, keep reading
+                        log.exception("handling a line of %s failed", stream)

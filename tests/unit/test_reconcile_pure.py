@@ -375,3 +375,19 @@ def test_budget_condition_names_the_limit_and_the_way_out() -> None:
     ok, reason, message = budget_condition(65, 64)
     assert (ok, reason) == (False, "BudgetExceeded")
     assert "65" in message and "64" in message and "128" in message and "--policy-filter-budget" in message
+
+
+def test_drift_names_the_profile_from_what_was_applied_not_from_the_edited_labels() -> None:
+    from agentdetect.kube import key_of
+    from agentdetect.reconcile import Config, Reconciler
+
+    reconciler = Reconciler.__new__(Reconciler)
+    Reconciler.__init__(reconciler, cluster=None, config=Config())  # type: ignore[arg-type]
+    desired = _desired()
+    reconciler.desired[key_of(desired)] = desired
+    edited = _live(desired)
+    edited["metadata"]["labels"]["agentdetect.io/profile-name"] = "someone-else"
+    owner = reconciler.drifted("MODIFIED", edited)
+    assert owner == ("AgentDetectionProfile", "prof", "team-a")
+    assert reconciler.drifted("MODIFIED", _live(desired)) is None
+    assert reconciler.drifted("DELETED", _live(desired)) == owner

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from agentdetect.sources import StreamState, TetragonLogSource, file_lines, parse_timestamp
+from agentdetect.sources import (
+    CLOCK_SKEW_MARGIN_S,
+    StreamState,
+    TetragonLogSource,
+    file_lines,
+    parse_timestamp,
+)
 
 BASE = "2026-11-23T12:34:56"
 BASE_NS = int(datetime.datetime(2026, 11, 23, 12, 34, 56, tzinfo=datetime.UTC).timestamp()) * 1_000_000_000
@@ -137,14 +143,16 @@ def test_since_seconds_is_none_before_any_line() -> None:
         (1_000_000_000, 2),
         (1_500_000_000, 2),
         (59_000_000_001, 60),
-        (-5_000_000_000, 1),  # a clock that went back still asks for something
+        (-5_000_000_000, -4),  # a clock that went back still asks for something
     ],
 )
-def test_since_seconds_rounds_up(elapsed_ns: int, seconds: int) -> None:
+def test_since_seconds_rounds_up_with_a_margin_for_clock_skew(elapsed_ns: int, seconds: int) -> None:
+    """The last line's timestamp is the kubelet's clock; now is ours. The margin covers a
+    clock up to CLOCK_SKEW_MARGIN_S behind the node's; lines read twice are dropped."""
     state = StreamState()
     state.admit(BASE_NS, b"x")
     since = state.since_seconds(BASE_NS + elapsed_ns)
-    assert since == seconds
+    assert since == max(1, seconds + CLOCK_SKEW_MARGIN_S)
     assert since is not None and since * 1_000_000_000 >= elapsed_ns  # reopens at or before the last line
 
 
@@ -240,3 +248,28 @@ def test_file_lines_dash_is_standard_input(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"one\ntwo\n")))
     assert list(file_lines("-")) == [b"one\n", b"two\n"]
     assert not sys.stdin.closed
+
+
+def test_backoff_grows_with_full_jitter_and_resets() -> None:
+    from agentdetect.sources import Backoff
+
+    backoff = Backoff(1.0, cap=8.0)
+    delays = [backoff.next_delay() for _ in range(40)]
+    assert all(0 <= d <= 8.0 for d in delays)
+    assert len({round(d, 6) for d in delays}) > 30, "jittered, not in step"
+    assert max(delays[10:]) > 2.0, "grows towards the cap"
+    backoff.reset()
+    assert all(backoff.next_delay() <= 2.0 for _ in range(1)) and backoff.failures == 1
+
+
+def test_one_log_line_per_failure_class_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from agentdetect.sources import RateLimitedLog
+
+    limited = RateLimitedLog(logging.getLogger("agentdetect.test"), interval=3600)
+    with caplog.at_level(logging.WARNING, logger="agentdetect.test"):
+        for i in range(1000):
+            limited.warning("dropped", "stream %d dropped", i)
+        limited.warning("list", "listing failed")
+    assert [r.getMessage() for r in caplog.records] == ["stream 0 dropped", "listing failed"]
