@@ -267,6 +267,9 @@ class ControlPlane:
                 f"--cert-dir={pki}",
                 f"--token-auth-file={tokens}",
                 "--authorization-mode=RBAC",
+                # As on OpenShift: setting blockOwnerDeletion needs update on the owner's
+                # finalizers, which the chart must grant (its RBAC is tested with this on).
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={sa_key}",

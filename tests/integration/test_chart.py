@@ -255,6 +255,13 @@ def test_chart_rbac_grants_what_the_operator_does_and_no_more(
     assert can(control_plane, "patch", "clusteragentdetectionprofiles.agentdetect.io", "--subresource=status")
     assert can(control_plane, "create", "tracingpoliciesnamespaced.cilium.io", "-n", namespace)
     assert can(control_plane, "delete", "tracingpolicies.cilium.io")
+    # blockOwnerDeletion on the policies, under OwnerReferencesPermissionEnforcement.
+    assert can(
+        control_plane, "update", "agentdetectionprofiles.agentdetect.io", "--subresource=finalizers", "-A"
+    )
+    assert can(
+        control_plane, "update", "clusteragentdetectionprofiles.agentdetect.io", "--subresource=finalizers"
+    )
     assert can(control_plane, "create", "agentdetections.agentdetect.io", "-n", namespace)
     assert can(control_plane, "deletecollection", "agentdetections.agentdetect.io", "-n", namespace)
     assert can(control_plane, "list", "agentdetections.agentdetect.io", "-A")
@@ -341,8 +348,8 @@ def test_two_replicas_with_the_chart_identity_one_active_then_failover(
         wait_condition(api, "second", namespace, "Applied", timeout=60)
         assert f"{namespace}/second: applied" in standby.output()
         assert f"{namespace}/second: applied" not in active.output()
-        # ... and detection: the log is read again from its start, so counts are rebuilt, not
-        # doubled, and new events are added.
+        # ... and detection: it starts from the AgentDetections, the log read again from its start
+        # adds nothing they already count, and new events are added.
         eventually(lambda: "agentdetect_events_read_total 1.0" in standby.metrics(), what="standby reading")
         tetragon.append_log("export-stdout", line)
         eventually(
@@ -350,7 +357,14 @@ def test_two_replicas_with_the_chart_identity_one_active_then_failover(
         )
         kwok_node.delete_pod(tetragon_ns, tetragon.name)
     for proc in (active, standby):
-        assert "Forbidden" not in proc.output() and " 403" not in proc.output(), proc.output()[-3000:]
+        # No permission the chart forgot. A write refused because another test's namespace is
+        # being deleted is not a permission problem, and may happen in any run.
+        denied = [
+            line
+            for line in proc.output().splitlines()
+            if ("forbidden" in line.lower() or " 403" in line) and "being terminated" not in line
+        ]
+        assert not denied, "\n".join(denied[:20])
 
 
 def _events(api: Any, namespace: str, pod: str) -> int | None:

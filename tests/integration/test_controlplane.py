@@ -282,7 +282,10 @@ def test_failed_start_reports_log_tail_and_cleans_up(control_plane: ControlPlane
 
 
 OWNER_SCRIPT = """
-import json, sys, time
+import json, signal, sys, time
+# As under a terminal: a shell starts a background job with SIGINT ignored, and the child
+# would inherit that whether or not the suite runs in the foreground.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from agentdetect.binaries import Binaries
 from agentdetect.controlplane import ControlPlane
 with ControlPlane(Binaries(__import__("pathlib").Path(sys.argv[1]))) as cp:
