@@ -250,6 +250,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
     )
     logging.getLogger().setLevel(args.log_level)
+    # urllib3 warns once per retry of every request: during an API server outage that is
+    # hundreds of lines a minute. Our own messages say what failed, once a minute per kind.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     for flag in ("flush_interval", "resolve_interval", "policy_filter_budget"):
         if getattr(args, flag) <= 0:
             raise CliError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")

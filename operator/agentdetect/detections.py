@@ -33,7 +33,7 @@ from agentdetect.models import (
     RuleDetection,
     StreamPosition,
 )
-from agentdetect.sources import parse_timestamp
+from agentdetect.sources import RateLimitedLog, parse_timestamp
 
 log = logging.getLogger(__name__)
 _KIND_SHORT = {"AgentDetectionProfile": "adp", "ClusterAgentDetectionProfile": "cadp"}
@@ -203,6 +203,7 @@ class DetectionWriter:
         self._status_owed: set[ProfileKey] = set()
         self.detection_writes = 0
         self.status_writes = 0
+        self._log = RateLimitedLog(log)
 
     @property
     def total_writes(self) -> int:
@@ -226,7 +227,7 @@ class DetectionWriter:
             try:
                 uid = self._pod_uid(key[1], key[2])
             except ApiException as exc:
-                log.warning("could not look up pod %s/%s: %s", key[1], key[2], exc.reason)
+                self._log.warning("pod", "could not look up pod %s/%s: %s", key[1], key[2], exc.reason)
                 with self.pipeline.lock:
                     agg.mark_dirty(key)  # try again next flush
                 continue
@@ -241,8 +242,12 @@ class DetectionWriter:
                     body, {"apiVersion": "v1", "kind": "Pod", "name": key[2], "uid": uid}
                 )
             except ApiException as exc:
-                log.warning(
-                    "could not write AgentDetection %s/%s: %s", key[1], body["metadata"]["name"], exc.reason
+                self._log.warning(
+                    "write",
+                    "could not write AgentDetection %s/%s: %s",
+                    key[1],
+                    body["metadata"]["name"],
+                    exc.reason,
                 )
                 with self.pipeline.lock:
                     agg.mark_dirty(key)  # try again next flush
@@ -264,7 +269,7 @@ class DetectionWriter:
             try:
                 self.cluster.patch_status(kind, name, namespace, {"detections": summary})
             except ApiException as exc:
-                log.warning("could not patch the status of %s %s: %s", kind, name, exc.reason)
+                self._log.warning("status", "could not patch the status of %s %s: %s", kind, name, exc.reason)
                 continue  # still owed: the next flush tries again
             self._status_written[profile] = digest
             self._status_owed.discard(profile)

@@ -19,6 +19,7 @@ from agentdetect.render import (
     MANAGED_BY,
     hostnames_of,
 )
+from agentdetect.sources import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class ResolveSweep:
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="agentdetect-re-resolve", daemon=True)
+        self._log = RateLimitedLog(log)
 
     def start(self) -> None:
         self._thread.start()
@@ -51,17 +53,31 @@ class ResolveSweep:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            _, states = self.reconciler.board.snapshot()
-            for state in states:
-                if self._stop.is_set():
-                    return
-                p = state.profile
-                if not hostnames_of(p.spec):
-                    continue
-                try:
-                    self.reconcile_by_key(p.kind, p.name, p.namespace)
-                except Exception:  # one profile's failure must not end re-resolution for all
-                    log.exception("re-resolving %s %s/%s failed", p.kind, p.namespace or "-", p.name)
+            self.sweep()
+
+    def sweep(self) -> None:
+        """One pass. A failure ends the pass (the API server is likely away: the next pass
+        tries again) and is logged once a minute, not once per profile per pass."""
+        _, states = self.reconciler.board.snapshot()
+        for state in states:
+            if self._stop.is_set():
+                return
+            p = state.profile
+            if not hostnames_of(p.spec):
+                continue
+            try:
+                self.reconcile_by_key(p.kind, p.name, p.namespace)
+            except Exception as exc:
+                self._log.warning(
+                    "sweep",
+                    "re-resolving %s %s/%s failed (%s: %s); the next pass tries again",
+                    p.kind,
+                    p.namespace or "-",
+                    p.name,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
+                return
 
 
 def build_registry(

@@ -391,3 +391,31 @@ def test_drift_names_the_profile_from_what_was_applied_not_from_the_edited_label
     assert owner == ("AgentDetectionProfile", "prof", "team-a")
     assert reconciler.drifted("MODIFIED", _live(desired)) is None
     assert reconciler.drifted("DELETED", _live(desired)) == owner
+
+
+def test_an_api_outage_ends_the_sweep_pass_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    """Not one traceback per profile per pass while the API server is away."""
+    import logging
+
+    from agentdetect.detect import ProfileBoard
+    from agentdetect.handlers import ResolveSweep
+    from agentdetect.match import ProfileState
+    from agentdetect.reconcile import Config, Reconciler
+
+    reconciler = Reconciler(cluster=None, config=Config(), board=ProfileBoard())  # type: ignore[arg-type]
+    for i in range(20):
+        spec = {"network": {"destinations": [{"name": "gw", "hostnames": [f"h{i}.example.com"]}]}}
+        reconciler.board.publish(ProfileState(_profile(spec, namespace=f"ns{i}"), (), {}))
+    calls: list[str] = []
+
+    def unreachable(kind: str, name: str, namespace: str | None) -> None:
+        calls.append(name)
+        raise ConnectionRefusedError("connection refused")
+
+    sweep = ResolveSweep(reconciler, unreachable, interval=3600)
+    with caplog.at_level(logging.WARNING, logger="agentdetect.handlers"):
+        for _ in range(5):
+            sweep.sweep()
+    assert len(calls) == 5  # each pass stops at the first failure
+    assert len(caplog.records) == 1 and "the next pass tries again" in caplog.records[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)
