@@ -454,8 +454,9 @@ class Reconciler:
             self.desired[key] = doc
         pruned = 0
         for key in live.keys() - wanted.keys():
-            self.cluster.delete(key)
+            # Forgotten before it is deleted: its DELETED watch event must not read as drift.
             self.desired.pop(key, None)
+            self.cluster.delete(key)
             pruned += 1
         for key in [
             k

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 import yaml
 from kubernetes import client
 
@@ -86,8 +88,13 @@ def test_profile_renders_owned_policies_and_reports_them(
 
 
 def test_update_prunes_and_delete_collects(
-    control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
+    control_plane: ControlPlane,
+    api: Any,
+    operator: OperatorThread,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="agentdetect.handlers")
     apply(control_plane, PROFILE.format(ns=namespace))
     wait_condition(api, "chatbot", namespace, "Applied")
     doc = yaml.safe_load(PROFILE.format(ns=namespace))
@@ -104,6 +111,8 @@ def test_update_prunes_and_delete_collects(
         GROUP, VERSION, namespace, "agentdetectionprofiles", "chatbot"
     )
     eventually(lambda: policies(api, namespace) == [], what="policies garbage-collected with their profile")
+    # Neither the prune nor the garbage collection reads as drift to be restored.
+    assert not [r for r in caplog.records if "drifted" in r.getMessage() and namespace in r.getMessage()]
 
 
 def test_drifted_policy_is_restored(
