@@ -54,6 +54,9 @@ class PodDetections:
     dirty: bool = False
     #: Per Tetragon stream, how far the counts go.
     streams: dict[str, StreamMark] = field(default_factory=dict)
+    #: A record written before records carried stream positions: it counts every line its
+    #: writer had read, so a line whose event time is not after its last one is passed over.
+    legacy: bool = False
 
 
 @dataclass(slots=True)
@@ -102,6 +105,9 @@ class Aggregator:
         key = (match.profile, event.namespace, event.pod)
         pod = self.pods.get(key)
         mark = pod.streams.get(stream) if pod is not None else None
+        if pod is not None and pod.legacy and mark is None and event.time <= pod.last:
+            self.stats.already_counted += 1
+            return
         if mark is not None:
             if stamp_ns < mark.through:
                 self.stats.already_counted += 1

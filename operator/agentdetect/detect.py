@@ -48,6 +48,10 @@ class ProfileBoard:
             if self._states.pop(key, None) is not None:
                 self.version += 1
 
+    def has(self, key: ProfileKey) -> bool:
+        with self._lock:
+            return key in self._states
+
     def keys(self) -> set[ProfileKey]:
         with self._lock:
             return set(self._states)

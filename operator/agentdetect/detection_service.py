@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from agentdetect.aggregate import Aggregator
+from agentdetect.aggregate import Aggregator, PodDetections, PodKey
 from agentdetect.detect import Pipeline, ProfileBoard
 from agentdetect.detections import DetectionWriter, FlushResult, record_of
 from agentdetect.kube import Cluster
@@ -51,6 +51,10 @@ class DetectionService:
         self.active = gate is None
         #: Set once this activation has restored the records and started following.
         self.begun = threading.Event()
+        #: Which activation a begin thread serves: one that was overtaken (standby, then active
+        #: again) must not start a second source. Guarded, with the source, by _source_lock.
+        self._activation = 0
+        self._source_lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="agentdetect-flush", daemon=True)
         self.last_flush = FlushResult()
@@ -74,31 +78,43 @@ class DetectionService:
         return self
 
     def _begin_soon(self) -> None:
-        self.begun.clear()
-        threading.Thread(target=self._begin, name="agentdetect-begin", daemon=True).start()
+        with self._source_lock:
+            self._activation += 1
+            activation = self._activation
+            self.begun.clear()
+        threading.Thread(
+            target=self._begin, args=(activation,), name="agentdetect-begin", daemon=True
+        ).start()
 
-    def _begin(self) -> None:
-        self._wait_for_profiles()
-        if self._stop.is_set() or not self.active:
+    def _current(self, activation: int) -> bool:
+        return self.active and activation == self._activation and not self._stop.is_set()
+
+    def _begin(self, activation: int) -> None:
+        self._wait_for_profiles(activation)
+        if not self._current(activation):
             return
         try:
-            restored = self.restore()
+            records = [r for r in (record_of(d) for d in self.cluster.list_detections()) if r is not None]
         except Exception:  # without the records, counting from zero would overwrite them
             log.exception("reading AgentDetections failed; detection waits and tries again")
-            if not self._stop.wait(self.cfg.retry_delay):
+            if not self._stop.wait(self.cfg.retry_delay) and self._current(activation):
                 self._begin_soon()
             return
-        log.info("detection starts from %d AgentDetections", restored)
-        self.source = self._new_source()
-        if self.source is not None:
-            self.source.start()
-        self.begun.set()
+        with self._source_lock:
+            if not self._current(activation):
+                return
+            self._restore(records)
+            log.info("detection starts from %d AgentDetections", len(records))
+            self.source = self._new_source()
+            if self.source is not None:
+                self.source.start()
+            self.begun.set()
 
-    def _wait_for_profiles(self) -> None:
+    def _wait_for_profiles(self, activation: int) -> None:
         if self.settled is None:
             return
         deadline = time.monotonic() + self.settle_timeout
-        while not self._stop.is_set():
+        while self._current(activation):
             try:
                 missing = self.cluster.profile_keys() - self.settled()
             except Exception:  # the API server may be briefly away; keep waiting
@@ -116,21 +132,20 @@ class DetectionService:
                 return
             self._stop.wait(0.2)
 
-    def restore(self) -> int:
-        """Load the records into a fresh aggregator; the number loaded."""
-        records = [r for r in (record_of(d) for d in self.cluster.list_detections()) if r is not None]
+    def _restore(self, records: list[tuple[PodKey, PodDetections]]) -> None:
+        """Load the records into a fresh aggregator and writer."""
         aggregator = Aggregator(self.cfg.max_pods, self.cfg.max_rules_per_pod)
         for key, pod in records:
             aggregator.restore(key, pod)
         with self.pipeline.lock:
             self.pipeline.aggregator = aggregator
         self.writer = DetectionWriter(self.cluster, self.pipeline)
-        return len(records)
 
     def stop(self) -> None:
         self._stop.set()
-        if self.source is not None:
-            self.source.stop()
+        with self._source_lock:
+            if self.source is not None:
+                self.source.stop()
         self._flusher.join(10)
         if self.active and self.begun.is_set():
             self.flush()  # what arrived last is not lost on a clean stop
@@ -148,10 +163,13 @@ class DetectionService:
             log.info("detection active: starting from the records, then following Tetragon's export")
             self._begin_soon()
         elif not want and self.active:
-            if self.source is not None:
-                self.source.stop()
-                self.source = None
-            self.active = False
+            with self._source_lock:
+                self.active = False
+                self._activation += 1  # a begin thread still waiting gives up
+                self.begun.clear()
+                if self.source is not None:
+                    self.source.stop()
+                    self.source = None
             log.info("detection on standby: another replica is active")
 
     def flush(self) -> FlushResult:

@@ -80,6 +80,7 @@ def record_of(obj: Mapping[str, Any]) -> tuple[PodKey, PodDetections] | None:
         )
     pod.events = doc.summary.events
     pod.last = doc.summary.last_seen or ""
+    pod.legacy = not doc.streams and pod.events > 0
     for s in doc.streams:
         try:
             through = parse_timestamp(s.through.encode())
@@ -237,6 +238,8 @@ class DetectionWriter:
                 self._written.pop(key, None)
                 result.pods_gone += 1
                 continue
+            if not self.pipeline.board.has(key[0]):
+                continue  # deleted while this flush ran: do not write its record back
             try:
                 self.cluster.apply_detection(
                     body, {"apiVersion": "v1", "kind": "Pod", "name": key[2], "uid": uid}
@@ -290,8 +293,8 @@ class DetectionWriter:
         return uid
 
     def forget_profile(self, profile: ProfileKey) -> None:
-        for key in [k for k in self._written if k[0] == profile]:
-            del self._written[key]
+        for key in [k for k in list(self._written) if k[0] == profile]:
+            self._written.pop(key, None)
         self._status_written.pop(profile, None)
         self._status_owed.discard(profile)
 

@@ -418,7 +418,11 @@ class _Values:
 _CURRENT: contextvars.ContextVar[_Values | None] = contextvars.ContextVar("agentdetect_values", default=None)
 
 
-def _json_filter(value: Any) -> str:
+@jinja2.pass_context  # not for the context: a context filter is never folded at compile time
+def _json_filter(_context: jinja2.runtime.Context, value: Any) -> str:
+    """Jinja evaluates a filter on a constant (``{{ "Post" | json }}``) once, when it compiles
+    the template; a stash token made then would be baked into the template for every later
+    render. Filters that take the context are never folded."""
     values = _CURRENT.get()
     return yaml_json(value if values is None else values.stash(value))
 

@@ -168,12 +168,14 @@ class TetragonLogSource:
         self._responses: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._log = RateLimitedLog(log)
+        self._discoverer: threading.Thread | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> TetragonLogSource:
-        self._discoverer = threading.Thread(target=self._discover_loop, name="tetragon-discover", daemon=True)
-        self._discoverer.start()
+        discoverer = threading.Thread(target=self._discover_loop, name="tetragon-discover", daemon=True)
+        self._discoverer = discoverer
+        discoverer.start()
         return self
 
     def stop(self) -> None:
@@ -184,7 +186,8 @@ class TetragonLogSource:
             _sever(resp)
         for t in list(self._threads.values()):
             t.join(5)
-        self._discoverer.join(5)
+        if self._discoverer is not None:
+            self._discoverer.join(5)
 
     @property
     def reconnects(self) -> int:

@@ -494,3 +494,22 @@ def test_a_restored_record_keeps_first_seen_and_examples() -> None:
     record = record_of(obj.dump())
     assert record is not None
     assert detection_object(*record).dump() == obj.dump()
+
+
+def test_a_record_from_before_stream_positions_is_not_counted_again() -> None:
+    """An AgentDetection written before records carried positions counts every line its writer
+    had read: on the first start after the upgrade, lines up to its last event are passed over."""
+    from agentdetect.detections import detection_object, record_of
+
+    old = Aggregator()
+    for second in (1, 2, 3):
+        old.add(_ev(time=ts(second)), Match(P1, "openai"))
+    body = detection_object(_key(), old.pods[_key()]).dump()
+    body.pop("streams", None)
+    record = record_of(body)
+    assert record is not None and record[1].legacy
+    again = Aggregator()
+    again.restore(*record)
+    for second in (1, 2, 3, 4):  # the log read again from its start, and one new line
+        again.add_at(_ev(time=ts(second)), Match(P1, "openai"), "s", 1_000 + second)
+    assert again.pods[_key()].rules["openai"].count == 4

@@ -596,3 +596,37 @@ def test_host_events_of_a_namespaced_policy_are_not_attributed() -> None:
     pipeline = Pipeline(board, Aggregator())
     pipeline.feed(_host_line(policy_of(profile, "fd_install"), 1))
     assert pipeline.unmatched == 1 and pipeline.aggregator.host == {}
+
+
+def test_an_overtaken_activation_starts_no_second_source() -> None:
+    """Standby and active again while the first activation still waits: only the second one
+    restores and follows (two sources on one pipeline would count lines twice)."""
+    import threading
+
+    from agentdetect.detection_service import DetectionService
+    from agentdetect.reconcile import Config
+    from agentdetect.resolve import StaticResolver
+
+    release = threading.Event()
+
+    class Waiting(FakeCluster):
+        lists = 0
+
+        def profile_keys(self) -> set[tuple[str, str | None, str]]:
+            return set()
+
+        def list_detections(self) -> list[dict[str, Any]]:
+            Waiting.lists += 1
+            release.wait(10)
+            return []
+
+    service = DetectionService(
+        Waiting(), ProfileBoard(), Config(resolver=StaticResolver({})), follow_logs=False, settled=set
+    )
+    service._begin_soon()  # activation 1: blocks reading the records
+    service.active = False
+    service.active = True
+    service._begin_soon()  # activation 2
+    release.set()
+    assert service.begun.wait(10)
+    assert service._activation == 2 and Waiting.lists == 2

@@ -849,3 +849,15 @@ def test_a_string_shaped_like_a_token_stays_a_string() -> None:
     fake = "/agentdetect:0000000000000000:0"
     (doc,) = _render(_profile({"files": {"paths": [{"equal": fake}]}}))
     assert _rules(doc) == {("Equal", fake)}
+
+
+def test_a_template_filtering_a_constant_renders_right_every_time(tmp_path: Path) -> None:
+    """Jinja folds a filter on a constant at compile time; a value token made then must not be
+    baked into the template for every later render (render._json_filter takes the context)."""
+    text = _builtin("execve.yaml.j2").replace('call: "sys_execve"', 'call: {{ "sys_execve" | json }}')
+    directory = _override(tmp_path, "execve.yaml.j2", text)
+    for name in ("first", "second", "third"):
+        profile = _profile({"processes": {"presets": ["shells"]}}, name=name)
+        (doc,) = render(profile, targets_for(profile, None), {}, template_dir=directory)
+        assert doc["spec"]["kprobes"][0]["call"] == "sys_execve"
+        assert doc["metadata"]["name"].startswith(f"{name}-exec-")
