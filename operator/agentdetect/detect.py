@@ -82,23 +82,19 @@ class Pipeline:
     def unmatched(self) -> int:
         return self._matcher.unmatched
 
-    def feed(self, line: bytes | str) -> None:
+    def feed(self, line: bytes | str, stream: str | None = None, stamp_ns: int = 0) -> None:
+        """One line; with the followed Tetragon ``stream`` it came from and its kubelet
+        timestamp, a line the (profile, pod) record already counts is passed over."""
         with self.lock:
             event = parse_line(line, self.stats)
             if event is None:
                 return
             match = self._current_matcher().match(event)
-            if match is not None:
+            if match is None:
+                return
+            if stream is None:
                 self.aggregator.add(event, match)
-
-    def feed_at(self, line: bytes, stream: str, stamp_ns: int) -> None:
-        """A line of a followed Tetragon stream, with its kubelet timestamp."""
-        with self.lock:
-            event = parse_line(line, self.stats)
-            if event is None:
-                return
-            match = self._current_matcher().match(event)
-            if match is not None:
+            else:
                 self.aggregator.add_at(event, match, stream, stamp_ns)
 
     def feed_many(self, lines: Iterable[bytes | str]) -> None:

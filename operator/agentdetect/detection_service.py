@@ -65,7 +65,7 @@ class DetectionService:
         cfg = self.cfg
         return TetragonLogSource(
             self.cluster.api,
-            self.pipeline.feed_at,
+            self.pipeline.feed,
             cfg.tetragon_namespace,
             cfg.tetragon_selector,
             cfg.tetragon_container,

@@ -24,6 +24,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+def following_config(tetragon_ns: str) -> Config:
+    """An operator that follows the Tetragon pods of ``tetragon_ns`` (kwok serves their logs)."""
+    return Config(
+        resolver=StaticResolver(TEST_HOSTS),
+        detect=True,
+        flush_interval=0.5,
+        retry_delay=1.0,
+        tetragon_namespace=tetragon_ns,
+    )
+
+
 @pytest.fixture(scope="module")
 def resolver() -> StaticResolver:
     """One per module: tests may change answers to exercise re-resolution."""

@@ -11,11 +11,9 @@ import orjson
 import pytest
 
 from agentdetect.controlplane import ControlPlane
-from agentdetect.reconcile import Config
-from agentdetect.resolve import StaticResolver
 from agentdetect.runner import OperatorThread
 from agentdetect.samples import kprobe_event
-from tests.integration.conftest import TEST_HOSTS
+from tests.integration.conftest import following_config
 from tests.integration.helpers import apply_profile, detection_of, temporary_namespace, wait_condition
 from tests.kwoknode import FakePod, KwokNode
 from tests.waiting import eventually
@@ -37,14 +35,7 @@ def following_operator(
     tetragon_ns: str,
     kwok_node: KwokNode,
 ) -> Iterator[OperatorThread]:
-    cfg = Config(
-        resolver=StaticResolver(TEST_HOSTS),
-        detect=True,
-        flush_interval=0.5,
-        retry_delay=1.0,
-        tetragon_namespace=tetragon_ns,
-    )
-    with OperatorThread(cfg, control_plane.kubeconfig) as op:
+    with OperatorThread(following_config(tetragon_ns), control_plane.kubeconfig) as op:
         yield op
 
 

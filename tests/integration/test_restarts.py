@@ -14,11 +14,9 @@ import orjson
 import pytest
 
 from agentdetect.controlplane import ControlPlane
-from agentdetect.reconcile import Config
-from agentdetect.resolve import StaticResolver
 from agentdetect.runner import OperatorThread
 from agentdetect.samples import kprobe_event
-from tests.integration.conftest import TEST_HOSTS
+from tests.integration.conftest import following_config
 from tests.integration.helpers import (
     apply_profile,
     detection_of,
@@ -39,14 +37,7 @@ def tetragon_ns(control_plane: ControlPlane) -> Iterator[str]:
 
 
 def _operator(control_plane: ControlPlane, tetragon_ns: str) -> OperatorThread:
-    cfg = Config(
-        resolver=StaticResolver(TEST_HOSTS),
-        detect=True,
-        flush_interval=0.5,
-        retry_delay=1.0,
-        tetragon_namespace=tetragon_ns,
-    )
-    return OperatorThread(cfg, control_plane.kubeconfig)
+    return OperatorThread(following_config(tetragon_ns), control_plane.kubeconfig)
 
 
 def test_counts_survive_restarts_rotation_and_a_new_tetragon_pod(
