@@ -291,14 +291,8 @@ def test_generated_profiles_render_within_tetragons_limits(cluster: bool) -> Non
 
     run()
     generated = len(RENDERED_PROFILES) - before
-    assert generated >= EXAMPLES // 2 * 0.9, f"only {generated} valid profiles generated"
-
-
-def test_at_least_a_thousand_profiles_were_generated() -> None:
-    """Runs after the two property tests in this module (definition order)."""
-    if len(RENDERED_PROFILES) < 1000:
-        pytest.skip("run with the property tests of this module")
-    print(f"{len(RENDERED_PROFILES)} generated profiles, {sum(RENDERED_PROFILES)} policies rendered")
+    # Both kinds together: at least 1,000 valid profiles rendered and judged.
+    assert generated >= 500, f"only {generated} valid {kind}s generated"
 
 
 def maximal_spec(cluster: bool, mode: str) -> dict[str, Any]:
