@@ -253,7 +253,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # urllib3 warns once per retry of every request: during an API server outage that is
     # hundreds of lines a minute. Our own messages say what failed, once a minute per kind.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    for flag in ("flush_interval", "resolve_interval", "policy_filter_budget"):
+    for flag in ("flush_interval", "resolve_interval", "policy_filter_budget", "peering_lifetime"):
         if getattr(args, flag) <= 0:
             raise CliError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     for flag in ("metrics_port", "health_port"):
@@ -279,6 +279,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         namespaces=args.namespace or None,
         peering=args.peering,
         priority=args.priority,
+        peering_lifetime=args.peering_lifetime,
         health_port=args.health_port or None,
         metrics_port=args.metrics_port or None,
         bind=args.bind,
@@ -454,6 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=_env_int("AGENTDETECT_PRIORITY", None),
         help="peering priority; the highest live peer is active (AGENTDETECT_PRIORITY; default random)",
+    )
+    p.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=_env_int("AGENTDETECT_PEERING_LIFETIME", 60),
+        help="seconds a replica that stopped renewing its peering entry (killed, partitioned) still "
+        "counts as live: the longest a failover waits (AGENTDETECT_PEERING_LIFETIME; default 60)",
     )
     p.add_argument(
         "--metrics-port",

@@ -186,7 +186,7 @@ def build_registry(
     return registry
 
 
-def settings_for(max_workers: int = 16) -> kopf.OperatorSettings:
+def settings_for(max_workers: int = 16, peering_lifetime: int = 60) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # Progress and the last-handled spec go in our annotations: the status schema is strict.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -197,4 +197,5 @@ def settings_for(max_workers: int = 16) -> kopf.OperatorSettings:
     # Our own Events say what happened; kopf's per-handler "succeeded" Events would only add writes.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = max_workers
+    settings.peering.lifetime = peering_lifetime
     return settings

@@ -58,6 +58,9 @@ class ServeOptions:
     #: Among peers the highest priority is active; equal priorities would pause them all, so
     #: replicas default to a random one.
     priority: int | None = None
+    #: Seconds a silent peer still counts as live (kopf's ``peering.lifetime``; it renews 5-10 s
+    #: before): how long a standby waits before it takes over from a replica that was killed.
+    peering_lifetime: int = 60
     #: Port of /healthz (kopf's liveness endpoint, also the readiness probe). None: off.
     health_port: int | None = None
     #: Port of /metrics. None: off.
@@ -120,7 +123,7 @@ async def serve(
     try:
         await kopf.operator(
             registry=runtime.registry,
-            settings=settings_for(),
+            settings=settings_for(peering_lifetime=options.peering_lifetime),
             standalone=options.peering is None,
             peering_name=options.peering,
             priority=options.priority,
