@@ -70,8 +70,14 @@ class _NetworkRules:
         if address.startswith(_MAPPED):
             # A dual-stack socket's IPv4 destination, as Tetragon prints it (netip's String of
             # an AF_INET6 address, pkg/reader/network/network.go); rendered as the IPv4 rule's
-            # twin (render.ipv4_mapped), so it belongs to that rule.
-            address = _unmapped(address)
+            # twin (render.ipv4_mapped), so it belongs to that rule, or else to an IPv6 rule
+            # whose range holds it as written (``::ffff:0:0/96``, or ``::/0``).
+            unmapped = _unmapped(address)
+            if unmapped != address:
+                return self._lookup(unmapped, port) or self._lookup(address, port)
+        return self._lookup(address, port)
+
+    def _lookup(self, address: str, port: int) -> str | None:
         for name, ports in self.exact.get(address, ()):
             if not ports or port in ports:
                 return name

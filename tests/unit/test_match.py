@@ -415,6 +415,37 @@ def test_ipv4_mapped_destinations_match_the_ipv4_rule() -> None:
         assert matcher.match(ev) == (None if rule is None else Match(key, rule))
 
 
+def test_an_ipv6_range_that_holds_mapped_addresses_matches_them_as_written() -> None:
+    """A user's ``::ffff:0:0/96`` (or ``::/0``) holds every mapped address as Tetragon prints it;
+    an IPv4 rule's twin still comes first."""
+    profile = parse_profile(
+        {
+            "kind": "AgentDetectionProfile",
+            "metadata": {"name": "dual", "namespace": "team"},
+            "spec": {
+                "network": {
+                    "destinations": [
+                        {"name": "gw", "cidrs": ["10.8.0.0/16"], "ports": [443]},
+                        {"name": "mapped", "cidrs": ["::ffff:0:0/96"], "ports": [443]},
+                    ]
+                }
+            },
+        }
+    )
+    matcher = _matcher(state_of(profile))
+    key: ProfileKey = ("AgentDetectionProfile", "team", "dual")
+    policy = policy_of(profile, "tcp_connect")
+    cases = (
+        ("::ffff:10.8.9.9", "gw"),
+        ("::ffff:10.9.0.1", "mapped"),
+        ("10.9.0.1", None),
+        ("2001:db8::1", None),
+    )
+    for address, rule in cases:
+        ev = event(policy=policy, hook="tcp_connect", namespace="team", target=address, port=443)
+        assert matcher.match(ev) == (None if rule is None else Match(key, rule)), address
+
+
 def test_cluster_profile_with_namespace_selector_maps_every_namespace_to_one_profile() -> None:
     profile = example("shells-in-production.yaml")
     namespaces = [
