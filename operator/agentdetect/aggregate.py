@@ -43,6 +43,28 @@ class StreamMark:
     to_skip: int = 0
 
 
+def _counted(marks: dict[str, StreamMark], stream: str, stamp_ns: int) -> bool:
+    """Whether a line at ``stamp_ns`` of ``stream`` is one the record already counts."""
+    mark = marks.get(stream)
+    if mark is None or stamp_ns > mark.through:
+        return False
+    if stamp_ns < mark.through:
+        return True
+    if mark.to_skip > 0:
+        mark.to_skip -= 1
+        return True
+    return False
+
+
+def _advance(marks: dict[str, StreamMark], stream: str, stamp_ns: int) -> None:
+    """The record now counts the line at ``stamp_ns`` too."""
+    mark = marks.get(stream)
+    if mark is None or stamp_ns > mark.through:
+        marks[stream] = StreamMark(stamp_ns)
+    else:
+        mark.at_through += 1
+
+
 @dataclass(slots=True)
 class PodDetections:
     workload: str
@@ -72,6 +94,8 @@ class HostDetections:
     example_target: str = ""
     example_hook: str = ""
     node: str = ""
+    #: Per Tetragon stream, how far the counts go (as PodDetections.streams).
+    streams: dict[str, StreamMark] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,39 +121,40 @@ class Aggregator:
         self.host_dirty: set[ProfileKey] = set()
 
     def add_at(self, event: Event, match: Match, stream: str, stamp_ns: int) -> None:
-        """``add`` for a line of a followed stream: a line at or before what the (profile, pod)
-        record already counts from that stream is not counted again."""
+        """``add`` for a line of a followed stream: a line at or before what the record (the
+        (profile, pod) AgentDetection, or the profile's host-process status) already counts
+        from that stream is not counted again."""
         if not event.pod:
-            self.add(event, match)
+            host = self.host.get(match.profile)
+            if host is not None and _counted(host.streams, stream, stamp_ns):
+                self.stats.already_counted += 1
+                return
+            self.add_host(event, match)
+            _advance(self.host[match.profile].streams, stream, stamp_ns)
             return
         key = (match.profile, event.namespace, event.pod)
         pod = self.pods.get(key)
-        mark = pod.streams.get(stream) if pod is not None else None
-        if pod is not None and pod.legacy and mark is None and event.time <= pod.last:
-            self.stats.already_counted += 1
-            return
-        if mark is not None:
-            if stamp_ns < mark.through:
+        if pod is not None:
+            if pod.legacy and stream not in pod.streams and event.time <= pod.last:
                 self.stats.already_counted += 1
                 return
-            if stamp_ns == mark.through and mark.to_skip > 0:
-                mark.to_skip -= 1
+            if _counted(pod.streams, stream, stamp_ns):
                 self.stats.already_counted += 1
                 return
         self.add(event, match)
         pod = self.pods.get(key)
         if pod is None:
             return  # over a cap: not counted, so no position either
-        mark = pod.streams.get(stream)
-        if mark is None or stamp_ns > mark.through:
-            pod.streams[stream] = StreamMark(stamp_ns)
-        else:
-            mark.at_through += 1
+        _advance(pod.streams, stream, stamp_ns)
 
     def restore(self, key: PodKey, pod: PodDetections) -> None:
         """Start from the record (an AgentDetection read back): counts go on from there."""
         if key not in self.pods and len(self.pods) < self.max_pods:
             self.pods[key] = pod
+
+    def restore_host(self, profile: ProfileKey, host: HostDetections) -> None:
+        """Start from the profile's status: host-process counts go on from there."""
+        self.host.setdefault(profile, host)
 
     def add_host(self, event: Event, match: Match) -> None:
         host = self.host.get(match.profile)

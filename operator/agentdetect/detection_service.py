@@ -7,9 +7,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from agentdetect.aggregate import Aggregator, PodDetections, PodKey
+from agentdetect.aggregate import Aggregator, HostDetections, PodDetections, PodKey
 from agentdetect.detect import Pipeline, ProfileBoard
-from agentdetect.detections import DetectionWriter, FlushResult, record_of
+from agentdetect.detections import DetectionWriter, FlushResult, host_record_of, record_of
 from agentdetect.kube import Cluster
 from agentdetect.match import ProfileKey
 from agentdetect.reconcile import Config
@@ -95,6 +95,7 @@ class DetectionService:
             return
         try:
             records = [r for r in (record_of(d) for d in self.cluster.list_detections()) if r is not None]
+            hosts = [h for h in (host_record_of(p) for p in self.cluster.list_profiles()) if h is not None]
         except Exception:  # without the records, counting from zero would overwrite them
             log.exception("reading AgentDetections failed; detection waits and tries again")
             if not self._stop.wait(self.cfg.retry_delay) and self._current(activation):
@@ -103,7 +104,7 @@ class DetectionService:
         with self._source_lock:
             if not self._current(activation):
                 return
-            self._restore(records)
+            self._restore(records, hosts)
             log.info("detection starts from %d AgentDetections", len(records))
             self.source = self._new_source()
             if self.source is not None:
@@ -132,11 +133,15 @@ class DetectionService:
                 return
             self._stop.wait(0.2)
 
-    def _restore(self, records: list[tuple[PodKey, PodDetections]]) -> None:
+    def _restore(
+        self, records: list[tuple[PodKey, PodDetections]], hosts: list[tuple[ProfileKey, HostDetections]]
+    ) -> None:
         """Load the records into a fresh aggregator and writer."""
         aggregator = Aggregator(self.cfg.max_pods, self.cfg.max_rules_per_pod)
         for key, pod in records:
             aggregator.restore(key, pod)
+        for profile, host in hosts:
+            aggregator.restore_host(profile, host)
         with self.pipeline.lock:
             self.pipeline.aggregator = aggregator
         self.writer = DetectionWriter(self.cluster, self.pipeline)

@@ -90,6 +90,45 @@ def record_of(obj: Mapping[str, Any]) -> tuple[PodKey, PodDetections] | None:
     return key, pod
 
 
+def host_record_of(body: Mapping[str, Any]) -> tuple[ProfileKey, HostDetections] | None:
+    """A profile's host-process counts read back from its status, as :func:`record_of` does
+    for an AgentDetection. None when it has none (or they cannot be read)."""
+    raw = ((body.get("status") or {}).get("detections") or {}).get("hostProcesses")
+    if not raw:
+        return None
+    try:
+        doc = HostProcessDetections.model_validate(raw)
+    except ValidationError:
+        return None
+    meta = body.get("metadata") or {}
+    key: ProfileKey = (str(body.get("kind")), meta.get("namespace"), str(meta.get("name")))
+    host = HostDetections(events=doc.events, first=doc.first_seen or "", last=doc.last_seen or "")
+    # Per-rule counts are not in the status; the rules stay listed, in their order.
+    host.rules = {r: 0 for r in doc.targets.split(", ") if r}
+    example = doc.example
+    if example.startswith("on ") and ": " in example:
+        host.node, _, example = example[3:].partition(": ")
+    for hook, verb in _VERBS.items():
+        binary, sep, target = example.partition(f" {verb} ")
+        if sep:
+            host.example_binary, host.example_target, host.example_hook = binary, target, hook
+            break
+    for s in doc.streams or []:
+        try:
+            through = parse_timestamp(s.through.encode())
+        except ValueError:
+            continue
+        host.streams[s.stream] = StreamMark(through, s.lines_at_through, s.lines_at_through)
+    return key, host
+
+
+def _stream_positions(streams: Mapping[str, StreamMark]) -> list[StreamPosition]:
+    return [
+        StreamPosition(stream=stream, through=_ns_to_rfc3339(mark.through), lines_at_through=mark.at_through)
+        for stream, mark in sorted(streams.items(), key=lambda kv: -kv[1].through)[:MAX_STREAMS]
+    ]
+
+
 def _by_count(pod: PodDetections) -> list[str]:
     """Rule names, most frequent first: the same order wherever targets are listed."""
     return [r for r, _ in sorted(pod.rules.items(), key=lambda kv: (-kv[1].count, kv[0]))]
@@ -120,12 +159,7 @@ def detection_object(key: PodKey, pod: PodDetections) -> AgentDetection:
             last_seen=pod.last or None,
             action="Killed" if any(s.killed for _, s in rules) else "Observed",
         ),
-        streams=[
-            StreamPosition(
-                stream=stream, through=_ns_to_rfc3339(mark.through), lines_at_through=mark.at_through
-            )
-            for stream, mark in sorted(pod.streams.items(), key=lambda kv: -kv[1].through)[:MAX_STREAMS]
-        ],
+        streams=_stream_positions(pod.streams),
         detections=[
             RuleDetection.model_validate(
                 {
@@ -153,6 +187,7 @@ def host_detections(host: HostDetections | None) -> HostProcessDetections | None
         last_seen=host.last or None,
         targets=", ".join(r for r, _ in sorted(host.rules.items(), key=lambda kv: (-kv[1], kv[0])))[:256],
         example=(f"on {host.node}: {example}" if host.node else example)[:512],
+        streams=_stream_positions(host.streams) or None,
     )
 
 

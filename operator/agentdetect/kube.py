@@ -184,14 +184,19 @@ class Cluster:
         )
         return list(_with_kind(resp, "AgentDetection"))
 
-    def profile_keys(self) -> set[tuple[str, str | None, str]]:
-        """(kind, namespace, name) of every profile that exists."""
-        out: set[tuple[str, str | None, str]] = set()
+    def list_profiles(self) -> list[dict[str, Any]]:
+        """Every profile of both kinds, each with its ``kind`` set."""
+        out: list[dict[str, Any]] = []
         for kind, plural in PROFILE_PLURALS.items():
             for item in _obj(self.custom.list_cluster_custom_object(GROUP, VERSION, plural)).get("items", []):
-                meta = item["metadata"]
-                out.add((kind, meta.get("namespace"), meta["name"]))
+                out.append({**item, "kind": kind})
         return out
+
+    def profile_keys(self) -> set[tuple[str, str | None, str]]:
+        """(kind, namespace, name) of every profile that exists."""
+        return {
+            (p["kind"], p["metadata"].get("namespace"), p["metadata"]["name"]) for p in self.list_profiles()
+        }
 
     def detection_profiles(self) -> set[tuple[str, str | None, str]]:
         """(kind, namespace, name) of every profile some AgentDetection names."""

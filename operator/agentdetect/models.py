@@ -606,6 +606,19 @@ class PodDetectionSummary(_Model):
     last_seen: str | None = Field(None, alias="lastSeen")
 
 
+class StreamPosition(_Model):
+    """How far into one Tetragon export stream this record goes."""
+
+    stream: str = Field(description="The Tetragon pod whose export-stdout log was read, as namespace/name.")
+    through: str = Field(
+        description="The kubelet timestamp (RFC 3339, nanoseconds) of the last line of that stream "
+        "counted here: after a restart, failover or reconnect, lines at or before it are not counted again."
+    )
+    lines_at_through: int = Field(
+        1, alias="linesAtThrough", description="How many counted lines carry exactly that timestamp."
+    )
+
+
 class HostProcessDetections(_Model):
     """Matches from processes outside any pod (hostProcesses, or an older policy without a pod
     selector): no Pod to own an AgentDetection, so they are summed here."""
@@ -615,6 +628,11 @@ class HostProcessDetections(_Model):
     last_seen: str | None = Field(None, alias="lastSeen", description="The latest such event.")
     targets: str = Field("", description="The rules that fired, most frequent first, comma-separated.")
     example: str = Field("", description="The latest occurrence: node, binary and what it did.")
+    streams: list[StreamPosition] | None = Field(
+        None,
+        max_length=8,
+        description="How far into each Tetragon export stream these counts go, as in an AgentDetection.",
+    )
 
 
 class ProfileDetections(_Model):
@@ -669,19 +687,6 @@ class ProfileStatus(_Model):
         default_factory=list, description="Hostnames resolved into the network policy, with their addresses."
     )
     detections: ProfileDetections | None = None
-
-
-class StreamPosition(_Model):
-    """How far into one Tetragon export stream this record goes."""
-
-    stream: str = Field(description="The Tetragon pod whose export-stdout log was read, as namespace/name.")
-    through: str = Field(
-        description="The kubelet timestamp (RFC 3339, nanoseconds) of the last line of that stream "
-        "counted here: after a restart, failover or reconnect, lines at or before it are not counted again."
-    )
-    lines_at_through: int = Field(
-        1, alias="linesAtThrough", description="How many counted lines carry exactly that timestamp."
-    )
 
 
 class AgentDetection(_Model):

@@ -513,3 +513,37 @@ def test_a_record_from_before_stream_positions_is_not_counted_again() -> None:
     for second in (1, 2, 3, 4):  # the log read again from its start, and one new line
         again.add_at(_ev(time=ts(second)), Match(P1, "openai"), "s", 1_000 + second)
     assert again.pods[_key()].rules["openai"].count == 4
+
+
+def test_host_process_counts_are_a_record_too() -> None:
+    """Matches outside any pod are summed in the profile's status; it carries stream positions
+    like an AgentDetection, so a restart (which reads the whole log again) counts none of them
+    twice, and the total goes on from the status. (A reconnect's overlap is the source's to drop.)"""
+    from agentdetect.detections import host_detections, host_record_of
+
+    agg = Aggregator()
+    for stamp in (10, 20, 20):
+        agg.add_at(
+            _ev(pod="", namespace="", time=ts(stamp)), Match(P2, "shells"), "kube-system/tetragon-a", stamp
+        )
+    assert agg.host[P2].events == 3
+
+    status = host_detections(agg.host[P2])
+    assert status is not None
+    body = {
+        "kind": P2[0],
+        "metadata": {"name": P2[2]},
+        "status": {"detections": {"hostProcesses": status.dump()}},
+    }
+    record = host_record_of(body)
+    assert record is not None and record[0] == P2
+    again = Aggregator()
+    again.restore_host(*record)
+    for stamp in (10, 20, 20, 30):  # the whole log again after a restart, and one new line
+        again.add_at(
+            _ev(pod="", namespace="", time=ts(stamp)), Match(P2, "shells"), "kube-system/tetragon-a", stamp
+        )
+    host = again.host[P2]
+    assert (host.events, host.first, host.last) == (4, ts(10), ts(30))
+    assert host_detections(host) is not None
+    assert host_record_of({"kind": P2[0], "metadata": {"name": "x"}, "status": {}}) is None

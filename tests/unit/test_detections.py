@@ -612,8 +612,8 @@ def test_an_overtaken_activation_starts_no_second_source() -> None:
     class Waiting(FakeCluster):
         lists = 0
 
-        def profile_keys(self) -> set[tuple[str, str | None, str]]:
-            return set()
+        def list_profiles(self) -> list[dict[str, Any]]:
+            return []
 
         def list_detections(self) -> list[dict[str, Any]]:
             Waiting.lists += 1
