@@ -319,6 +319,17 @@ class KwokNode:
             self._api.close()
             self._api = None
 
+    def restart(self, down_for: float = 0.0) -> None:
+        """kwok stopped and started again, as a kubelet restart: every followed log stream it
+        serves ends; pods and their log files stay."""
+        if self.process is None:
+            raise KwokError("this kwok node was not started")
+        self.process.stop()
+        time.sleep(down_for)
+        self.process.start()
+        _wait(self._healthy, self.start_timeout, f"kwok /healthz on port {self.port}", self._alive)
+        _wait(self._node_ready, self.start_timeout, f"Node {self.name} Ready", self._alive)
+
     def _alive(self) -> None:
         code = self.process.exited() if self.process else None
         if code is not None:

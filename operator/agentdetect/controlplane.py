@@ -171,6 +171,24 @@ class ControlPlane:
         if self._owns_workdir and self.workdir is not None and not os.environ.get("AGENTDETECT_KEEP_CP"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def restart(self, name: str, down_for: float = 0.0) -> float:
+        """Stop one component (SIGTERM), keep it down ``down_for`` seconds, start it again on the
+        same port and data; returns the seconds until it answered again. For fault tests: an
+        API server restart ends every watch and every proxied log stream."""
+        proc = next((p for p in self.processes if p.name == name), None)
+        if proc is None:
+            raise ControlPlaneError(f"no component named {name!r}")
+        proc.stop()
+        time.sleep(down_for)
+        began = time.monotonic()
+        proc.start()
+        probes = {
+            "etcd": lambda: _http_json_ok(f"{self.etcd_url}/health", "health"),
+            "kube-apiserver": lambda: self._get_ok(f"{self.server}/readyz"),
+        }
+        self._wait(proc, probes.get(name, lambda: True), "ready again after a restart")
+        return time.monotonic() - began
+
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p.pid is not None]
