@@ -10,7 +10,7 @@ from collections.abc import Callable
 from agentdetect.aggregate import Aggregator, HostDetections, PodDetections, PodKey
 from agentdetect.detect import Pipeline, ProfileBoard
 from agentdetect.detections import DetectionWriter, FlushResult, host_record_of, record_of
-from agentdetect.kube import Cluster
+from agentdetect.kube import Cluster, ProfileVersion
 from agentdetect.match import ProfileKey
 from agentdetect.reconcile import Config
 from agentdetect.sources import TetragonLogSource
@@ -36,7 +36,7 @@ class DetectionService:
         cfg: Config,
         follow_logs: bool = True,
         gate: Callable[[], bool] | None = None,
-        settled: Callable[[], set[ProfileKey]] | None = None,
+        settled: Callable[[], set[ProfileVersion]] | None = None,
         settle_timeout: float = 120.0,
     ) -> None:
         self.cfg = cfg
@@ -117,10 +117,10 @@ class DetectionService:
         deadline = time.monotonic() + self.settle_timeout
         while self._current(activation):
             try:
-                missing = self.cluster.profile_keys() - self.settled()
+                missing = self.cluster.profile_versions() - self.settled()
             except Exception:  # the API server may be briefly away; keep waiting
                 log.warning("listing profiles failed while waiting for them to be reconciled")
-                missing = {("?", None, "?")}
+                missing = {("?", None, "?", "", 0)}
             if not missing:
                 return
             if time.monotonic() > deadline:

@@ -6,7 +6,7 @@ import datetime
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,16 @@ class ObjectKey:
 def key_of(obj: dict[str, Any]) -> ObjectKey:
     meta = obj["metadata"]
     return ObjectKey(obj["kind"], meta.get("namespace"), meta["name"])
+
+
+#: (kind, namespace, name, uid, generation): one version of one profile.
+ProfileVersion = tuple[str, str | None, str, str, int]
+
+
+def profile_version(body: Mapping[str, Any]) -> ProfileVersion:
+    meta = body["metadata"]
+    uid, generation = meta.get("uid") or "", meta.get("generation") or 0
+    return (body["kind"], meta.get("namespace"), meta["name"], uid, generation)
 
 
 class Cluster:
@@ -192,11 +202,9 @@ class Cluster:
                 out.append({**item, "kind": kind})
         return out
 
-    def profile_keys(self) -> set[tuple[str, str | None, str]]:
-        """(kind, namespace, name) of every profile that exists."""
-        return {
-            (p["kind"], p["metadata"].get("namespace"), p["metadata"]["name"]) for p in self.list_profiles()
-        }
+    def profile_versions(self) -> set[ProfileVersion]:
+        """(kind, namespace, name, uid, generation) of every profile that exists."""
+        return {profile_version(p) for p in self.list_profiles()}
 
     def detection_profiles(self) -> set[tuple[str, str | None, str]]:
         """(kind, namespace, name) of every profile some AgentDetection names."""

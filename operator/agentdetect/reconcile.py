@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentdetect.detect import ProfileBoard
-from agentdetect.kube import Cluster, ObjectKey, key_of, owner_reference
+from agentdetect.kube import Cluster, ObjectKey, ProfileVersion, key_of, owner_reference
 from agentdetect.match import ProfileState
 from agentdetect.models import ClusterProfileSpec, Mode, ProfileSpec, ResolvedDestination
 from agentdetect.render import (
@@ -276,16 +276,17 @@ class Reconciler:
         self.desired: dict[ObjectKey, dict[str, Any]] = {}
         #: Cluster profiles with a namespace selector, and the namespaces they currently render into.
         self.cluster_selections: dict[str, tuple[ClusterProfileSpec, set[str]]] = {}
-        #: Profiles reconciled at least once since start, whatever the outcome: detection waits
-        #: for all of them before it reads events (DetectionService).
-        self._settled: set[tuple[str, str | None, str]] = set()
+        #: Per profile, the (uid, generation) last reconciled, whatever the outcome: detection
+        #: waits until every profile's current one is (DetectionService). Versions, not names:
+        #: a replica back from standby has stale entries for profiles changed meanwhile.
+        self._settled: dict[tuple[str, str | None, str], tuple[str, int]] = {}
         #: UIDs of profiles deleted: a reconcile of one that was waiting for the lock (a
         #: re-resolution, a late update) does nothing, so it cannot publish the profile again.
         self._forgotten: set[str] = set()
 
-    def settled_keys(self) -> set[tuple[str, str | None, str]]:
+    def settled_versions(self) -> set[ProfileVersion]:
         with self._locks_guard:
-            return set(self._settled)
+            return {(*key, uid, generation) for key, (uid, generation) in self._settled.items()}
 
     def policy_filter_policies(self) -> int:
         """How many of the policies this operator owns take a slot in Tetragon's policy filter."""
@@ -300,7 +301,7 @@ class Reconciler:
         profile's lock: a reconcile in flight (a re-resolution) must not publish it again."""
         with self._lock(kind, namespace, name):
             with self._locks_guard:
-                self._settled.discard((kind, namespace, name))
+                self._settled.pop((kind, namespace, name), None)
             if kind == "ClusterAgentDetectionProfile":
                 self.cluster_selections.pop(name, None)
             self.board.remove((kind, namespace, name))
@@ -341,7 +342,10 @@ class Reconciler:
                 if not within and (old_budget is None or old_budget.get("reason") != reason):
                     self.emit(dict(body), "Warning", reason, message)
             with self._locks_guard:
-                self._settled.add((body["kind"], meta.get("namespace"), meta["name"]))
+                self._settled[(body["kind"], meta.get("namespace"), meta["name"])] = (
+                    meta.get("uid") or "",
+                    meta.get("generation") or 0,
+                )
             changed = {k: v for k, v in new_status.items() if status.get(k) != v}
             if changed:
                 self.cluster.patch_status(body["kind"], meta["name"], meta.get("namespace"), changed)

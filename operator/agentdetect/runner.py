@@ -82,7 +82,7 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
         peering_ns = options.namespaces[0] if options.namespaces else None
         gate = PeeringGate(cluster.api, options.peering, options.priority, peering_ns)
     detection = (
-        DetectionService(cluster, reconciler.board, cfg, gate=gate, settled=reconciler.settled_keys)
+        DetectionService(cluster, reconciler.board, cfg, gate=gate, settled=reconciler.settled_versions)
         if cfg.detect
         else None
     )

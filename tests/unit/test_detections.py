@@ -630,3 +630,39 @@ def test_an_overtaken_activation_starts_no_second_source() -> None:
     release.set()
     assert service.begun.wait(10)
     assert service._activation == 2 and Waiting.lists == 2
+
+
+def test_detection_waits_for_the_current_version_of_every_profile() -> None:
+    """A replica back from standby reconciled a profile once, but it changed meanwhile: its
+    events would be matched against the old rules, so detection waits for this generation."""
+    import time
+
+    from agentdetect.detection_service import DetectionService
+    from agentdetect.kube import ProfileVersion
+    from agentdetect.reconcile import Config
+    from agentdetect.resolve import StaticResolver
+
+    meta = {"name": "p", "namespace": "t", "uid": "u1", "generation": 2}
+    profile = {"kind": "AgentDetectionProfile", "metadata": meta}
+    settled: set[ProfileVersion] = {("AgentDetectionProfile", "t", "p", "u1", 1)}
+
+    class Profiles(FakeCluster):
+        def list_profiles(self) -> list[dict[str, Any]]:
+            return [profile]
+
+        def list_detections(self) -> list[dict[str, Any]]:
+            return []
+
+    service = DetectionService(
+        Profiles(),
+        ProfileBoard(),
+        Config(resolver=StaticResolver({})),
+        follow_logs=False,
+        settled=lambda: set(settled),
+    )
+    service._begin_soon()
+    time.sleep(0.6)
+    assert not service.begun.is_set()
+    settled.add(("AgentDetectionProfile", "t", "p", "u1", 2))
+    assert service.begun.wait(5)
+    service._stop.set()
