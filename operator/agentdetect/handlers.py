@@ -186,6 +186,27 @@ def build_registry(
     return registry
 
 
+#: Handlers that run on every watch event of their kind (every pod in the cluster, every
+#: namespace): kopf logs each run at INFO, which is noise; failures are still logged.
+WATCH_EVENT_HANDLERS = ("pod-deleted", "profile-deleted", "policy-drift", "namespace-selection")
+
+
+class QuietWatchEventHandlers(logging.Filter):
+    """Drops kopf's "Handler 'pod-deleted' succeeded." lines for :data:`WATCH_EVENT_HANDLERS`."""
+
+    _quiet = frozenset(f"Handler {hid!r} succeeded." for hid in WATCH_EVENT_HANDLERS)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.INFO and record.getMessage() in self._quiet)
+
+
+def quiet_kopf_logs() -> None:
+    """Idempotent: installs the filter on kopf's per-object logger once."""
+    logger = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietWatchEventHandlers) for f in logger.filters):
+        logger.addFilter(QuietWatchEventHandlers())
+
+
 def settings_for(max_workers: int = 16, peering_lifetime: int = 60) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # Progress and the last-handled spec go in our annotations: the status schema is strict.

@@ -17,7 +17,7 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from agentdetect.detection_service import DetectionService
-from agentdetect.handlers import build_registry, settings_for
+from agentdetect.handlers import build_registry, quiet_kopf_logs, settings_for
 from agentdetect.kube import Cluster
 from agentdetect.metrics import Metrics
 from agentdetect.peering import PeeringGate
@@ -91,6 +91,7 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
     if detection is not None:
         metrics.watch_detection(detection)
     registry = build_registry(reconciler, detection, metrics)
+    quiet_kopf_logs()
     kubeconfig_path = str(kubeconfig) if kubeconfig else None
 
     @kopf.on.login(registry=registry)

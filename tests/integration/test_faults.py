@@ -58,3 +58,16 @@ def test_the_check_sees_a_miscount(faults_lab: Lab) -> None:
     assert (faults_lab.check().lost, faults_lab.check().doubled) == (2, 0)
     faults_lab.truth[key] -= 2
     assert faults_lab.check().clean
+
+
+def test_the_operators_were_quiet_through_it_all(faults_lab: Lab) -> None:
+    """Every operator of the suite, as its own process: no traceback, and none of kopf's INFO
+    line per watch event ("Handler 'pod-deleted' succeeded." on every pod event in the cluster)."""
+    from agentdetect.handlers import WATCH_EVENT_HANDLERS
+
+    assert len(faults_lab.operators) >= 3
+    for op in faults_lab.operators:
+        text = op.output()
+        assert "Traceback" not in text, text[-3000:]
+        for hid in WATCH_EVENT_HANDLERS:
+            assert f"Handler '{hid}' succeeded." not in text
