@@ -1,7 +1,7 @@
 """Faults: what an operator lives through, and whether the records and policies come out right.
 
 Run: PYTHONPATH=. .venv/bin/python bench/faults.py [--profiles 200] [--namespaces 10]
-     [--peering-lifetime 60] [--only SCENARIO ...]
+     [--peering-lifetime 20] [--only SCENARIO ...]
 
 One embedded control plane (kube-apiserver, etcd, kube-controller-manager), kwok as the node
 that runs the pods and serves a Tetragon pod's ``export-stdout`` log through the API server,
@@ -18,7 +18,8 @@ Each scenario injects one fault, keeps writing through it, and then measures:
   host-process profile's status count, summed;
 - orphaned records (an AgentDetection whose profile is gone), missing policies (a policy a
   profile lists but the API server lacks, or a cluster policy selecting the wrong
-  namespaces), orphaned policies (one of ours no live profile lists).
+  namespaces), orphaned policies (one of ours no live profile lists);
+- what the operators logged meanwhile at warning or above, and how many tracebacks.
 
 The same scenarios run small in ``tests/integration/test_faults.py``, which asserts zeros.
 """
@@ -118,6 +119,9 @@ class Result:
     converged_s: float | None
     check: Check
     note: str = ""
+    #: Lines the operators logged at warning or above during the scenario, and tracebacks.
+    warnings: int = 0
+    tracebacks: int = 0
 
 
 @dataclass
@@ -128,7 +132,7 @@ class Lab:
     kwok: KwokNode
     workdir: Path
     namespaces: int = 10
-    peering_lifetime: int = 60
+    peering_lifetime: int = 20
     converge_timeout: float = 300.0
     #: Events written per policy per round, and the pause between rounds.
     per_round: int = 1
@@ -473,9 +477,17 @@ class Lab:
 
     def run(self, scenario: str, profiles: int) -> Result:
         begin_truth = sum(self.truth.values())
+        offsets = {op.log: op.log.stat().st_size for op in self.operators if op.log.exists()}
         since, note = getattr(self, "_" + scenario.replace("-", "_"))(profiles)
         converged, check = self.converge(since)
-        return Result(scenario, sum(self.truth.values()) - begin_truth, converged, check, note)
+        result = Result(scenario, sum(self.truth.values()) - begin_truth, converged, check, note)
+        for op in self.operators:
+            with op.log.open("rb") as fh:
+                fh.seek(offsets.get(op.log, 0))
+                for line in fh:
+                    result.warnings += b'"severity": "warning"' in line or b'"severity": "error"' in line
+                    result.tracebacks += b"Traceback" in line
+        return result
 
     def _current(self) -> OperatorProcess:
         live = [op for op in self.operators if op.proc is not None and op.proc.poll() is None]
@@ -667,15 +679,15 @@ def lab(
 def print_table(results: list[Result]) -> None:
     print(
         "| scenario | events written | converged (s) | lost | double-counted | orphaned records "
-        "| missing policies | orphaned policies | fault |"
+        "| missing policies | orphaned policies | warnings logged (tracebacks) | fault |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         c = r.check
         conv = f"{r.converged_s:.1f}" if r.converged_s is not None else "not converged"
         print(
             f"| {r.scenario} | {r.events:,} | {conv} | {c.lost} | {c.doubled} | {c.orphaned_records} "
-            f"| {c.missing_policies} | {c.orphaned_policies} | {r.note} |"
+            f"| {c.missing_policies} | {c.orphaned_policies} | {r.warnings} ({r.tracebacks}) | {r.note} |"
         )
 
 
@@ -683,7 +695,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", type=int, default=200, help="created in the burst; operations in churn")
     parser.add_argument("--namespaces", type=int, default=10)
-    parser.add_argument("--peering-lifetime", type=int, default=60, help="the operator's default is 60")
+    parser.add_argument("--peering-lifetime", type=int, default=20, help="the operator's default, 20")
     parser.add_argument(
         "--only", nargs="*", choices=SCENARIOS, help="these scenarios (the burst always runs)"
     )

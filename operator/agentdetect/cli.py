@@ -459,9 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--peering-lifetime",
         type=int,
-        default=_env_int("AGENTDETECT_PEERING_LIFETIME", 60),
+        default=_env_int("AGENTDETECT_PEERING_LIFETIME", 20),
         help="seconds a replica that stopped renewing its peering entry (killed, partitioned) still "
-        "counts as live: the longest a failover waits (AGENTDETECT_PEERING_LIFETIME; default 60)",
+        "counts as live: the longest a failover waits (AGENTDETECT_PEERING_LIFETIME; default 20)",
     )
     p.add_argument(
         "--metrics-port",

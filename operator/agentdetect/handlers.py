@@ -207,7 +207,7 @@ def quiet_kopf_logs() -> None:
         logger.addFilter(QuietWatchEventHandlers())
 
 
-def settings_for(max_workers: int = 16, peering_lifetime: int = 60) -> kopf.OperatorSettings:
+def settings_for(max_workers: int = 16, peering_lifetime: int = 20) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # Progress and the last-handled spec go in our annotations: the status schema is strict.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

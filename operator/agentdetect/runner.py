@@ -60,7 +60,7 @@ class ServeOptions:
     priority: int | None = None
     #: Seconds a silent peer still counts as live (kopf's ``peering.lifetime``; it renews 5-10 s
     #: before): how long a standby waits before it takes over from a replica that was killed.
-    peering_lifetime: int = 60
+    peering_lifetime: int = 20
     #: Port of /healthz (kopf's liveness endpoint, also the readiness probe). None: off.
     health_port: int | None = None
     #: Port of /metrics. None: off.
