@@ -7,13 +7,16 @@ import threading
 import time
 from collections.abc import Callable
 
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
 from agentdetect.aggregate import Aggregator, HostDetections, PodDetections, PodKey
 from agentdetect.detect import Pipeline, ProfileBoard
 from agentdetect.detections import DetectionWriter, FlushResult, host_record_of, record_of
 from agentdetect.kube import Cluster, ProfileVersion
 from agentdetect.match import ProfileKey
 from agentdetect.reconcile import Config
-from agentdetect.sources import TetragonLogSource
+from agentdetect.sources import RateLimitedLog, TetragonLogSource
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class DetectionService:
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="agentdetect-flush", daemon=True)
         self.last_flush = FlushResult()
+        self._failures = RateLimitedLog(log)
 
     def _new_source(self) -> TetragonLogSource | None:
         if not self.follow_logs:
@@ -96,8 +100,11 @@ class DetectionService:
         try:
             records = [r for r in (record_of(d) for d in self.cluster.list_detections()) if r is not None]
             hosts = [h for h in (host_record_of(p) for p in self.cluster.list_profiles()) if h is not None]
-        except Exception:  # without the records, counting from zero would overwrite them
-            log.exception("reading AgentDetections failed; detection waits and tries again")
+        except Exception as exc:  # without the records, counting from zero would overwrite them
+            reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
+            self._failures.warning(
+                "records", "reading AgentDetections failed (%s); detection waits and tries again", reason
+            )
             if not self._stop.wait(self.cfg.retry_delay) and self._current(activation):
                 self._begin_soon()
             return
@@ -180,8 +187,13 @@ class DetectionService:
     def flush(self) -> FlushResult:
         try:
             self.last_flush = self.writer.flush()
-        except Exception:  # the next flush retries; a failed flush must not end the loop
-            log.exception("flushing detections failed")
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # The API server is away: the next flush retries. Once a minute, without a traceback.
+            reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
+            self._failures.warning("flush", "writing detections failed (%s); retrying each flush", reason)
+        except Exception:  # a bug: the next flush retries; a failed flush must not end the loop
+            if self._failures.allow("flush-bug"):
+                log.exception("flushing detections failed")
         return self.last_flush
 
     def _flush_loop(self) -> None:

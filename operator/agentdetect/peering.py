@@ -17,6 +17,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from agentdetect.sources import RateLimitedLog
+
 log = logging.getLogger(__name__)
 
 
@@ -25,11 +27,16 @@ def _parse(stamp: str) -> datetime.datetime:
     return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 
 
-def active_among(peers: Mapping[str, Any], priority: int, now: datetime.datetime) -> bool:
-    """True when kopf has announced us (a live entry with our priority) and no other live peer
-    has a higher or equal priority (equal ones all pause in kopf). ``peers`` is the peering
-    object's status: identity -> {priority, lifetime, lastseen}. Waiting for our own entry
-    keeps two replicas starting together from both being active until they see each other."""
+def active_among(
+    peers: Mapping[str, Any], priority: int, now: datetime.datetime, announced: bool = False
+) -> tuple[bool, bool]:
+    """(active, ours_seen). Active when no other live peer has a higher or equal priority
+    (equal ones all pause in kopf) and kopf has announced us: a live entry with our priority
+    now, or one seen before (``announced``). ``peers`` is the peering object's status:
+    identity -> {priority, lifetime, lastseen}. Waiting for our own first entry keeps two
+    replicas starting together from both being active until they see each other; after that,
+    our own entry going stale (kopf could not renew it through an API server outage) does not
+    pause us, as it does not pause kopf: only a live peer that outranks us does."""
     ours_seen = False
     for info in peers.values():
         if not isinstance(info, Mapping):
@@ -47,8 +54,8 @@ def active_among(peers: Mapping[str, Any], priority: int, now: datetime.datetime
             ours_seen = True  # the first live entry at our priority is taken to be us
             continue
         if their >= priority:
-            return False
-    return ours_seen
+            return False, ours_seen
+    return ours_seen or announced, ours_seen
 
 
 class PeeringGate:
@@ -64,6 +71,9 @@ class PeeringGate:
         self.ttl = ttl
         self._checked = float("-inf")
         self._active = False
+        #: kopf has listed us in the peering object at least once.
+        self._announced = False
+        self._failures = RateLimitedLog(log)
 
     def __call__(self) -> bool:
         if time.monotonic() - self._checked < self.ttl:
@@ -77,11 +87,16 @@ class PeeringGate:
                 obj = self.custom.get_namespaced_custom_object(
                     "kopf.dev", "v1", self.namespace, "kopfpeerings", self.name
                 )
-        except ApiException as exc:
-            log.warning("reading peering %s failed: %s; staying %s", self.name, exc.reason, self._state())
+        except Exception as exc:  # an API server away (refused, 5xx): keep the role we have
+            reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
+            self._failures.warning(
+                "peering", "reading peering %s failed: %s; staying %s", self.name, reason, self._state()
+            )
             return self._active
         peers = (obj.get("status") or {}) if isinstance(obj, dict) else {}
-        active = active_among(peers, self.priority, datetime.datetime.now(datetime.UTC))
+        now = datetime.datetime.now(datetime.UTC)
+        active, ours_seen = active_among(peers, self.priority, now, self._announced)
+        self._announced = self._announced or ours_seen
         if active != self._active:
             log.info("peering %s: this replica is now %s", self.name, "active" if active else "standby")
         self._active, self._checked = active, time.monotonic()

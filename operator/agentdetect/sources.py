@@ -128,14 +128,24 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def warning(self, cls: str, message: str, *args: Any) -> None:
+    def _take(self, cls: str) -> int | None:
+        """None while ``cls`` was logged within the interval; else how many were held back."""
         now = time.monotonic()
         with self._lock:
             if now - self._last.get(cls, -1e18) < self.interval:
                 self._suppressed[cls] = self._suppressed.get(cls, 0) + 1
-                return
+                return None
             self._last[cls] = now
-            suppressed = self._suppressed.pop(cls, 0)
+            return self._suppressed.pop(cls, 0)
+
+    def allow(self, cls: str) -> bool:
+        """For a caller that logs itself (with a traceback): whether it may now."""
+        return self._take(cls) is not None
+
+    def warning(self, cls: str, message: str, *args: Any) -> None:
+        suppressed = self._take(cls)
+        if suppressed is None:
+            return
         suffix = f" ({suppressed} more like it in the last {self.interval:.0f}s)" if suppressed else ""
         self.logger.warning(message + suffix, *args)
 

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 
-from agentdetect.peering import active_among
+from agentdetect.peering import active_among as _active_among
 
 NOW = datetime.datetime(2026, 11, 24, 2, 0, 0, tzinfo=datetime.UTC)
+
+
+def active_among(
+    peers: Mapping[str, object], priority: int, now: datetime.datetime, announced: bool = False
+) -> bool:
+    return _active_among(peers, priority, now, announced)[0]
 
 
 def peer(priority: int, seconds_ago: float = 1, lifetime: int = 60) -> dict[str, object]:
@@ -44,3 +51,14 @@ def test_kopf_timestamps_and_garbage_are_handled() -> None:
         "not-a-dict": "x",
     }
     assert active_among(peers, 7, NOW)
+
+
+def test_our_own_entry_going_stale_does_not_pause_us_once_announced() -> None:
+    """Through an API server outage kopf cannot renew our entry; kopf does not pause for that,
+    so neither does detection (a pause there dropped what it had read but not yet written)."""
+    stale = {"me": peer(100, seconds_ago=61)}
+    assert _active_among(stale, 100, NOW, announced=False) == (False, False)
+    assert _active_among(stale, 100, NOW, announced=True) == (True, False)
+    assert _active_among({"me": peer(100)}, 100, NOW) == (True, True)
+    # A live peer that outranks us still does.
+    assert not active_among({**stale, "other": peer(200)}, 100, NOW, announced=True)
