@@ -13,7 +13,7 @@ fi
 
 # Build (minutes, once) or reuse the control-plane binaries and kwok (a fake kubelet serving
 # pod logs) before the clock of any test starts.
-"$venv/bin/agentdetect" binaries --kwok --helm >/dev/null
+"$venv/bin/agentdetect" binaries --kwok --helm --prometheus >/dev/null
 
 # Tetragon as the judge: its real CRDs (v1.7.0 for the API server, both supported releases
 # for the schema dry runs) and tpjudge, its own policy checks, when ../shared has them.

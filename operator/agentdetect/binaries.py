@@ -292,6 +292,50 @@ def ensure_helm(version: str = HELM_VERSION, *, quiet: bool = False) -> Path:
     return _go_install(HELM_PACKAGE, version, quiet=quiet)
 
 
+#: Debian's package: prometheus and promtool, static Go binaries. Unpacked, never installed,
+#: so no service starts and no root is needed beyond what apt-get download asks.
+PROMETHEUS_PACKAGE = "prometheus"
+
+
+def ensure_prometheus(*, quiet: bool = False) -> tuple[Path, Path]:
+    """(prometheus, promtool): ``PROMETHEUS`` and ``PROMTOOL`` if set; else Debian's package,
+    downloaded once with ``apt-get download`` and unpacked into the cache."""
+    if os.environ.get("PROMETHEUS") and os.environ.get("PROMTOOL"):
+        return Path(os.environ["PROMETHEUS"]), Path(os.environ["PROMTOOL"])
+    dest = cache_root() / "prometheus-debian"
+    found = (dest / "prometheus", dest / "promtool")
+    if all(os.access(b, os.X_OK) for b in found):
+        return found
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise BinariesError(
+                f"`{tool}` is not on PATH: Debian's prometheus package cannot be fetched; set PROMETHEUS "
+                "and PROMTOOL to a prometheus and a promtool binary"
+            )
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / ".prometheus-debian.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if all(os.access(b, os.X_OK) for b in found):
+            return found
+        log = dest.parent / "fetch-prometheus-debian.log"
+        log.write_text("")
+        if not quiet:
+            print(f"agentdetect: fetching Debian's {PROMETHEUS_PACKAGE} package into {dest}", file=sys.stderr)
+        work = Path(tempfile.mkdtemp(prefix="prometheus-deb-", dir=dest.parent))
+        try:
+            _run(["apt-get", "download", PROMETHEUS_PACKAGE], work, log)
+            (deb,) = work.glob(f"{PROMETHEUS_PACKAGE}_*.deb")
+            _run(["dpkg-deb", "-x", str(deb), str(work / "root")], work, log)
+            for binary in found:
+                (work / "root" / "usr" / "bin" / binary.name).rename(binary)
+            (dest / "VERSION").write_text(deb.name.split("_")[1] + "\n")
+        except ValueError:
+            raise BinariesError(f"apt-get download {PROMETHEUS_PACKAGE} fetched no package; see {log}") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return found
+
+
 def _go_install(package: str, version: str, *, quiet: bool = False) -> Path:
     """``go install package@version`` into the cache, once (concurrent runs wait and reuse)."""
     name = package.rsplit("/", 1)[1]

@@ -309,6 +309,8 @@ def _cmd_binaries(args: argparse.Namespace) -> int:
         print(binaries.ensure_kwok().binary)
     if args.helm:
         print(binaries.ensure_helm())
+    if args.prometheus:
+        print(*binaries.ensure_prometheus(), sep="\n")
     return 0
 
 
@@ -501,6 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--kwok", action="store_true", help="also kwok (a fake kubelet the tests use for pod logs)"
     )
     p.add_argument("--helm", action="store_true", help="also helm (the chart tests use it)")
+    p.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also prometheus and promtool, from Debian's package (the alert and dashboard tests use them)",
+    )
     p.set_defaults(func=_cmd_binaries)
 
     p = sub.add_parser(

@@ -112,6 +112,9 @@ def build_registry(
             outcome = reconciler.reconcile(body)
             record.ready, record.reason = outcome.ready, outcome.reason
             record.applied, record.pruned = outcome.applied, outcome.pruned
+        if outcome.reason != "Deleted":
+            meta = body["metadata"]
+            metrics.set_ready((body["kind"], meta.get("namespace"), meta["name"]), outcome.ready)
         return outcome
 
     def reconcile(body: kopf.Body) -> None:
@@ -146,6 +149,7 @@ def build_registry(
         def profile_event(type: str | None, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
             if type == "DELETED":
                 reconciler.forget(_kind, body.metadata.name or "", body.metadata.namespace, body.metadata.uid)
+                metrics.forget_profile((_kind, body.metadata.namespace, body.metadata.name or ""))
                 if detection is not None:
                     detection.profile_deleted((_kind, body.metadata.namespace, body.metadata.name or ""))
 

@@ -3,11 +3,18 @@
 Reconcile metrics are updated where reconciles happen (a handful per minute). Everything
 on the per-event path is read from the pipeline's own counters at scrape time instead, so
 a million events cost nothing extra: the hot loop already keeps those counts.
+
+Label names never clash with the labels a scrape adds to every series of a target (the
+Prometheus Operator's ``namespace``, ``pod``, ``service``, ``container``, ``endpoint``,
+plus ``job`` and ``instance``): with ``honorLabels: false`` Prometheus would rename ours to
+``exported_*``. So a profile's namespace is ``profile_namespace`` and a workload pod is
+``pod_namespace``/``pod_name``.
 """
 
 from __future__ import annotations
 
 import heapq
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,7 +73,7 @@ class DetectionCollector(Collector):
         detections = CounterMetricFamily(
             "agentdetect_detection_events",
             "Events that matched a profile's rule and were stored (see agentdetect_detections_dropped).",
-            labels=["kind", "namespace", "profile", "rule"],
+            labels=["kind", "profile_namespace", "profile", "rule"],
         )
         for ((kind, namespace, profile), rule), n in sorted(
             totals.items(), key=lambda kv: (kv[0][0][0], kv[0][0][1] or "", kv[0][0][2], kv[0][1])
@@ -76,7 +83,7 @@ class DetectionCollector(Collector):
         host = CounterMetricFamily(
             "agentdetect_host_process_events",
             "Events that matched a profile's rule from processes outside any pod (hostProcesses).",
-            labels=["kind", "namespace", "profile"],
+            labels=["kind", "profile_namespace", "profile"],
         )
         for (kind, namespace, profile), n in sorted(host_totals.items(), key=lambda kv: str(kv[0])):
             host.add_metric([kind, namespace or "", profile], n)
@@ -87,10 +94,10 @@ class DetectionCollector(Collector):
         busiest = GaugeMetricFamily(
             "agentdetect_top_pod_events",
             f"Events counted for the {TOP_PODS} (profile, pod) entries with the most, while in memory.",
-            labels=["namespace", "pod", "profile"],
+            labels=["pod_namespace", "pod_name", "kind", "profile_namespace", "profile"],
         )
-        for ((_, _, profile), namespace, pod), events in top_pods:
-            busiest.add_metric([namespace, pod, profile], events)
+        for ((kind, profile_ns, profile), namespace, pod), events in top_pods:
+            busiest.add_metric([namespace, pod, kind, profile_ns or "", profile], events)
         yield busiest
         dropped = CounterMetricFamily(
             "agentdetect_detections_dropped", "Events not stored because a cap was reached.", labels=["cap"]
@@ -116,6 +123,39 @@ class DetectionCollector(Collector):
             "Tetragon pods whose log is followed.",
             value=len(source.states) if source is not None else 0,
         )
+        yield GaugeMetricFamily(
+            "agentdetect_detection_active",
+            "1 on the replica that follows Tetragon and writes detections (once it has read the "
+            "records back), 0 on a standby.",
+            value=1 if self.service.active and self.service.begun.is_set() else 0,
+        )
+
+
+#: A profile's Ready condition, as cert-manager's certmanager_certificate_ready_status.
+READY_CONDITIONS = ("True", "False", "Unknown")
+
+
+class ReadinessCollector(Collector):
+    """One gauge per profile and condition value (1 on the current one), from what this
+    replica last reconciled. A standby exports none: its view is stale by design."""
+
+    def __init__(self, metrics: Metrics, active: Callable[[], bool] | None) -> None:
+        self.metrics = metrics
+        self.active = active
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "agentdetect_profile_ready_status",
+            "A profile's Ready condition: 1 on the series of its current value (True, False, Unknown).",
+            labels=["kind", "profile_namespace", "profile", "condition"],
+        )
+        if self.active is None or self.active():
+            for (kind, namespace, name), ready in sorted(self.metrics.readiness().items(), key=str):
+                current = "True" if ready else "False"
+                for condition in READY_CONDITIONS:
+                    value = 1 if condition == current else 0
+                    family.add_metric([kind, namespace or "", name, condition], value)
+        yield family
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -127,6 +167,8 @@ class Metrics:
     """One registry per operator instance (tests run several in one process)."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _ready: dict[tuple[str, str | None, str], bool] = field(default_factory=dict)
+    _ready_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.reconciles = Counter(
@@ -136,6 +178,9 @@ class Metrics:
             ["kind", "result", "reason"],
             registry=self.registry,
         )
+        # Born at 0, so the first error is an increase: a counter first seen at 1 is not.
+        for kind in ("AgentDetectionProfile", "ClusterAgentDetectionProfile"):
+            self.reconciles.labels(kind, "error", "Exception")
         self.reconcile_seconds = Histogram(
             "agentdetect_reconcile_duration_seconds",
             "Time to reconcile one profile.",
@@ -153,6 +198,21 @@ class Metrics:
             "Tetragon policies deleted because their profile no longer renders them.",
             registry=self.registry,
         )
+
+    def set_ready(self, key: tuple[str, str | None, str], ready: bool) -> None:
+        with self._ready_lock:
+            self._ready[key] = ready
+
+    def forget_profile(self, key: tuple[str, str | None, str]) -> None:
+        with self._ready_lock:
+            self._ready.pop(key, None)
+
+    def readiness(self) -> dict[tuple[str, str | None, str], bool]:
+        with self._ready_lock:
+            return dict(self._ready)
+
+    def watch_readiness(self, active: Callable[[], bool] | None = None) -> None:
+        self.registry.register(ReadinessCollector(self, active))
 
     def watch_detection(self, service: DetectionService) -> None:
         self.registry.register(DetectionCollector(service))

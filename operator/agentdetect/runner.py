@@ -88,6 +88,7 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
     )
     metrics = Metrics()
     metrics.watch_policy_filter(reconciler.policy_filter_policies, lambda: cfg.policy_filter_budget)
+    metrics.watch_readiness(gate)
     if detection is not None:
         metrics.watch_detection(detection)
     registry = build_registry(reconciler, detection, metrics)

@@ -30,6 +30,7 @@ def exported() -> set[str]:
     service = DetectionService(cluster, board, Config(resolver=StaticResolver({})), follow_logs=True)
     metrics.watch_detection(service)
     metrics.watch_policy_filter(lambda: 0, lambda: 64)
+    metrics.watch_readiness()
     # From the families, not the samples: a labelled family with no data yet has no samples.
     names: set[str] = set()
     for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):

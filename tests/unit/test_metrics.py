@@ -75,13 +75,19 @@ def test_pipeline_counters_are_read_at_scrape_time() -> None:
     assert got[("agentdetect_hook_events_total", (("outcome", "matched"),))] == 4
     rule = (
         ("kind", "AgentDetectionProfile"),
-        ("namespace", "support"),
         ("profile", llm.name),
+        ("profile_namespace", "support"),
         ("rule", "openai"),
     )
     assert got[("agentdetect_detection_events_total", rule)] == 4
     assert got[("agentdetect_pods_with_detections", ())] == 2
-    top = (("namespace", "support"), ("pod", "bot-0"), ("profile", llm.name))
+    top = (
+        ("kind", "AgentDetectionProfile"),
+        ("pod_name", "bot-0"),
+        ("pod_namespace", "support"),
+        ("profile", llm.name),
+        ("profile_namespace", "support"),
+    )
     assert got[("agentdetect_top_pod_events", top)] == 2
     assert got[("agentdetect_api_writes_total", (("kind", "AgentDetection"),))] == 2
     assert got[("agentdetect_api_writes_total", (("kind", "status"),))] == 1
@@ -91,3 +97,70 @@ def test_pipeline_counters_are_read_at_scrape_time() -> None:
     got = samples(metrics)
     assert got[("agentdetect_pods_with_detections", ())] == 1
     assert got[("agentdetect_detection_events_total", rule)] == 4
+
+
+#: Labels every target's series get from a ServiceMonitor scrape (the Prometheus Operator's
+#: relabelling), plus job and instance: ours must not reuse them (they would become exported_*).
+TARGET_LABELS = {"namespace", "pod", "service", "container", "endpoint", "job", "instance"}
+
+
+def test_no_label_clashes_with_what_a_scrape_adds() -> None:
+    llm = example("llm-egress.yaml")
+    board = ProfileBoard()
+    board.publish(state_of(llm))
+    service = DetectionService(
+        FakeCluster(), board, Config(resolver=StaticResolver(static_hosts()), detect=True), follow_logs=False
+    )
+    metrics = Metrics()
+    metrics.watch_detection(service)
+    metrics.watch_readiness()
+    metrics.watch_policy_filter(lambda: 1, lambda: 64)
+    metrics.set_ready(("AgentDetectionProfile", "support", llm.name), True)
+    service.pipeline.feed(
+        line(
+            hook="tcp_connect",
+            policy=policy_of(llm, "tcp_connect"),
+            namespace="support",
+            pod="bot-0",
+            target="104.18.6.192",
+            time=ts(0),
+        )
+    )
+    with metrics.reconcile("AgentDetectionProfile") as rec:
+        rec.ready, rec.reason = True, "Applied"
+    names = {label for name, labels in samples(metrics) for label, _ in labels}
+    assert names and not names & TARGET_LABELS, names & TARGET_LABELS
+
+
+def test_readiness_is_a_gauge_per_profile_and_errors_are_born_at_zero() -> None:
+    """An alert on a profile that stays Ready=False needs a level, not a rate of reconciles (a
+    profile without hostnames is reconciled once); an alert on errors needs the series to exist
+    at 0 before the first one, or increase() never sees it."""
+    metrics = Metrics()
+    active = [True]
+    metrics.watch_readiness(lambda: active[0])
+    got = samples(metrics)
+    for kind in ("AgentDetectionProfile", "ClusterAgentDetectionProfile"):
+        key = (("kind", kind), ("reason", "Exception"), ("result", "error"))
+        assert got[("agentdetect_reconciles_total", key)] == 0
+
+    bad = ("AgentDetectionProfile", "team", "bad")
+    metrics.set_ready(bad, False)
+    metrics.set_ready(("ClusterAgentDetectionProfile", None, "good"), True)
+    got = samples(metrics)
+
+    def ready(kind: str, ns: str, name: str, condition: str) -> float:
+        labels = (("condition", condition), ("kind", kind), ("profile", name), ("profile_namespace", ns))
+        return got[("agentdetect_profile_ready_status", labels)]
+
+    kind = "AgentDetectionProfile"
+    assert (ready(kind, "team", "bad", "False"), ready(kind, "team", "bad", "True")) == (1, 0)
+    assert ready("ClusterAgentDetectionProfile", "", "good", "True") == 1
+    assert ready("ClusterAgentDetectionProfile", "", "good", "Unknown") == 0
+
+    metrics.forget_profile(bad)
+    assert not any(
+        n == "agentdetect_profile_ready_status" and ("profile", "bad") in lbl for n, lbl in samples(metrics)
+    )
+    active[0] = False  # a standby's view is stale: none exported
+    assert not any(n == "agentdetect_profile_ready_status" for n, _ in samples(metrics))
