@@ -330,7 +330,8 @@ def ensure_prometheus(*, quiet: bool = False) -> tuple[Path, Path]:
                 (work / "root" / "usr" / "bin" / binary.name).rename(binary)
             (dest / "VERSION").write_text(deb.name.split("_")[1] + "\n")
         except ValueError:
-            raise BinariesError(f"apt-get download {PROMETHEUS_PACKAGE} fetched no package; see {log}") from None
+            msg = f"apt-get download {PROMETHEUS_PACKAGE} fetched no package; see {log}"
+            raise BinariesError(msg) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return found
