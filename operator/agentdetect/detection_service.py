@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import urllib3
 from kubernetes.client.exceptions import ApiException
@@ -19,6 +20,14 @@ from agentdetect.reconcile import Config
 from agentdetect.sources import RateLimitedLog, TetragonLogSource
 
 log = logging.getLogger(__name__)
+
+
+class DetectingState(NamedTuple):
+    """The ``Detecting`` condition every profile carries while detection is on."""
+
+    ok: bool
+    reason: str
+    message: str
 
 
 class DetectionService:
@@ -62,6 +71,9 @@ class DetectionService:
         self._flusher = threading.Thread(target=self._flush_loop, name="agentdetect-flush", daemon=True)
         self.last_flush = FlushResult()
         self._failures = RateLimitedLog(log)
+        #: Called (from the flush thread) when :meth:`detecting` changes: profiles say it.
+        self.on_detecting_change: Callable[[], None] | None = None
+        self._last_detecting: DetectingState | None = None
 
     def _new_source(self) -> TetragonLogSource | None:
         if not self.follow_logs:
@@ -184,6 +196,29 @@ class DetectionService:
                     self.source = None
             log.info("detection on standby: another replica is active")
 
+    def detecting(self) -> DetectingState | None:
+        """Whether Tetragon's events are read, as profiles' ``Detecting`` condition says it.
+        None while unknown (a standby, before the first listing of Tetragon's pods)."""
+        source = self.source
+        if not self.active or source is None or source.found is None:
+            return None
+        cfg = self.cfg
+        if source.found:
+            return DetectingState(True, "Following", f"Tetragon's export is read in {cfg.tetragon_namespace}")
+        return DetectingState(
+            False,
+            "NoTetragonPods",
+            f"no running pod in {cfg.tetragon_namespace} matches {cfg.tetragon_selector}: Tetragon's events "
+            "are not read and nothing is detected (check --tetragon-namespace and --tetragon-selector)",
+        )
+
+    def _notice_detecting(self) -> None:
+        now = self.detecting()
+        if now is not None and now != self._last_detecting:
+            self._last_detecting = now
+            if self.on_detecting_change is not None:
+                self.on_detecting_change()
+
     def flush(self) -> FlushResult:
         try:
             self.last_flush = self.writer.flush()
@@ -202,6 +237,7 @@ class DetectionService:
             self._follow_peering()
             if self.active and self.begun.is_set():
                 self.flush()
+                self._notice_detecting()
 
     def profile_deleted(self, profile: ProfileKey) -> int:
         """Its detections are forgotten and its AgentDetections deleted: they answer a question

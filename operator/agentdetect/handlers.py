@@ -129,6 +129,24 @@ def build_registry(
 
     sweep = ResolveSweep(reconciler, reconcile_by_key, config.resolve_interval)
 
+    if detection is not None:
+        reconciler.detecting = detection.detecting
+        refresh_log = RateLimitedLog(log)
+
+        def refresh_detecting() -> None:
+            """Detection started or stopped reading Tetragon: profiles say so (rare: only on a
+            change, and only those whose condition differs)."""
+            for kind, namespace, name in reconciler.stale_detecting():
+                try:
+                    reconcile_by_key(kind, name, namespace)
+                except Exception as exc:  # the next change, or the next reconcile, writes it
+                    refresh_log.warning("detecting", "updating Detecting on %s failed: %s", name, exc)
+                    return
+
+        detection.on_detecting_change = lambda: threading.Thread(
+            target=refresh_detecting, name="agentdetect-detecting", daemon=True
+        ).start()
+
     @kopf.on.startup(registry=registry, id="start-re-resolve")
     def start_sweep(**_: Any) -> None:
         sweep.start()

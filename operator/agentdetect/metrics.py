@@ -121,7 +121,7 @@ class DetectionCollector(Collector):
         yield GaugeMetricFamily(
             "agentdetect_streams",
             "Tetragon pods whose log is followed.",
-            value=len(source.states) if source is not None else 0,
+            value=source.followed if source is not None else 0,
         )
         yield GaugeMetricFamily(
             "agentdetect_detection_active",

@@ -40,6 +40,9 @@ from agentdetect.resolve import Resolution, Resolver, SystemResolver, resolve_al
 
 log = logging.getLogger(__name__)
 BUDGET_CONDITION = "PolicyFilterBudget"
+#: Whether Tetragon's events are read at all (detection on): a profile is Applied either way,
+#: but a misconfigured Tetragon namespace or selector would otherwise be silent.
+DETECTING_CONDITION = "Detecting"
 
 TETRAGON_INSTALL_HINT = (
     "Tetragon's TracingPolicy CRDs (cilium.io/v1alpha1) are not installed. Install Tetragon, e.g. "
@@ -207,8 +210,8 @@ def set_condition(
     message: str,
     now: str,
 ) -> list[dict[str, Any]]:
-    """``previous`` with the condition ``type_`` set; its transition time moves only when its
-    status does."""
+    """``previous`` with the condition ``type_`` set, in its place (an unchanged list compares
+    equal, so no patch is sent); its transition time moves only when its status does."""
     status = "True" if ok else "False"
     old = next((c for c in previous if c.get("type") == type_), None)
     since = old["lastTransitionTime"] if old and old.get("status") == status else now
@@ -220,7 +223,9 @@ def set_condition(
         "lastTransitionTime": since,
         "observedGeneration": generation,
     }
-    return [c for c in previous if c.get("type") != type_] + [cond]
+    if old is None:
+        return [*previous, cond]
+    return [cond if c is old else c for c in previous]
 
 
 def ready_condition(
@@ -283,6 +288,11 @@ class Reconciler:
         #: UIDs of profiles deleted: a reconcile of one that was waiting for the lock (a
         #: re-resolution, a late update) does nothing, so it cannot publish the profile again.
         self._forgotten: set[str] = set()
+        #: Detection's current (ok, reason, message), or None while unknown; set when detection
+        #: runs in this process. Each reconcile writes it as the Detecting condition.
+        self.detecting: Callable[[], tuple[bool, str, str] | None] | None = None
+        #: Per profile, the Detecting (status, reason) it carries, as last reconciled.
+        self._detecting_seen: dict[tuple[str, str | None, str], tuple[str, str] | None] = {}
 
     def settled_versions(self) -> set[ProfileVersion]:
         with self._locks_guard:
@@ -302,6 +312,7 @@ class Reconciler:
         with self._lock(kind, namespace, name):
             with self._locks_guard:
                 self._settled.pop((kind, namespace, name), None)
+                self._detecting_seen.pop((kind, namespace, name), None)
             if kind == "ClusterAgentDetectionProfile":
                 self.cluster_selections.pop(name, None)
             self.board.remove((kind, namespace, name))
@@ -341,6 +352,7 @@ class Reconciler:
                 )
                 if not within and (old_budget is None or old_budget.get("reason") != reason):
                     self.emit(dict(body), "Warning", reason, message)
+            self._write_detecting(body, status, new_status, now)
             with self._locks_guard:
                 self._settled[(body["kind"], meta.get("namespace"), meta["name"])] = (
                     meta.get("uid") or "",
@@ -358,6 +370,35 @@ class Reconciler:
                         dict(body), "Normal" if outcome.ready else "Warning", outcome.reason, outcome.message
                     )
             return outcome
+
+    def _write_detecting(
+        self, body: Mapping[str, Any], status: Mapping[str, Any], new_status: dict[str, Any], now: str
+    ) -> None:
+        meta = body["metadata"]
+        generation = meta.get("generation")
+        current = self.detecting() if self.detecting is not None else None
+        seen: tuple[str, str] | None
+        if current is not None:
+            ok, reason, message = current
+            new_status["conditions"] = set_condition(
+                new_status["conditions"], DETECTING_CONDITION, generation, ok, reason, message, now
+            )
+            seen = ("True" if ok else "False", reason)
+        else:  # unknown here (standby, starting): the profile keeps what it says
+            conditions = status.get("conditions") or []
+            old = next((c for c in conditions if c.get("type") == DETECTING_CONDITION), None)
+            seen = (str(old.get("status")), str(old.get("reason"))) if old else None
+        with self._locks_guard:
+            self._detecting_seen[(body["kind"], meta.get("namespace"), meta["name"])] = seen
+
+    def stale_detecting(self) -> list[tuple[str, str | None, str]]:
+        """Profiles whose Detecting condition differs from detection's current state."""
+        current = self.detecting() if self.detecting is not None else None
+        if current is None:
+            return []
+        want = ("True" if current[0] else "False", current[1])
+        with self._locks_guard:
+            return sorted((k for k, seen in self._detecting_seen.items() if seen != want), key=str)
 
     def _reconcile(
         self, body: Mapping[str, Any], status: dict[str, Any], now: str

@@ -178,7 +178,11 @@ class TetragonLogSource:
         self._responses: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._log = RateLimitedLog(log)
+        #: "No Tetragon pod" is said at once, then every ten minutes while it lasts.
+        self._none_log = RateLimitedLog(log, interval=600.0)
         self._discoverer: threading.Thread | None = None
+        #: Running Tetragon pods at the last listing; None before the first one succeeded.
+        self.found: int | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -198,6 +202,12 @@ class TetragonLogSource:
             t.join(5)
         if self._discoverer is not None:
             self._discoverer.join(5)
+
+    @property
+    def followed(self) -> int:
+        """Tetragon pods whose log is followed now (a pod that went is no longer counted)."""
+        with self._lock:
+            return len(set(self._threads) - self._gone)
 
     @property
     def reconnects(self) -> int:
@@ -234,6 +244,18 @@ class TetragonLogSource:
                     gone_streams = [self._responses[p] for p in self._gone if p in self._responses]
                 for resp in gone_streams:
                     _sever(resp)
+                if not live:
+                    self._none_log.warning(
+                        "none",
+                        "no Tetragon pod to follow in %s matching %s (container %s): nothing is detected; "
+                        "check --tetragon-namespace and --tetragon-selector (README: Configure Tetragon)",
+                        self.namespace,
+                        self.label_selector,
+                        self.container,
+                    )
+                elif self.found == 0:
+                    log.info("Tetragon pods found in %s: %d", self.namespace, len(live))
+                self.found = len(live)
             except ApiException as exc:
                 self._log.warning(
                     "list", "listing Tetragon pods in %s failed: %s", self.namespace, exc.reason

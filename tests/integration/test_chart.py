@@ -370,3 +370,20 @@ def test_two_replicas_with_the_chart_identity_one_active_then_failover(
 def _events(api: Any, namespace: str, pod: str) -> int | None:
     det = detection_of(api, namespace, pod)
     return None if det is None else int(det["summary"]["events"])
+
+
+def test_notes_say_how_to_configure_tetragon(control_plane: ControlPlane, installed_crds: list[str]) -> None:
+    """NOTES.txt, as ``helm install`` prints it: where detections come from and the Tetragon
+    values they depend on (README, Configure Tetragon)."""
+    out = helm(
+        "install",
+        "notes",
+        str(CHART),
+        "-n",
+        "agentdetect-system",
+        "--dry-run=client",
+        f"--kubeconfig={control_plane.kubeconfig}",
+    ).stdout
+    notes = out[out.index("NOTES:") :]
+    for needed in ("exportDenyList", "exportAllowList", "exportRateLimit", "export.mode", "Detecting=False"):
+        assert needed in notes, needed

@@ -163,9 +163,11 @@ def test_ready_condition_keeps_other_conditions() -> None:
     other = {"type": "Degraded", "status": "False", "reason": "Fine", "lastTransitionTime": T0}
     old_ready = {"type": "Ready", "status": "True", "reason": "Applied", "lastTransitionTime": T0}
     out = ready_condition([old_ready, other], 1, True, "Applied", "ok", T2)
-    assert out[0] == other
-    assert [c["type"] for c in out] == ["Degraded", "Ready"]
-    assert out[1]["lastTransitionTime"] == T0
+    assert out[1] == other
+    # In place: a reconcile that changes nothing leaves a list equal to the stored one.
+    assert [c["type"] for c in out] == ["Ready", "Degraded"]
+    assert out[0]["lastTransitionTime"] == T0
+    assert ready_condition(out, 1, True, "Applied", "ok", T2) == out
 
 
 # ---- targets ---------------------------------------------------------------------------------
