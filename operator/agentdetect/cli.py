@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -105,10 +106,13 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     files = crdgen.crds_yaml()
     if args.write:
         out = Path(args.write)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            (out / name).write_text(text)
-            print(out / name)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for name, text in files.items():
+                (out / name).write_text(text)
+                print(out / name)
+        except OSError as exc:
+            raise CliError(f"crds --write {out}: {exc.strerror or exc}") from None
     else:
         print("---\n".join(files.values()), end="")
     return 0
@@ -134,6 +138,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
+    _templates(args.templates)
     resolver = _resolver(args)
     namespaces = _namespaces(args.namespace)
     out: list[dict[str, Any]] = []
@@ -152,10 +157,20 @@ def _cmd_render(args: argparse.Namespace) -> int:
             if res.error:
                 print(f"{where}: warning: {res.error}; rendered without it", file=sys.stderr)
         try:
-            out.extend(render(profile, targets_for(profile, namespaces), resolved, args.templates))
+            docs = render(profile, targets_for(profile, namespaces), resolved, args.templates)
         except RenderError as exc:
             failures += 1
             print(f"{where}: {exc}", file=sys.stderr)
+            continue
+        unresolved = sorted(h for h, r in resolved.items() if r.error and not r.addresses)
+        if unresolved and not docs:
+            failures += 1
+            print(
+                f"{where}: nothing rendered: every destination of it needs {', '.join(unresolved)}, "
+                "which did not resolve",
+                file=sys.stderr,
+            )
+        out.extend(docs)
     if not found:
         # An empty render must never look like "no policies wanted" to a GitOps tool.
         raise CliError(
@@ -182,12 +197,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             raise CliError(f"{where}: invalid: {describe_invalid(exc)}") from exc
         resolved = resolve_all(hostnames_of(profile.spec), resolver, {}, now_rfc3339())
         board.publish(ProfileState(profile, tuple(targets_for(profile, namespaces)), resolved))
+    if not board.snapshot()[1]:
+        raise CliError(
+            f"no AgentDetectionProfile or ClusterAgentDetectionProfile in {', '.join(args.filename)}"
+        )
     pipeline = Pipeline(board, Aggregator(args.max_pods))
     tune_gc()
     try:
         pipeline.feed_many(file_lines(args.events))
     except OSError as exc:
         raise CliError(f"{args.events}: {exc}") from exc
+    st = pipeline.stats
+    if st.events + st.ignored == 0:
+        what = "is empty" if st.lines == 0 else f"has {st.lines} line(s) and none is a Tetragon JSON event"
+        raise CliError(
+            f"{args.events} {what} ({st.malformed} malformed, {st.truncated} truncated, "
+            f"{st.unknown} unknown, {st.oversized} oversized): want Tetragon's JSON export, an event a line"
+        )
     objects = [
         detection_object(k, p) for k, p in sorted(pipeline.aggregator.pods.items(), key=lambda kp: kp[0])
     ]
@@ -195,7 +221,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(orjson.dumps([o.dump() for o in objects], option=orjson.OPT_INDENT_2).decode())
     else:
         print(detections_table(objects))
-    st = pipeline.stats
     for (kind, namespace, name), host in sorted(pipeline.aggregator.host.items(), key=lambda kv: str(kv[0])):
         where = f"{namespace}/{name}" if namespace else name
         print(
@@ -263,7 +288,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
     cfg = Config(
         allow_enforcement=args.allow_enforcement,
-        template_dir=args.templates,
+        template_dir=_templates(args.templates),
         resolver=_resolver(args),
         resolve_interval=args.resolve_interval,
         detect=args.detect,
@@ -285,9 +310,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
         bind=args.bind,
     )
     kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
+    _check_kubeconfig(kubeconfig)
+    for flag, port in (("--metrics-port", options.metrics_port), ("--health-port", options.health_port)):
+        if port:
+            _check_port(flag, args.bind, port)
     tune_gc()
     asyncio.run(serve(cfg, kubeconfig, options))
     return 0
+
+
+def _check_kubeconfig(kubeconfig: Path | None) -> None:
+    """Fail with a message, not kopf's traceback, when no cluster can be reached this way."""
+    from kubernetes.config.config_exception import ConfigException
+
+    from agentdetect.runner import api_client
+
+    where = str(kubeconfig) if kubeconfig else "~/.kube/config"
+    try:
+        api_client(kubeconfig).close()  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
+        raise CliError(
+            f"cannot use kubeconfig {where}: {exc}; pass --kubeconfig or set KUBECONFIG "
+            "(in a pod, its ServiceAccount is used)"
+        ) from None
+
+
+def _check_port(flag: str, bind: str, port: int) -> None:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        raise CliError(f"{flag} {port} on {bind}: {exc.strerror or exc}") from None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -319,11 +374,14 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     workdir = Path(args.workdir) if args.workdir else None
+    # Read everything it is asked to install before anything starts.
+    crd_docs = _read_crds(args.crds)
+    tetragon = tetragon_crds.load() if args.tetragon_crds else []
     with ControlPlane(binaries.ensure(args.kubernetes_version), workdir=workdir) as cp:
-        if args.tetragon_crds:
-            cp.install_crds(tetragon_crds.load())
-        if args.crds:
-            cp.install_crds(load_yaml_documents([Path(p) for p in args.crds]))
+        if tetragon:
+            cp.install_crds(tetragon)
+        if crd_docs:
+            cp.install_crds(crd_docs)
         print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
         print(
             f"# ready in {cp.timings['kube-controller-manager']:.1f}s; Ctrl-C stops it",
@@ -332,6 +390,35 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
         )
         stop.wait()
     return 0
+
+
+KUBERNETES_VERSION_HELP = (
+    "the Kubernetes release whose etcd, kube-apiserver, kube-controller-manager and kubectl are "
+    f"built from the Go module proxy (default {binaries.KUBERNETES_VERSION})"
+)
+
+
+def _read_crds(paths: Sequence[str]) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            found = list(load_yaml_documents([Path(path)]))
+        except OSError as exc:
+            raise CliError(f"--crds {path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise CliError(f"--crds {path}: not YAML: {exc}") from None
+        bad = [d for d in found if not isinstance(d, dict) or d.get("kind") != "CustomResourceDefinition"]
+        if bad or not found:
+            raise CliError(f"--crds {path}: want CustomResourceDefinition documents only")
+        docs += found
+    return docs
+
+
+def _templates(path: Path | None) -> Path | None:
+    """--templates must name a directory: a typo would silently render the built-ins."""
+    if path is not None and not path.is_dir():
+        raise CliError(f"--templates {path}: no such directory")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -371,7 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[:k=v,...]",
         help="namespaces (with labels) for ClusterAgentDetectionProfiles' namespaceSelector",
     )
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="table: the columns of kubectl get agentdetections; json: the AgentDetection objects",
+    )
     p.add_argument("--max-pods", type=int, default=10_000, help="cap on (profile, pod) entries kept")
     p.set_defaults(func=_cmd_replay)
 
@@ -380,7 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the operator against the cluster in KUBECONFIG or in-cluster",
         description="Every option also reads an environment variable (shown in brackets), for the chart.",
     )
-    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    p.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        help="kubeconfig file (KUBECONFIG; default: in-cluster in a pod, else ~/.kube/config)",
+    )
     p.add_argument(
         "--namespace",
         action="append",
@@ -405,7 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_float("AGENTDETECT_RESOLVE_INTERVAL", 300.0),
         help="seconds between DNS re-resolutions (AGENTDETECT_RESOLVE_INTERVAL)",
     )
-    p.add_argument("--static-hosts", help="YAML mapping hostname -> [addresses] instead of DNS")
+    p.add_argument(
+        "--static-hosts",
+        default=os.environ.get("AGENTDETECT_STATIC_HOSTS") or None,
+        help="YAML mapping hostname -> [addresses] instead of DNS (AGENTDETECT_STATIC_HOSTS)",
+    )
     p.add_argument(
         "--detect",
         action=argparse.BooleanOptionalAction,
@@ -439,7 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_int("AGENTDETECT_MAX_PODS", 10_000),
         help="cap on (profile, pod) entries in memory (AGENTDETECT_MAX_PODS)",
     )
-    p.add_argument("--max-rules-per-pod", type=int, default=64)
+    p.add_argument(
+        "--max-rules-per-pod",
+        type=int,
+        default=_env_int("AGENTDETECT_MAX_RULES_PER_POD", 64),
+        help="cap on rules kept per (profile, pod) entry (AGENTDETECT_MAX_RULES_PER_POD)",
+    )
     p.add_argument(
         "--policy-filter-budget",
         type=int,
@@ -478,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /healthz for liveness and readiness probes; 0 turns it off (AGENTDETECT_HEALTH_PORT)",
     )
     p.add_argument(
-        "--bind", default=os.environ.get("AGENTDETECT_BIND", "0.0.0.0"), help="address of both ports"
+        "--bind",
+        default=os.environ.get("AGENTDETECT_BIND", "0.0.0.0"),
+        help="address of both ports (AGENTDETECT_BIND)",
     )
     p.add_argument(
         "--log-format",
@@ -498,7 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "binaries", help="print the directory of etcd/kube-apiserver/... building them once if needed"
     )
-    p.add_argument("--kubernetes-version", default=binaries.KUBERNETES_VERSION)
+    p.add_argument(
+        "--kubernetes-version",
+        default=binaries.KUBERNETES_VERSION,
+        help=KUBERNETES_VERSION_HELP,
+    )
     p.add_argument(
         "--kwok", action="store_true", help="also kwok (a fake kubelet the tests use for pod logs)"
     )
@@ -514,7 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="everything on this machine: embedded control plane, operator, example profiles, sample events",
     )
-    p.add_argument("--kubernetes-version", default=binaries.KUBERNETES_VERSION)
+    p.add_argument(
+        "--kubernetes-version",
+        default=binaries.KUBERNETES_VERSION,
+        help=KUBERNETES_VERSION_HELP,
+    )
     p.add_argument(
         "--write-events",
         action="store_true",
@@ -523,7 +639,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("control-plane", help="run an embedded control plane on loopback until interrupted")
-    p.add_argument("--kubernetes-version", default=binaries.KUBERNETES_VERSION)
+    p.add_argument(
+        "--kubernetes-version",
+        default=binaries.KUBERNETES_VERSION,
+        help=KUBERNETES_VERSION_HELP,
+    )
     p.add_argument("--workdir", help="keep etcd data, certificates, logs and kubeconfig here")
     p.add_argument("--crds", nargs="*", default=[], help="CRD YAML files to install")
     p.add_argument("--tetragon-crds", action="store_true", help="install Tetragon's TracingPolicy CRDs")

@@ -77,13 +77,16 @@ def _crd(
             {
                 "rule": "size(self.metadata.name) <= 63",
                 "message": "profile names are at most 63 characters: they label the policies they render",
+                "fieldPath": ".metadata.name",
                 "reason": "FieldValueInvalid",
             }
         ],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # Declared so the rule above can name .metadata.name as its field (a CRD may
+            # constrain only name and generateName under metadata).
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": spec_schema,
             "status": openapi(
                 ProfileStatus, "What the operator rendered and applied, and whether it is Ready."

@@ -116,6 +116,7 @@ def test_overlong_name_is_rejected(control_plane: ControlPlane, profile_crds: li
         "apply", "-f", "-", input=_profile("  files: {presets: [credentials]}", name="x" * 64), check=False
     )
     assert result.returncode != 0 and "at most 63 characters" in result.stderr, result.stderr
+    assert "metadata.name" in result.stderr and "<nil>" not in result.stderr, result.stderr
 
 
 def _namespaces_of(docs: list[dict[str, Any]], cp: ControlPlane) -> None:

@@ -108,3 +108,37 @@ def test_cache_from_an_older_recipe_is_rebuilt(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(binaries, "build", fake_build)
     assert binaries.ensure("v1.99.0", quiet=True).directory == dest
     assert built == [("v1.99.0", dest)]
+
+
+def test_a_second_run_says_it_waits_for_the_build_and_a_build_says_it_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first build printed one line and then nothing for minutes; a second run waiting on
+    the lock printed nothing at all."""
+    import fcntl
+    import threading
+    import time
+
+    from agentdetect.binaries import _exclusive, _progress
+
+    lock_path = tmp_path / ".k8s.lock"
+    entered = threading.Event()
+    with open(lock_path, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+
+        def second() -> None:
+            with _exclusive(lock_path, "Kubernetes v9", quiet=False):
+                entered.set()
+
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(0.3)
+        assert not entered.is_set()
+    waiter.join(5)
+    assert entered.is_set()
+    assert "another process is building Kubernetes v9; waiting for it" in capsys.readouterr().err
+
+    with _progress("Kubernetes v9", tmp_path / "build.log", quiet=False, estimate=332, every=0.05):
+        time.sleep(0.3)
+    err = capsys.readouterr().err
+    assert "still building Kubernetes v9" in err and "of about 6 min on 2 cores" in err
