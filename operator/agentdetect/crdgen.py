@@ -86,7 +86,16 @@ def _crd(
             "kind": {"type": "string"},
             # Declared so the rule above can name .metadata.name as its field (a CRD may
             # constrain only name and generateName under metadata).
-            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
+            # The API server documents ObjectMeta itself and refuses anything else here.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "description": "At most 63 characters: it labels the policies the profile renders.",
+                    }
+                },
+            },
             "spec": spec_schema,
             "status": openapi(
                 ProfileStatus, "What the operator rendered and applied, and whether it is Ready."
@@ -99,6 +108,27 @@ def _crd(
         {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
         {"name": "Policies", "type": "integer", "jsonPath": ".status.policyCount"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        # -o wide: what was detected, whether detection runs, and the message behind Reason.
+        {"name": "Pods", "type": "integer", "jsonPath": ".status.detections.pods", "priority": 1},
+        {"name": "Events", "type": "integer", "jsonPath": ".status.detections.events", "priority": 1},
+        {
+            "name": "Last Detection",
+            "type": "date",
+            "jsonPath": ".status.detections.lastDetection",
+            "priority": 1,
+        },
+        {
+            "name": "Detecting",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Detecting")].status',
+            "priority": 1,
+        },
+        {
+            "name": "Message",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].message',
+            "priority": 1,
+        },
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -148,6 +178,10 @@ def _detection_crd() -> dict[str, Any]:
         {"name": "Events", "type": "integer", "jsonPath": ".summary.events"},
         {"name": "Last Seen", "type": "date", "jsonPath": ".summary.lastSeen"},
         {"name": "Action", "type": "string", "jsonPath": ".summary.action"},
+        # -o wide: which workload, and which kind of profile in which namespace.
+        {"name": "Workload", "type": "string", "jsonPath": ".workload", "priority": 1},
+        {"name": "Profile Kind", "type": "string", "jsonPath": ".profile.kind", "priority": 1},
+        {"name": "Profile Namespace", "type": "string", "jsonPath": ".profile.namespace", "priority": 1},
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

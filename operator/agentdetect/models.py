@@ -325,8 +325,15 @@ class Destination(_Model):
         "are given here; providers with per-customer endpoints (azure-openai, pinecone, ...) take "
         "your endpoint in hostnames.",
     )
-    cidrs: Annotated[list[Cidr], Field(max_length=64)] = Field(default_factory=list)
-    hostnames: Annotated[list[Hostname], Field(max_length=32)] = Field(default_factory=list)
+    cidrs: Annotated[list[Cidr], Field(max_length=64)] = Field(
+        default_factory=list,
+        description="IPv4 or IPv6 addresses or ranges, e.g. 10.8.0.0/16 or 2001:db8::/32.",
+    )
+    hostnames: Annotated[list[Hostname], Field(max_length=32)] = Field(
+        default_factory=list,
+        description="DNS names; the operator resolves them and re-resolves them every resolve interval "
+        "(status.resolved says to what).",
+    )
     ports: Annotated[list[Port], Field(max_length=16)] = Field(
         default_factory=list, description="Destination ports; empty means any port."
     )
@@ -354,7 +361,7 @@ class Destination(_Model):
 
 
 class Network(_Model):
-    """Outbound TCP connections (Tetragon hook ``tcp_connect``)."""
+    """Outbound TCP connections (Tetragon hook tcp_connect)."""
 
     providers: Annotated[
         list[ListableProviderName], Field(max_length=32, json_schema_extra={"x-kubernetes-list-type": "set"})
@@ -365,7 +372,11 @@ class Network(_Model):
             max_length=32,
             json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         ),
-    ] = Field(default_factory=list)
+    ] = Field(
+        default_factory=list,
+        description="Your own destinations: a provider, addresses or names, each with a name that "
+        "detections report.",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> Network:
@@ -428,21 +439,25 @@ class BinaryRule(PathRule):
 
 
 class Files(_Model):
-    """Files opened by processes (Tetragon hook ``fd_install``)."""
+    """Files opened by processes (Tetragon hook fd_install)."""
 
     presets: Annotated[
         list[FilePresetName], Field(max_length=16, json_schema_extra={"x-kubernetes-list-type": "set"})
     ] = Field(default_factory=list, description="Catalog file presets (observe only).")
-    paths: Annotated[list[PathRule], Field(max_length=64)] = Field(default_factory=list)
+    paths: Annotated[list[PathRule], Field(max_length=64)] = Field(
+        default_factory=list, description="Your own paths: each an equal, prefix or postfix match."
+    )
 
 
 class Processes(_Model):
-    """Programs executed (Tetragon hook ``sys_execve``)."""
+    """Programs executed (Tetragon hook sys_execve)."""
 
     presets: Annotated[
         list[ProcessPresetName], Field(max_length=16, json_schema_extra={"x-kubernetes-list-type": "set"})
     ] = Field(default_factory=list, description="Catalog process presets (observe only).")
-    binaries: Annotated[list[BinaryRule], Field(max_length=64)] = Field(default_factory=list)
+    binaries: Annotated[list[BinaryRule], Field(max_length=64)] = Field(
+        default_factory=list, description="Your own executables: each an equal, prefix or postfix match."
+    )
 
 
 # ---- spec ----------------------------------------------------------------------------------
@@ -571,10 +586,12 @@ class RuleDetection(_Model):
     rule: str = Field(
         description="The provider, destination or preset name; for a path or binary rule, its value."
     )
-    hook: Literal["tcp_connect", "fd_install", "execve"]
-    count: int = Field(ge=0)
-    first_seen: str = Field(alias="firstSeen")
-    last_seen: str = Field(alias="lastSeen")
+    hook: Literal["tcp_connect", "fd_install", "execve"] = Field(
+        description="The Tetragon hook that saw it: tcp_connect, fd_install or execve."
+    )
+    count: int = Field(ge=0, description="How many events matched this rule, from firstSeen to lastSeen.")
+    first_seen: str = Field(alias="firstSeen", description="Tetragon's time of the first matching event.")
+    last_seen: str = Field(alias="lastSeen", description="Tetragon's time of the latest matching event.")
     action: Literal["Observed", "Killed"] = Field(
         description="Killed when an enforcing rule killed the process."
     )
@@ -584,26 +601,36 @@ class RuleDetection(_Model):
 
 
 class DetectionSummary(_Model):
+    """The record at a glance: what kubectl get agentdetections shows."""
+
     rules: int = Field(0, description="How many rules fired.")
     targets: str = Field("", description="The rules that fired, comma-separated, e.g. 'openai, pinecone'.")
-    events: int = 0
-    last_seen: str | None = Field(None, alias="lastSeen")
-    action: Literal["Observed", "Killed"] = "Observed"
+    events: int = Field(0, description="Matched events in all: the sum of the rules' counts.")
+    last_seen: str | None = Field(None, alias="lastSeen", description="Tetragon's time of the latest one.")
+    action: Literal["Observed", "Killed"] = Field(
+        "Observed", description="Killed when an enforcing rule killed a process of this pod."
+    )
 
 
 class ObjectRef(_Model):
-    kind: str | None = None
-    namespace: str | None = None
-    name: str
+    """A reference to a Kubernetes object."""
+
+    kind: str | None = Field(None, description="Its kind.")
+    namespace: str | None = Field(None, description="Its namespace; empty for a cluster-scoped object.")
+    name: str = Field(description="Its name.")
 
 
 class PodDetectionSummary(_Model):
-    pod: str
-    namespace: str
-    workload: str = ""
-    targets: str = ""
-    events: int = 0
-    last_seen: str | None = Field(None, alias="lastSeen")
+    """One pod's detections for this profile, in brief (the AgentDetection has the detail)."""
+
+    pod: str = Field(description="The pod's name.")
+    namespace: str = Field(description="The pod's namespace.")
+    workload: str = Field(
+        "", description="The pod's workload (Deployment, StatefulSet, ...), as Tetragon reports it."
+    )
+    targets: str = Field("", description="The rules that fired, most frequent first, comma-separated.")
+    events: int = Field(0, description="Matched events.")
+    last_seen: str | None = Field(None, alias="lastSeen", description="Tetragon's time of the latest one.")
 
 
 class StreamPosition(_Model):
@@ -639,9 +666,13 @@ class ProfileDetections(_Model):
     """What pods matched by this profile were seen doing (the per-pod detail is in AgentDetections)."""
 
     pods: int = Field(0, description="Pods with at least one detection.")
-    events: int = 0
-    last_detection: str | None = Field(None, alias="lastDetection")
-    by_pod: list[PodDetectionSummary] = Field(default_factory=list, alias="byPod")
+    events: int = Field(0, description="Matched events, all pods together.")
+    last_detection: str | None = Field(
+        None, alias="lastDetection", description="Tetragon's time of the latest matched event."
+    )
+    by_pod: list[PodDetectionSummary] = Field(
+        default_factory=list, alias="byPod", description="The most recently active pods, at most 50."
+    )
     truncated: bool = Field(False, description="byPod lists only the most recently active pods.")
     host_processes: HostProcessDetections | None = Field(
         None, alias="hostProcesses", description="Matches from processes outside any pod."
@@ -652,37 +683,53 @@ class ProfileDetections(_Model):
 
 
 class Condition(_Model):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    last_transition_time: str = Field(alias="lastTransitionTime")
-    observed_generation: int | None = Field(None, alias="observedGeneration")
+    """A condition, as metav1.Condition."""
+
+    type: str = Field(
+        description="Ready (the policies are applied), PolicyFilterBudget (within Tetragon's policy "
+        "filter budget) or Detecting (Tetragon's events are read)."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="Why, in one CamelCase word, e.g. Applied, InvalidSpec, NoTetragonPods.")
+    message: str = Field("", description="Why, for a person: what is wrong and what to do.")
+    last_transition_time: str = Field(alias="lastTransitionTime", description="When status last changed.")
+    observed_generation: int | None = Field(
+        None, alias="observedGeneration", description="The metadata.generation this condition is about."
+    )
 
 
 class PolicyRef(_Model):
-    kind: Literal["TracingPolicy", "TracingPolicyNamespaced"]
-    namespace: str | None = None
-    name: str
-    hook: Literal["tcp_connect", "fd_install", "execve"]
+    """A Tetragon policy this profile rendered and owns."""
+
+    kind: Literal["TracingPolicy", "TracingPolicyNamespaced"] = Field(description="The policy's kind.")
+    namespace: str | None = Field(None, description="Its namespace (a TracingPolicyNamespaced).")
+    name: str = Field(description="Its name.")
+    hook: Literal["tcp_connect", "fd_install", "execve"] = Field(
+        description="The kernel hook it attaches to."
+    )
 
 
 class ResolvedDestination(_Model):
+    """A hostname and the addresses it resolved to, as rendered into the network policy."""
+
     name: str = Field(description="The provider or destination name.")
-    hostname: str
-    addresses: list[str] = Field(default_factory=list)
+    hostname: str = Field(description="The hostname resolved.")
+    addresses: list[str] = Field(default_factory=list, description="Its IPv4 and IPv6 addresses.")
     resolved_at: str = Field(alias="resolvedAt", description="When this set of addresses was first seen.")
-    error: str | None = None
+    error: str | None = Field(None, description="Why it did not resolve, if it did not.")
 
 
 class ProfileStatus(_Model):
-    observed_generation: int | None = Field(None, alias="observedGeneration")
+    observed_generation: int | None = Field(
+        None, alias="observedGeneration", description="The metadata.generation last reconciled."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
+        description="Ready, PolicyFilterBudget and Detecting.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     policies: list[PolicyRef] = Field(default_factory=list, description="The Tetragon policies rendered.")
-    policy_count: int = Field(0, alias="policyCount")
+    policy_count: int = Field(0, alias="policyCount", description="How many: the Policies column.")
     resolved: list[ResolvedDestination] = Field(
         default_factory=list, description="Hostnames resolved into the network policy, with their addresses."
     )
@@ -696,11 +743,15 @@ class AgentDetection(_Model):
     api_version: Literal["agentdetect.io/v1alpha1"] = Field("agentdetect.io/v1alpha1", alias="apiVersion")
     kind: Literal["AgentDetection"] = "AgentDetection"
     metadata: dict[str, Any]
-    pod: ObjectRef
-    profile: ObjectRef
-    workload: str = ""
-    summary: DetectionSummary
-    detections: list[RuleDetection] = Field(default_factory=list)
+    pod: ObjectRef = Field(description="The pod seen (it owns this object).")
+    profile: ObjectRef = Field(description="The profile whose rules matched.")
+    workload: str = Field(
+        "", description="The pod's workload (Deployment, StatefulSet, ...), as Tetragon reports it."
+    )
+    summary: DetectionSummary = Field(description="The record at a glance.")
+    detections: list[RuleDetection] = Field(
+        default_factory=list, description="One entry per rule that fired, most frequent first."
+    )
     streams: list[StreamPosition] = Field(
         default_factory=list, description="Up to which line of which Tetragon stream the counts go."
     )

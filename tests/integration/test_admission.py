@@ -156,8 +156,10 @@ def test_printer_columns_through_the_table_api(
     with urllib.request.urlopen(req, context=ctx) as resp:
         table = json.load(resp)
     assert table["kind"] == "Table"
-    columns = [c["name"] for c in table["columnDefinitions"]]
+    columns = [c["name"] for c in table["columnDefinitions"] if not c.get("priority")]
     assert columns == ["Name", "Mode", "Ready", "Reason", "Policies", "Age"]
+    wide = [c["name"] for c in table["columnDefinitions"] if c.get("priority") == 1]
+    assert wide == ["Pods", "Events", "Last Detection", "Detecting", "Message"]
     (row,) = table["rows"]
     assert row["cells"][:5] == ["columns", "Monitor", "True", "Applied", 2]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,16 @@ def test_status_subresource_and_printer_columns(kind: str) -> None:
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
     columns = version["additionalPrinterColumns"]
-    assert [c["name"] for c in columns] == ["Mode", "Ready", "Reason", "Policies", "Age"]
+    assert [c["name"] for c in columns if not c.get("priority")] == [
+        "Mode",
+        "Ready",
+        "Reason",
+        "Policies",
+        "Age",
+    ]
+    # -o wide adds what was detected, whether detection runs, and the Ready message.
+    wide = [c["name"] for c in columns if c.get("priority") == 1]
+    assert wide == ["Pods", "Events", "Last Detection", "Detecting", "Message"]
     by_name = {c["name"]: c for c in columns}
     assert by_name["Mode"]["jsonPath"] == ".spec.mode"
     assert by_name["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
@@ -170,6 +180,36 @@ def test_spec_fields_are_described_for_kubectl_explain(kind: str) -> None:
     expected = {"mode", "selector", "containerSelector", "network", "files", "processes"}
     cluster_only = {"namespaceSelector", "hostProcesses"}
     assert top == (expected | cluster_only if kind.startswith("Cluster") else expected)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_every_field_is_described_in_plain_text(kind: str) -> None:
+    """kubectl explain shows each field's own description (a list field's, not its items'),
+    verbatim: no field may say <no description>, and no reStructuredText may leak into it."""
+    undescribed: list[str] = []
+    markup: list[str] = []
+
+    def visit(node: dict[str, Any], path: str) -> None:
+        for name, sub in (node.get("properties") or {}).items():
+            where = f"{path}.{name}"
+            text = sub.get("description") or ""
+            # The API server documents apiVersion, kind and metadata (and refuses more there).
+            if where not in (".apiVersion", ".kind", ".metadata") and not text:
+                undescribed.append(where)
+            if "``" in text or re.search(r":(class|func|meth|data|attr):", text):
+                markup.append(where)
+            visit(sub, where)
+            if isinstance(sub.get("items"), dict):
+                visit(sub["items"], f"{where}[]")
+
+    visit(_schema(kind), "")
+    assert undescribed == [] and markup == [], (undescribed, markup)
+
+
+def test_agent_detections_wide_columns() -> None:
+    (version,) = _crds()["AgentDetection"]["spec"]["versions"]
+    wide = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority") == 1]
+    assert wide == ["Workload", "Profile Kind", "Profile Namespace"]
 
 
 def test_cel_rules_mirror_the_pydantic_checks() -> None:
