@@ -81,7 +81,10 @@ class ResolveSweep:
 
 
 def build_registry(
-    reconciler: Reconciler, detection: DetectionService | None = None, metrics: Metrics | None = None
+    reconciler: Reconciler,
+    detection: DetectionService | None = None,
+    metrics: Metrics | None = None,
+    diffbase: MemoryDiffBase | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     config = reconciler.config
@@ -118,7 +121,13 @@ def build_registry(
         return outcome
 
     def reconcile(body: kopf.Body) -> None:
-        outcome = measured(body)
+        try:
+            outcome = measured(body)
+        except Exception as exc:  # kopf retries; the Event says so where kubectl describe looks
+            reconciler.emit(
+                dict(body), "Warning", "ReconcileError", f"{type(exc).__name__}: {exc}"[:1024] + "; retrying"
+            )
+            raise
         if outcome.retry_after is not None:
             raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
 
@@ -167,6 +176,8 @@ def build_registry(
         def profile_event(type: str | None, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
             if type == "DELETED":
                 reconciler.forget(_kind, body.metadata.name or "", body.metadata.namespace, body.metadata.uid)
+                if diffbase is not None:
+                    diffbase.forget(body.metadata.uid)
                 metrics.forget_profile((_kind, body.metadata.namespace, body.metadata.name or ""))
                 if detection is not None:
                     detection.profile_deleted((_kind, body.metadata.namespace, body.metadata.name or ""))
@@ -229,16 +240,41 @@ def quiet_kopf_logs() -> None:
         logger.addFilter(QuietWatchEventHandlers())
 
 
-def settings_for(max_workers: int = 16, peering_lifetime: int = 20) -> kopf.OperatorSettings:
+class MemoryDiffBase(kopf.DiffBaseStorage):
+    """kopf's record of the spec it last handled, kept in memory by object uid instead of in
+    an annotation: no JSON copy of the spec in ``kubectl describe`` and no extra PATCH per
+    change. After a restart every profile is seen as new and reconciled once, which the
+    operator does at start-up anyway (the reconcile is idempotent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._essences: dict[str, kopf.BodyEssence] = {}
+        self._lock = threading.Lock()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        with self._lock:
+            return self._essences.get(body.metadata.uid or "")
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        with self._lock:
+            self._essences[body.metadata.uid or ""] = essence
+
+    def forget(self, uid: str | None) -> None:
+        with self._lock:
+            self._essences.pop(uid or "", None)
+
+
+def settings_for(
+    max_workers: int = 16, peering_lifetime: int = 20, diffbase: MemoryDiffBase | None = None
+) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
-    # Progress and the last-handled spec go in our annotations: the status schema is strict.
+    # Retry progress goes in our annotations (only while a handler is retrying; the status
+    # schema is strict); the last-handled spec stays in memory (MemoryDiffBase).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = diffbase or MemoryDiffBase()
     settings.persistence.finalizer = f"{GROUP}/finalizer"
-    # Our own Events say what happened; kopf's per-handler "succeeded" Events would only add writes.
-    settings.posting.level = logging.WARNING
+    # Our own Events say what happened, exceptions included (from agentdetect, not kopf).
+    settings.posting.enabled = False
     settings.execution.max_workers = max_workers
     settings.peering.lifetime = peering_lifetime
     return settings

@@ -17,7 +17,7 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from agentdetect.detection_service import DetectionService
-from agentdetect.handlers import build_registry, quiet_kopf_logs, settings_for
+from agentdetect.handlers import MemoryDiffBase, build_registry, quiet_kopf_logs, settings_for
 from agentdetect.kube import Cluster
 from agentdetect.metrics import Metrics
 from agentdetect.peering import PeeringGate
@@ -47,6 +47,7 @@ class Runtime:
     registry: kopf.OperatorRegistry
     detection: DetectionService | None
     metrics: Metrics
+    diffbase: MemoryDiffBase
 
 
 @dataclass
@@ -91,7 +92,8 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
     metrics.watch_readiness(gate)
     if detection is not None:
         metrics.watch_detection(detection)
-    registry = build_registry(reconciler, detection, metrics)
+    diffbase = MemoryDiffBase()
+    registry = build_registry(reconciler, detection, metrics, diffbase)
     quiet_kopf_logs()
     kubeconfig_path = str(kubeconfig) if kubeconfig else None
 
@@ -103,7 +105,7 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
             os.environ["KUBECONFIG"] = kubeconfig_path
         return kopf.login_with_kubeconfig(**kwargs)
 
-    return Runtime(reconciler, registry, detection, metrics)
+    return Runtime(reconciler, registry, detection, metrics, diffbase)
 
 
 async def serve(
@@ -125,7 +127,7 @@ async def serve(
     try:
         await kopf.operator(
             registry=runtime.registry,
-            settings=settings_for(peering_lifetime=options.peering_lifetime),
+            settings=settings_for(peering_lifetime=options.peering_lifetime, diffbase=runtime.diffbase),
             standalone=options.peering is None,
             peering_name=options.peering,
             priority=options.priority,

@@ -308,5 +308,14 @@ spec: {{files: {{presets: [credentials]}}}}
         text = eventually(described, timeout=15, what="the Event in kubectl describe")
         events = text.split("Events:")[-1]
         assert "agentdetect" in events and "1 policy applied" in events
+        assert "kopf" not in events, events  # reported by agentdetect, not by the framework
+        # kopf's copy of the last-handled spec is kept in memory, not in an annotation.
+        assert "last-handled-configuration" not in text, text
+        # ... and a change to the spec is still seen and reconciled.
+        control_plane.kubectl(
+            "patch", "cadp", name, "--type=merge", "-p", '{"spec": {"files": {"presets": ["ssh-keys"]}}}'
+        )
+        updated = wait_condition(api, name, None, "Applied")
+        assert updated["status"]["observedGeneration"] == 2
     finally:
         control_plane.kubectl("delete", "cadp", name, check=False)
