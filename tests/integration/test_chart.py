@@ -60,14 +60,15 @@ def template(release: str, namespace: str, *values: str) -> list[dict[str, Any]]
 
 
 def chart_crds() -> list[dict[str, Any]]:
-    return [
-        d for p in sorted((CHART / "crds").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d
-    ]
+    """kopf's peering CRDs (crds/) and ours (templates, from files/crds/)."""
+    paths = sorted((CHART / "crds").glob("*.yaml")) + sorted((CHART / "files" / "crds").glob("*.yaml"))
+    return [d for p in paths for d in yaml.safe_load_all(p.read_text()) if d]
 
 
 @pytest.fixture(scope="module")
 def installed_crds(control_plane: ControlPlane, policy_kinds: bool) -> list[str]:
-    """The chart's crds/ (ours and kopf's peering), as Helm installs them before anything else."""
+    """The chart's CRDs (ours and kopf's peering), installed before the rest, as a first
+    `helm install` does."""
     return control_plane.install_crds(chart_crds())
 
 
@@ -94,6 +95,7 @@ def _dry_run(control_plane: ControlPlane, docs: list[dict[str, Any]]) -> str:
         "--server-side",
         "--dry-run=server",
         "--field-manager=helm",
+        "--force-conflicts",  # the CRDs exist already, applied by another field manager
         "-f",
         "-",
         input=yaml.safe_dump_all(docs),
@@ -139,6 +141,7 @@ def test_every_rendered_object_is_accepted_by_the_api_server(
         "ClusterKopfPeering",
         "ClusterRole",
         "ClusterRoleBinding",
+        "CustomResourceDefinition",
         "Deployment",
         "PodDisruptionBudget",
         "Role",
@@ -199,6 +202,7 @@ class Release:
             self.name,
             namespace,
             f"--set=fullnameOverride={self.name}",
+            "--set=crds.enabled=false",  # installed by the installed_crds fixture, for the session
             f"--set=detection.tetragon.namespace={tetragon_ns}",
             "--set=detection.tetragon.selector=app.kubernetes.io/name=tetragon",
         )
@@ -382,6 +386,7 @@ def test_notes_say_how_to_configure_tetragon(control_plane: ControlPlane, instal
         "-n",
         "agentdetect-system",
         "--dry-run=client",
+        "--set=crds.enabled=false",  # they exist already, not owned by a release
         f"--kubeconfig={control_plane.kubeconfig}",
     ).stdout
     notes = out[out.index("NOTES:") :]
