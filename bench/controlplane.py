@@ -13,8 +13,8 @@ from pathlib import Path
 
 from kubernetes import client
 
-from agentdetect import binaries
-from agentdetect.controlplane import ControlPlane
+from agentdetect.local import binaries
+from agentdetect.local.controlplane import ControlPlane
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -22,17 +22,17 @@ import orjson
 import yaml
 from kubernetes import client
 
-from agentdetect import binaries
-from agentdetect.aggregate import Aggregator
-from agentdetect.controlplane import ControlPlane, load_yaml_documents
-from agentdetect.detect import Pipeline, ProfileBoard, tune_gc
-from agentdetect.detections import DetectionWriter
-from agentdetect.kube import Cluster
-from agentdetect.match import ProfileState
-from agentdetect.reconcile import parse_profile, targets_for
-from agentdetect.render import hostnames_of, policy_name
-from agentdetect.resolve import StaticResolver, resolve_all
-from agentdetect.samples import Scenario, kprobe_event, stream
+from agentdetect.cluster.kube import Cluster
+from agentdetect.controller.reconcile import parse_profile, targets_for
+from agentdetect.detection.aggregate import Aggregator
+from agentdetect.detection.pipeline import Pipeline, tune_gc
+from agentdetect.detection.writer import DetectionWriter
+from agentdetect.local import binaries
+from agentdetect.local.controlplane import ControlPlane, load_yaml_documents
+from agentdetect.local.samples import Scenario, kprobe_event, stream
+from agentdetect.policy.board import ProfileBoard, ProfileState
+from agentdetect.policy.render import hostnames_of, policy_name
+from agentdetect.policy.resolve import StaticResolver, resolve_all
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTS = {

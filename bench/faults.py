@@ -51,12 +51,12 @@ from kubernetes.client.exceptions import ApiException
 from tests.kwoknode import KwokNode, append_log_lines, find_kwok_binary, find_kwok_source
 from tests.operator_process import OperatorProcess
 
-from agentdetect import binaries, tetragon_crds
-from agentdetect.controlplane import ControlPlane, load_yaml_documents
-from agentdetect.kube import POLICY_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
-from agentdetect.models import GROUP, VERSION
-from agentdetect.render import LABEL_MANAGED_BY, MANAGED_BY, POD_NAMESPACE_LABEL
-from agentdetect.samples import kprobe_event
+from agentdetect.api.models import GROUP, VERSION
+from agentdetect.cluster.kube import POLICY_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
+from agentdetect.local import binaries, tetragon_crds
+from agentdetect.local.controlplane import ControlPlane, load_yaml_documents
+from agentdetect.local.samples import kprobe_event
+from agentdetect.policy.render import LABEL_MANAGED_BY, MANAGED_BY, POD_NAMESPACE_LABEL
 
 REPO = Path(__file__).resolve().parent.parent
 AGENTDETECT = Path(sys.executable).parent / "agentdetect"

@@ -35,13 +35,13 @@ from typing import Any
 import yaml
 from kubernetes import client, watch
 
-from agentdetect import binaries, tetragon_crds
-from agentdetect import render as render_module
-from agentdetect.controlplane import ControlPlane, load_yaml_documents
-from agentdetect.kube import FIELD_MANAGER, POLICY_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
-from agentdetect.models import API_VERSION, GROUP, VERSION
-from agentdetect.reconcile import now_rfc3339, parse_profile, targets_for
-from agentdetect.render import (
+from agentdetect.api.models import API_VERSION, GROUP, VERSION
+from agentdetect.cluster.kube import FIELD_MANAGER, POLICY_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
+from agentdetect.controller.reconcile import now_rfc3339, parse_profile, targets_for
+from agentdetect.local import binaries, tetragon_crds
+from agentdetect.local.controlplane import ControlPlane, load_yaml_documents
+from agentdetect.policy import render as render_module
+from agentdetect.policy.render import (
     ANNOTATION_HASH,
     LABEL_MANAGED_BY,
     LABEL_PROFILE_NAME,
@@ -51,7 +51,7 @@ from agentdetect.render import (
     hostnames_of,
     render,
 )
-from agentdetect.resolve import StaticResolver, resolve_all
+from agentdetect.policy.resolve import StaticResolver, resolve_all
 
 REPO = Path(__file__).resolve().parent.parent
 APPLY = "application/apply-patch+yaml"

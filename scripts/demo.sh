@@ -9,5 +9,5 @@ venv=${AGENTDETECT_VENV:-.venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check -e .
+"$venv/bin/pip" install --quiet --disable-pip-version-check -e ".[local]"
 exec "$venv/bin/agentdetect" demo "$@"

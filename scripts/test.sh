@@ -29,4 +29,6 @@ fi
 "$venv/bin/ruff" check operator tests bench
 "$venv/bin/ruff" format --check operator tests bench
 "$venv/bin/mypy"
+# Imports run one way between the packages (pyproject: [tool.importlinter]).
+"$venv/bin/lint-imports"
 exec "$venv/bin/pytest" "$@"

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from agentdetect import binaries, tetragon_crds
-from agentdetect import render as render_module
-from agentdetect.controlplane import ControlPlane, load_yaml_documents
+from agentdetect.local import binaries, tetragon_crds
+from agentdetect.local.controlplane import ControlPlane, load_yaml_documents
+from agentdetect.policy import render as render_module
 from tests.standin_crds import standin_tetragon_crds
 from tests.tetragon_judge import Recorder, watch_policies
 

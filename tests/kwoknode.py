@@ -7,7 +7,7 @@ reads it with the kubelet's own CRI log reader, so ``follow``, ``timestamps``,
 ``sinceSeconds``/``sinceTime``, ``tailLines`` and ``limitBytes`` behave as on a real node
 and lines appended to the file reach followers at once (inotify, else a 1 s re-check).
 
-What the API server needs: nothing beyond :class:`~agentdetect.controlplane.ControlPlane`'s
+What the API server needs: nothing beyond :class:`~agentdetect.local.controlplane.ControlPlane`'s
 flags. It dials the Node's ``InternalIP`` (127.0.0.1; kwok reports no ``Hostname`` address
 because we do not pass ``--node-name``) on ``daemonEndpoints.kubeletEndpoint.Port``; it
 speaks HTTPS, and without ``--kubelet-certificate-authority`` it does not verify kwok's
@@ -53,8 +53,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from agentdetect import binaries
-from agentdetect.controlplane import ControlPlane, Process, free_port, load_yaml_documents, log_tail
+from agentdetect.local import binaries
+from agentdetect.local.controlplane import ControlPlane, Process, free_port, load_yaml_documents, log_tail
 
 KWOK_GROUP = "kwok.x-k8s.io"
 KWOK_API_VERSION = "v1alpha1"

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from agentdetect.controlplane import free_port
+from agentdetect.local.controlplane import free_port
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:

@@ -6,6 +6,6 @@ naming the exact error when they are missing. The definitions live in the packag
 local demo needs them too.
 """
 
-from agentdetect.tetragon_crds import STANDIN_ANNOTATION, standin_tetragon_crds
+from agentdetect.local.tetragon_crds import STANDIN_ANNOTATION, standin_tetragon_crds
 
 __all__ = ["STANDIN_ANNOTATION", "standin_tetragon_crds"]

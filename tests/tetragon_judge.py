@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentdetect.render import yaml_json
+from agentdetect.policy.render import yaml_json
 
 ENV = "TETRAGON_JUDGE"
 

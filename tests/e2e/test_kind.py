@@ -7,7 +7,7 @@ from typing import Any
 
 from kubernetes import client
 
-from agentdetect.models import GROUP, VERSION
+from agentdetect.api.models import GROUP, VERSION
 from tests.integration.helpers import wait_condition
 from tests.waiting import eventually
 

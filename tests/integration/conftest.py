@@ -4,10 +4,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from agentdetect.controlplane import ControlPlane
-from agentdetect.reconcile import Config
-from agentdetect.resolve import StaticResolver
-from agentdetect.runner import OperatorThread
+from agentdetect.app.runner import OperatorThread
+from agentdetect.controller.reconcile import Config
+from agentdetect.local.controlplane import ControlPlane
+from agentdetect.policy.resolve import StaticResolver
 from tests.kwoknode import KwokNode, find_kwok_binary, find_kwok_source
 
 #: What the operator's resolver answers in tests: this machine has no DNS to the internet.

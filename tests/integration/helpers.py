@@ -10,8 +10,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from agentdetect.controlplane import ControlPlane
-from agentdetect.models import GROUP, VERSION
+from agentdetect.api.models import GROUP, VERSION
+from agentdetect.local.controlplane import ControlPlane
 from tests.waiting import eventually
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agentdetect.controlplane import ControlPlane
-from agentdetect.runner import OperatorThread
+from agentdetect.app.runner import OperatorThread
+from agentdetect.local.controlplane import ControlPlane
 from tests.integration.helpers import wait_condition
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agentdetect import binaries
+from agentdetect.local import binaries
 from tests.integration.test_chart import template
 
 RELEASE, NAMESPACE = "agentdetect", "agentdetect-system"

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from agentdetect import binaries
-from agentdetect.controlplane import ControlPlane, kubeconfig_dict
-from agentdetect.samples import kprobe_event
+from agentdetect.local import binaries
+from agentdetect.local.controlplane import ControlPlane, kubeconfig_dict
+from agentdetect.local.samples import kprobe_event
 from tests.integration.helpers import apply_profile, detection_of, temporary_namespace, wait_condition
 from tests.kwoknode import KwokNode
 from tests.operator_process import OperatorProcess

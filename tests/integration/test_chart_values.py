@@ -14,8 +14,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from agentdetect import binaries
-from agentdetect.controlplane import ControlPlane
+from agentdetect.local import binaries
+from agentdetect.local.controlplane import ControlPlane
 from tests.integration.test_chart import CHART, helm, template
 
 DIGEST = "sha256:" + "ab" * 32

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from agentdetect.controlplane import ControlPlane
-from agentdetect.models import GROUP, VERSION
-from agentdetect.render import POD_NAMESPACE_LABEL
-from agentdetect.runner import OperatorThread
+from agentdetect.api.models import GROUP, VERSION
+from agentdetect.app.runner import OperatorThread
+from agentdetect.local.controlplane import ControlPlane
+from agentdetect.policy.render import POD_NAMESPACE_LABEL
 from tests.integration.helpers import cluster_policies, gone, policies, wait_condition
 from tests.waiting import eventually
 

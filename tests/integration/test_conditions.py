@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from agentdetect.controlplane import ControlPlane
-from agentdetect.resolve import StaticResolver
-from agentdetect.runner import OperatorThread
+from agentdetect.app.runner import OperatorThread
+from agentdetect.local.controlplane import ControlPlane
+from agentdetect.policy.resolve import StaticResolver
 from tests.integration.helpers import policies, profile, ready, wait_condition
 from tests.waiting import eventually
 

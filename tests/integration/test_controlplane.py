@@ -15,8 +15,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from agentdetect.binaries import KUBERNETES_VERSION, Binaries
-from agentdetect.controlplane import UNPRIVILEGED_USER, ControlPlane, ControlPlaneError
+from agentdetect.local.binaries import KUBERNETES_VERSION, Binaries
+from agentdetect.local.controlplane import UNPRIVILEGED_USER, ControlPlane, ControlPlaneError
 from tests.waiting import eventually
 
 TCP_CONNECT_POLICY: dict[str, Any] = {
@@ -286,8 +286,8 @@ import json, signal, sys, time
 # As under a terminal: a shell starts a background job with SIGINT ignored, and the child
 # would inherit that whether or not the suite runs in the foreground.
 signal.signal(signal.SIGINT, signal.default_int_handler)
-from agentdetect.binaries import Binaries
-from agentdetect.controlplane import ControlPlane
+from agentdetect.local.binaries import Binaries
+from agentdetect.local.controlplane import ControlPlane
 with ControlPlane(Binaries(__import__("pathlib").Path(sys.argv[1]))) as cp:
     print(json.dumps(cp.pids), flush=True)
     time.sleep(120)

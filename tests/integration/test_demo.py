@@ -6,7 +6,7 @@ import io
 import os
 from pathlib import Path
 
-from agentdetect import demo
+from agentdetect.local import demo
 
 
 def _children() -> set[int]:

@@ -10,11 +10,11 @@ import orjson
 import pytest
 from kubernetes import client
 
-from agentdetect.controlplane import ControlPlane
-from agentdetect.reconcile import Config
-from agentdetect.resolve import StaticResolver
-from agentdetect.runner import OperatorThread
-from agentdetect.samples import kprobe_event
+from agentdetect.app.runner import OperatorThread
+from agentdetect.controller.reconcile import Config
+from agentdetect.local.controlplane import ControlPlane
+from agentdetect.local.samples import kprobe_event
+from agentdetect.policy.resolve import StaticResolver
 from tests.integration.conftest import TEST_HOSTS
 from tests.integration.helpers import gone, wait_condition
 from tests.waiting import eventually

@@ -63,7 +63,7 @@ def test_the_check_sees_a_miscount(faults_lab: Lab) -> None:
 def test_the_operators_were_quiet_through_it_all(faults_lab: Lab) -> None:
     """Every operator of the suite, as its own process: no traceback, and none of kopf's INFO
     line per watch event ("Handler 'pod-deleted' succeeded." on every pod event in the cluster)."""
-    from agentdetect.handlers import WATCH_EVENT_HANDLERS
+    from agentdetect.app.handlers import WATCH_EVENT_HANDLERS
 
     assert len(faults_lab.operators) >= 3
     for op in faults_lab.operators:

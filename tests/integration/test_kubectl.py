@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agentdetect.controlplane import ControlPlane
+from agentdetect.local.controlplane import ControlPlane
 from tests.waiting import eventually
 
 FIELDS = [

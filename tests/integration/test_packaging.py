@@ -5,6 +5,7 @@ image's entrypoint would, probed as the kubelet and Prometheus would probe it.""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agentdetect.controlplane import ControlPlane
+from agentdetect.local.controlplane import ControlPlane
 from tests.integration.helpers import apply_profile, wait_condition
 from tests.operator_process import OperatorProcess
 
@@ -40,7 +41,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A clean virtual environment with the wheel and its dependencies, nothing else."""
+    """A clean virtual environment with the wheel and its dependencies, nothing else: no
+    ``[local]`` extra, so nothing only the embedded control plane and the demo need."""
     env_dir = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(with_pip=True).create(env_dir)
     subprocess.run(
@@ -55,10 +57,10 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_wheel_carries_templates_catalog_and_examples(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for hook in ("tcp_connect", "fd_install", "execve"):
-        assert any(n.startswith("agentdetect/templates/") and hook in n for n in names), hook
-    assert "agentdetect/catalog.yaml" in names
-    assert "agentdetect/examples/llm-egress.yaml" in names
-    assert "agentdetect/examples/tetragon-events.jsonl" in names
+        assert any(n.startswith("agentdetect/policy/templates/") and hook in n for n in names), hook
+    assert "agentdetect/api/catalog.yaml" in names
+    assert "agentdetect/local/examples/llm-egress.yaml" in names
+    assert "agentdetect/local/examples/tetragon-events.jsonl" in names
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
 
 
@@ -119,3 +121,31 @@ def test_operator_from_the_wheel_starts_serves_probes_metrics_and_stops_on_sigte
     assert records, "the operator logged nothing"
     assert all("message" in r and "severity" in r for r in records)
     assert any("applied 1" in r["message"] for r in records)
+
+
+def test_the_runtime_install_leaves_out_what_only_local_needs(installed: Path) -> None:
+    """`pip install agentdetect` (no [local] extra) does not pull in cryptography for the
+    embedded control plane, and starting the CLI imports nothing of agentdetect.local."""
+    python = installed.parent / "python"
+    requires = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.requires('agentdetect'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    listed: list[str] = ast.literal_eval(requires)
+    runtime = [r for r in listed if "extra ==" not in r]
+    assert not any(r.startswith("cryptography") for r in runtime), runtime
+    assert any(r.startswith("cryptography") and 'extra == "local"' in r for r in listed), listed
+    loaded = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import sys, agentdetect.app.cli, agentdetect.app.runner; "
+            "print(sorted(m for m in sys.modules if m.startswith('agentdetect.local')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert loaded == "[]", loaded

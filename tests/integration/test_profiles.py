@@ -9,10 +9,10 @@ import pytest
 import yaml
 from kubernetes import client
 
-from agentdetect.controlplane import ControlPlane
-from agentdetect.models import GROUP, VERSION
-from agentdetect.reconcile import Config
-from agentdetect.runner import OperatorThread
+from agentdetect.api.models import GROUP, VERSION
+from agentdetect.app.runner import OperatorThread
+from agentdetect.controller.reconcile import Config
+from agentdetect.local.controlplane import ControlPlane
 from tests.integration.helpers import gone, policies, profile, wait_condition
 from tests.waiting import eventually
 
@@ -94,7 +94,7 @@ def test_update_prunes_and_delete_collects(
     namespace: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agentdetect.handlers")
+    caplog.set_level(logging.INFO, logger="agentdetect.app.handlers")
     apply(control_plane, PROFILE.format(ns=namespace))
     wait_condition(api, "chatbot", namespace, "Applied")
     doc = yaml.safe_load(PROFILE.format(ns=namespace))

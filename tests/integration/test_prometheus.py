@@ -21,9 +21,9 @@ import orjson
 import pytest
 import yaml
 
-from agentdetect import binaries
-from agentdetect.controlplane import ControlPlane, free_port
-from agentdetect.samples import kprobe_event
+from agentdetect.local import binaries
+from agentdetect.local.controlplane import ControlPlane, free_port
+from agentdetect.local.samples import kprobe_event
 from tests.integration.helpers import apply_profile, temporary_namespace, wait_condition
 from tests.integration.test_alerts import rendered_rules
 from tests.kwoknode import KwokNode

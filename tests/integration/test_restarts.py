@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
-from agentdetect.controlplane import ControlPlane
-from agentdetect.runner import OperatorThread
-from agentdetect.samples import kprobe_event
+from agentdetect.app.runner import OperatorThread
+from agentdetect.local.controlplane import ControlPlane
+from agentdetect.local.samples import kprobe_event
 from tests.integration.conftest import following_config
 from tests.integration.helpers import (
     apply_profile,

@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentdetect.controlplane import ControlPlane
-from agentdetect.runner import OperatorThread
+from agentdetect.app.runner import OperatorThread
+from agentdetect.local.controlplane import ControlPlane
 from tests.integration.conftest import following_config
 from tests.integration.helpers import apply_profile, profile, temporary_namespace, wait_condition
 from tests.kwoknode import KwokNode

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
-from agentdetect import binaries, tetragon_crds, yamlout
-from agentdetect.controlplane import ControlPlane
-from agentdetect.reconcile import parse_profile, targets_for
-from agentdetect.render import hostnames_of, render
-from agentdetect.resolve import StaticResolver, resolve_all
-from tests.unit.test_generated_profiles import HashResolver, maximal_spec
+from agentdetect.controller.reconcile import parse_profile, targets_for
+from agentdetect.local import binaries, tetragon_crds
+from agentdetect.local.controlplane import ControlPlane
+from agentdetect.policy import yamlout
+from agentdetect.policy.render import hostnames_of, render
+from agentdetect.policy.resolve import StaticResolver, resolve_all
+from tests.unit.policy.test_generated_profiles import HashResolver, maximal_spec
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = "2026-01-01T00:00:00Z"

@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 import yaml
 
-from agentdetect.events import Event
-from agentdetect.match import ProfileState
-from agentdetect.reconcile import parse_profile, targets_for
-from agentdetect.render import HOOKS, Profile, hostnames_of, policy_name, target_in
-from agentdetect.resolve import StaticResolver, resolve_all
-from agentdetect.samples import kprobe_event
+from agentdetect.controller.reconcile import parse_profile, targets_for
+from agentdetect.detection.events import Event
+from agentdetect.local.samples import kprobe_event
+from agentdetect.policy.board import ProfileState
+from agentdetect.policy.render import HOOKS, Profile, hostnames_of, policy_name, target_in
+from agentdetect.policy.resolve import StaticResolver, resolve_all
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

@@ -1,0 +1,284 @@
+"""kopf wiring: which watch events lead to which reconcile. No logic of its own."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from agentdetect.api.conditions import Reason
+from agentdetect.api.models import GROUP, VERSION
+from agentdetect.app.metrics import Metrics
+from agentdetect.cluster.kube import POLICY_PLURALS, PROFILE_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
+from agentdetect.controller.reconcile import Outcome, Reconciler
+from agentdetect.detection.service import DetectionService
+from agentdetect.detection.sources import RateLimitedLog
+from agentdetect.policy.render import (
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    hostnames_of,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ResolveSweep:
+    """Hostnames move: every interval, profiles that name hostnames are reconciled again, and
+    their policies change only when the address set did. Not a kopf timer: kopf puts its
+    finalizer on every object a timer runs for, and a profile must never hang on deletion
+    while the operator is down."""
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        reconcile_by_key: Callable[[str, str, str | None], None],
+        interval: float,
+    ) -> None:
+        self.reconciler = reconciler
+        self.reconcile_by_key = reconcile_by_key
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="agentdetect-re-resolve", daemon=True)
+        self._log = RateLimitedLog(log)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sweep()
+
+    def sweep(self) -> None:
+        """One pass. A failure ends the pass (the API server is likely away: the next pass
+        tries again) and is logged once a minute, not once per profile per pass."""
+        _, states = self.reconciler.board.snapshot()
+        for state in states:
+            if self._stop.is_set():
+                return
+            p = state.profile
+            if not hostnames_of(p.spec):
+                continue
+            try:
+                self.reconcile_by_key(p.kind, p.name, p.namespace)
+            except Exception as exc:
+                self._log.warning(
+                    "sweep",
+                    "re-resolving %s %s/%s failed (%s: %s); the next pass tries again",
+                    p.kind,
+                    p.namespace or "-",
+                    p.name,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
+                return
+
+
+def build_registry(
+    reconciler: Reconciler,
+    detection: DetectionService | None = None,
+    metrics: Metrics | None = None,
+    diffbase: MemoryDiffBase | None = None,
+) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    config = reconciler.config
+    metrics = metrics or Metrics()
+
+    if detection is not None:
+
+        @kopf.on.startup(registry=registry, id="start-detection")
+        def start_detection(**_: Any) -> None:
+            detection.start()
+            try:
+                detection.prune_orphans()
+            except Exception:  # best effort: the next start tries again
+                log.exception("pruning AgentDetections of deleted profiles failed")
+
+        @kopf.on.cleanup(registry=registry, id="stop-detection")
+        def stop_detection(**_: Any) -> None:
+            detection.stop()
+
+        @kopf.on.event("", "v1", "pods", registry=registry, id="pod-deleted")
+        def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+            """A deleted pod's detections are dropped from memory; its AgentDetections go by GC."""
+            if type == "DELETED":
+                detection.pod_deleted(body.metadata.namespace or "", body.metadata.name or "")
+
+    def measured(body: Any) -> Outcome:
+        with metrics.reconcile(body["kind"]) as record:
+            outcome = reconciler.reconcile(body)
+            record.ready, record.reason = outcome.ready, outcome.reason
+            record.applied, record.pruned = outcome.applied, outcome.pruned
+        if outcome.reason != "Deleted":
+            meta = body["metadata"]
+            metrics.set_ready((body["kind"], meta.get("namespace"), meta["name"]), outcome.ready)
+        return outcome
+
+    def reconcile(body: kopf.Body) -> None:
+        try:
+            outcome = measured(body)
+        except Exception as exc:  # kopf retries; the Event says so where kubectl describe looks
+            reconciler.emit(
+                dict(body),
+                "Warning",
+                Reason.RECONCILE_ERROR,
+                f"{type(exc).__name__}: {exc}"[:1024] + "; retrying",
+            )
+            raise
+        if outcome.retry_after is not None:
+            raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
+
+    def reconcile_by_key(kind: str, name: str, namespace: str | None) -> None:
+        body = reconciler.cluster.get_profile(kind, name, namespace)
+        if body is not None:
+            measured(body)
+
+    sweep = ResolveSweep(reconciler, reconcile_by_key, config.resolve_interval)
+
+    if detection is not None:
+        reconciler.detecting = detection.detecting
+        refresh_log = RateLimitedLog(log)
+
+        def refresh_detecting() -> None:
+            """Detection started or stopped reading Tetragon: profiles say so (rare: only on a
+            change, and only those whose condition differs)."""
+            for kind, namespace, name in reconciler.stale_detecting():
+                try:
+                    reconcile_by_key(kind, name, namespace)
+                except Exception as exc:  # the next change, or the next reconcile, writes it
+                    refresh_log.warning("detecting", "updating Detecting on %s failed: %s", name, exc)
+                    return
+
+        detection.on_detecting_change = lambda: threading.Thread(
+            target=refresh_detecting, name="agentdetect-detecting", daemon=True
+        ).start()
+
+    @kopf.on.startup(registry=registry, id="start-re-resolve")
+    def start_sweep(**_: Any) -> None:
+        sweep.start()
+
+    @kopf.on.cleanup(registry=registry, id="stop-re-resolve")
+    def stop_sweep(**_: Any) -> None:
+        sweep.stop()
+
+    for kind, plural in PROFILE_PLURALS.items():
+
+        @kopf.on.resume(GROUP, VERSION, plural, registry=registry, id="reconcile")
+        @kopf.on.create(GROUP, VERSION, plural, registry=registry, id="reconcile")
+        @kopf.on.update(GROUP, VERSION, plural, registry=registry, id="reconcile")
+        def profile_changed(body: kopf.Body, **_: Any) -> None:
+            reconcile(body)
+
+        @kopf.on.event(GROUP, VERSION, plural, registry=registry, id="profile-deleted")
+        def profile_event(type: str | None, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
+            if type == "DELETED":
+                reconciler.forget(_kind, body.metadata.name or "", body.metadata.namespace, body.metadata.uid)
+                if diffbase is not None:
+                    diffbase.forget(body.metadata.uid)
+                metrics.forget_profile((_kind, body.metadata.namespace, body.metadata.name or ""))
+                if detection is not None:
+                    detection.profile_deleted((_kind, body.metadata.namespace, body.metadata.name or ""))
+
+    for plural in POLICY_PLURALS.values():
+
+        @kopf.on.event(
+            TETRAGON_GROUP,
+            TETRAGON_VERSION,
+            plural,
+            id="policy-drift",
+            registry=registry,
+            labels={LABEL_MANAGED_BY: MANAGED_BY},
+        )
+        def policy_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+            """A rendered policy edited or deleted by hand is put back."""
+            owner = reconciler.drifted(type, body) if type is not None else None
+            if owner is None:
+                return
+            namespace = body.metadata.namespace
+            if type == "DELETED" and namespace and not reconciler.cluster.namespace_active(namespace):
+                return  # the namespace controller is emptying it: nothing to restore there
+            log.info(
+                "policy %s/%s drifted (%s); restoring",
+                body.metadata.namespace or "-",
+                body.metadata.name,
+                (type or "").lower(),
+            )
+            reconcile_by_key(*owner)
+
+    @kopf.on.event("", "v1", "namespaces", registry=registry, id="namespace-selection")
+    def namespace_event(type: str | None, body: kopf.Body, status: kopf.Status, **_: Any) -> None:
+        """Namespaces that come, go or are relabelled change what cluster profiles select."""
+        gone = type == "DELETED" or status.get("phase") == "Terminating"
+        name = body.metadata.name or ""
+        for profile in reconciler.cluster_profiles_affected_by(name, dict(body.metadata.labels), gone):
+            reconcile_by_key("ClusterAgentDetectionProfile", profile, None)
+
+    return registry
+
+
+#: Handlers that run on every watch event of their kind (every pod in the cluster, every
+#: namespace): kopf logs each run at INFO, which is noise; failures are still logged.
+WATCH_EVENT_HANDLERS = ("pod-deleted", "profile-deleted", "policy-drift", "namespace-selection")
+
+
+class QuietWatchEventHandlers(logging.Filter):
+    """Drops kopf's "Handler 'pod-deleted' succeeded." lines for :data:`WATCH_EVENT_HANDLERS`."""
+
+    _quiet = frozenset(f"Handler {hid!r} succeeded." for hid in WATCH_EVENT_HANDLERS)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.INFO and record.getMessage() in self._quiet)
+
+
+def quiet_kopf_logs() -> None:
+    """Idempotent: installs the filter on kopf's per-object logger once."""
+    logger = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietWatchEventHandlers) for f in logger.filters):
+        logger.addFilter(QuietWatchEventHandlers())
+
+
+class MemoryDiffBase(kopf.DiffBaseStorage):
+    """kopf's record of the spec it last handled, kept in memory by object uid instead of in
+    an annotation: no JSON copy of the spec in ``kubectl describe`` and no extra PATCH per
+    change. After a restart every profile is seen as new and reconciled once, which the
+    operator does at start-up anyway (the reconcile is idempotent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._essences: dict[str, kopf.BodyEssence] = {}
+        self._lock = threading.Lock()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        with self._lock:
+            return self._essences.get(body.metadata.uid or "")
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        with self._lock:
+            self._essences[body.metadata.uid or ""] = essence
+
+    def forget(self, uid: str | None) -> None:
+        with self._lock:
+            self._essences.pop(uid or "", None)
+
+
+def settings_for(
+    max_workers: int = 16, peering_lifetime: int = 20, diffbase: MemoryDiffBase | None = None
+) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # Retry progress goes in our annotations (only while a handler is retrying; the status
+    # schema is strict); the last-handled spec stays in memory (MemoryDiffBase).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = diffbase or MemoryDiffBase()
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Our own Events say what happened, exceptions included (from agentdetect, not kopf).
+    settings.posting.enabled = False
+    settings.execution.max_workers = max_workers
+    settings.peering.lifetime = peering_lifetime
+    return settings

@@ -1,0 +1,355 @@
+"""The Kubernetes edge: every API call the reconciler makes, and nothing else."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from agentdetect.api.models import GROUP, VERSION
+from agentdetect.policy.render import (
+    LABEL_MANAGED_BY,
+    LABEL_PROFILE_KIND,
+    LABEL_PROFILE_NAME,
+    LABEL_PROFILE_NAMESPACE,
+)
+from agentdetect.policy.render import MANAGED_BY as _MANAGED_BY
+
+log = logging.getLogger(__name__)
+TETRAGON_GROUP, TETRAGON_VERSION = "cilium.io", "v1alpha1"
+POLICY_PLURALS = {"TracingPolicy": "tracingpolicies", "TracingPolicyNamespaced": "tracingpoliciesnamespaced"}
+PROFILE_PLURALS = {
+    "AgentDetectionProfile": "agentdetectionprofiles",
+    "ClusterAgentDetectionProfile": "clusteragentdetectionprofiles",
+}
+FIELD_MANAGER = "agentdetect"
+_APPLY = "application/apply-patch+yaml"
+_MERGE = "application/merge-patch+json"
+
+
+@dataclass(frozen=True)
+class ObjectKey:
+    kind: str
+    namespace: str | None
+    name: str
+
+
+def key_of(obj: dict[str, Any]) -> ObjectKey:
+    meta = obj["metadata"]
+    return ObjectKey(obj["kind"], meta.get("namespace"), meta["name"])
+
+
+#: (kind, namespace, name, uid, generation): one version of one profile.
+ProfileVersion = tuple[str, str | None, str, str, int]
+
+
+def profile_version(body: Mapping[str, Any]) -> ProfileVersion:
+    meta = body["metadata"]
+    uid, generation = meta.get("uid") or "", meta.get("generation") or 0
+    return (body["kind"], meta.get("namespace"), meta["name"], uid, generation)
+
+
+class Cluster:
+    """Thin typed wrapper over the generated client; one instance per operator."""
+
+    def __init__(self, api: client.ApiClient, field_manager: str = FIELD_MANAGER) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.field_manager = field_manager
+        self._tetragon_seen_at = 0.0
+
+    # ---- discovery -------------------------------------------------------------------------
+
+    def tetragon_installed(self, ttl: float = 60.0) -> bool:
+        """Whether both Tetragon policy kinds are served. A positive answer is cached for ``ttl``;
+        a negative one is asked again every time, so installing Tetragon is noticed at once."""
+        if time.monotonic() - self._tetragon_seen_at < ttl:
+            return True
+        try:
+            resources = self.custom.get_api_resources(TETRAGON_GROUP, TETRAGON_VERSION)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        names = {r.name for r in resources.resources or []}
+        if set(POLICY_PLURALS.values()) <= names:
+            self._tetragon_seen_at = time.monotonic()
+            return True
+        return False
+
+    # ---- policies --------------------------------------------------------------------------
+
+    def list_owned(self, profile_kind: str, name: str, namespace: str | None) -> list[dict[str, Any]]:
+        """Policies labelled as rendered from this profile: what pruning compares against."""
+        selector = profile_selector(profile_kind, name, namespace)
+        items: list[dict[str, Any]] = []
+        if namespace:  # a namespaced profile only ever owns policies in its own namespace
+            resp = self.custom.list_namespaced_custom_object(
+                TETRAGON_GROUP,
+                TETRAGON_VERSION,
+                namespace,
+                POLICY_PLURALS["TracingPolicyNamespaced"],
+                label_selector=selector,
+            )
+            items.extend(_with_kind(resp, "TracingPolicyNamespaced"))
+            return items
+        for kind, plural in POLICY_PLURALS.items():
+            resp = self.custom.list_cluster_custom_object(
+                TETRAGON_GROUP, TETRAGON_VERSION, plural, label_selector=selector
+            )
+            items.extend(_with_kind(resp, kind))
+        return items
+
+    def apply(self, doc: dict[str, Any], owner: dict[str, Any]) -> None:
+        """Server-side apply, forcing our field manager's ownership back (that is drift repair).
+        The response body is not used: the generated client leaves it undecoded when the apply
+        creates the object (201)."""
+        body = {**doc, "metadata": {**doc["metadata"], "ownerReferences": [owner]}}
+        key = key_of(doc)
+        plural = POLICY_PLURALS[key.kind]
+        if key.namespace:
+            self.custom.patch_namespaced_custom_object(
+                TETRAGON_GROUP,
+                TETRAGON_VERSION,
+                key.namespace,
+                plural,
+                key.name,
+                body,
+                field_manager=self.field_manager,
+                force=True,
+                _content_type=_APPLY,
+            )
+        else:
+            self.custom.patch_cluster_custom_object(
+                TETRAGON_GROUP,
+                TETRAGON_VERSION,
+                plural,
+                key.name,
+                body,
+                field_manager=self.field_manager,
+                force=True,
+                _content_type=_APPLY,
+            )
+
+    def delete(self, key: ObjectKey) -> None:
+        plural = POLICY_PLURALS[key.kind]
+        try:
+            if key.namespace:
+                self.custom.delete_namespaced_custom_object(
+                    TETRAGON_GROUP, TETRAGON_VERSION, key.namespace, plural, key.name
+                )
+            else:
+                self.custom.delete_cluster_custom_object(TETRAGON_GROUP, TETRAGON_VERSION, plural, key.name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # ---- detections ------------------------------------------------------------------------
+
+    def apply_detection(self, doc: dict[str, Any], owner: dict[str, Any]) -> None:
+        """AgentDetection, owned by its Pod so it is garbage-collected with it."""
+        meta = doc["metadata"]
+        body = {**doc, "metadata": {**meta, "ownerReferences": [owner]}}
+        self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            "agentdetections",
+            meta["name"],
+            body,
+            field_manager=self.field_manager,
+            force=True,
+            _content_type=_APPLY,
+        )
+
+    def delete_detections(self, profile_kind: str, name: str, namespace: str | None) -> int:
+        """Delete the AgentDetections of a profile, in every namespace they are in (one
+        deletecollection per namespace); the number deleted."""
+        selector = profile_selector(profile_kind, name, namespace)
+        found = _obj(
+            self.custom.list_cluster_custom_object(GROUP, VERSION, "agentdetections", label_selector=selector)
+        ).get("items", [])
+        for ns in sorted({d["metadata"]["namespace"] for d in found}):
+            try:
+                self.custom.delete_collection_namespaced_custom_object(
+                    GROUP, VERSION, ns, "agentdetections", label_selector=selector
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        return len(found)
+
+    def list_detections(self) -> list[dict[str, Any]]:
+        """Every AgentDetection of ours, in every namespace."""
+        resp = self.custom.list_cluster_custom_object(
+            GROUP, VERSION, "agentdetections", label_selector=f"{LABEL_MANAGED_BY}={_MANAGED_BY}"
+        )
+        return list(_with_kind(resp, "AgentDetection"))
+
+    def list_profiles(self) -> list[dict[str, Any]]:
+        """Every profile of both kinds, each with its ``kind`` set."""
+        out: list[dict[str, Any]] = []
+        for kind, plural in PROFILE_PLURALS.items():
+            for item in _obj(self.custom.list_cluster_custom_object(GROUP, VERSION, plural)).get("items", []):
+                out.append({**item, "kind": kind})
+        return out
+
+    def profile_versions(self) -> set[ProfileVersion]:
+        """(kind, namespace, name, uid, generation) of every profile that exists."""
+        return {profile_version(p) for p in self.list_profiles()}
+
+    def detection_profiles(self) -> set[tuple[str, str | None, str]]:
+        """(kind, namespace, name) of every profile some AgentDetection names."""
+        items = _obj(
+            self.custom.list_cluster_custom_object(
+                GROUP, VERSION, "agentdetections", label_selector=f"{LABEL_MANAGED_BY}={_MANAGED_BY}"
+            )
+        ).get("items", [])
+        out = set()
+        for d in items:
+            labels = d["metadata"].get("labels") or {}
+            kind, name = labels.get(LABEL_PROFILE_KIND), labels.get(LABEL_PROFILE_NAME)
+            if kind and name:
+                out.add((kind, labels.get(LABEL_PROFILE_NAMESPACE), name))
+        return out
+
+    def pod_uid(self, namespace: str, name: str) -> str | None:
+        try:
+            pod = self.core.read_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return pod.metadata.uid if pod.metadata else None
+
+    # ---- Events --------------------------------------------------------------------------
+
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on ``body``, from any thread (kopf.event needs kopf's handler
+        context, which the re-resolution sweep and the detection threads do not have). An
+        Event about a cluster-scoped object is stored in ``default`` and names no namespace in
+        involvedObject, which is where ``kubectl describe`` looks for it. Best effort: a
+        refused Event (a terminating namespace, a missing permission) is logged, not raised."""
+        meta = body.get("metadata") or {}
+        namespace = meta.get("namespace")
+        now = datetime.datetime.now(datetime.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name') or 'agentdetect'}."[:200]),
+            involved_object=client.V1ObjectReference(
+                api_version=body.get("apiVersion"),
+                kind=body.get("kind"),
+                name=meta.get("name"),
+                uid=meta.get("uid"),
+                namespace=namespace or None,
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=client.V1EventSource(component=FIELD_MANAGER),
+            reporting_component=f"{GROUP}/operator",
+            reporting_instance=socket.gethostname()[:128],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            self.core.create_namespaced_event(namespace or "default", event)
+        except ApiException as exc:
+            log.warning(
+                "could not post Event %s on %s %s: %s", reason, body.get("kind"), meta.get("name"), exc.reason
+            )
+
+    # ---- profiles and namespaces -----------------------------------------------------------
+
+    def get_profile(self, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
+        plural = PROFILE_PLURALS[kind]
+        try:
+            if namespace:
+                return _obj(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name))
+            return _obj(self.custom.get_cluster_custom_object(GROUP, VERSION, plural, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_status(self, kind: str, name: str, namespace: str | None, status: dict[str, Any]) -> None:
+        plural = PROFILE_PLURALS[kind]
+        body = {"status": status}
+        try:
+            if namespace:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, plural, name, body, _content_type=_MERGE
+                )
+            else:
+                self.custom.patch_cluster_custom_object_status(
+                    GROUP, VERSION, plural, name, body, _content_type=_MERGE
+                )
+        except ApiException as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing to report to
+                raise
+
+    def namespace_active(self, name: str) -> bool:
+        """Whether the namespace exists and is not being deleted."""
+        try:
+            ns = self.core.read_namespace(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return not (ns.status is not None and ns.status.phase == "Terminating")
+
+    def namespaces(self) -> list[tuple[str, dict[str, str]]]:
+        """Active namespaces and their labels (a terminating one accepts no new objects)."""
+        out = []
+        for ns in self.core.list_namespace().items:
+            if ns.status is not None and ns.status.phase == "Terminating":
+                continue
+            meta = ns.metadata
+            assert meta is not None and meta.name is not None
+            out.append((meta.name, dict(meta.labels or {})))
+        return out
+
+
+def profile_selector(profile_kind: str, name: str, namespace: str | None) -> str:
+    """The label selector of what agentdetect made for one profile (policies, detections)."""
+    return ",".join(
+        [
+            f"{LABEL_MANAGED_BY}={_MANAGED_BY}",
+            f"{LABEL_PROFILE_KIND}={profile_kind}",
+            f"{LABEL_PROFILE_NAME}={name}",
+        ]
+        + ([f"{LABEL_PROFILE_NAMESPACE}={namespace}"] if namespace else [f"!{LABEL_PROFILE_NAMESPACE}"])
+    )
+
+
+def _obj(value: object) -> dict[str, Any]:
+    """The custom-objects API is typed ``object``; it returns decoded JSON objects."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object from the API, got {type(value).__name__}")
+    return value
+
+
+def _with_kind(resp: object, kind: str) -> Iterable[dict[str, Any]]:
+    for item in _obj(resp).get("items", []):
+        item.setdefault("kind", kind)  # list items may omit kind
+        yield item
+
+
+def owner_reference(profile: dict[str, Any]) -> dict[str, Any]:
+    meta = profile["metadata"]
+    return {
+        "apiVersion": profile.get("apiVersion", f"{GROUP}/{VERSION}"),
+        "kind": profile["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

@@ -1,0 +1,582 @@
+"""Reconcile one profile: validate, resolve, render, apply what changed, prune, report.
+
+Every entry point (create, update, resume, the re-resolution timer, a drifted policy, a
+namespace that came or went) calls :meth:`Reconciler.reconcile` with the profile's body, so
+there is one path to get right. Writes happen only for differences: a policy whose rendered
+hash and live content already match is left alone, and the status is patched only when it
+changed, which is what makes resumes and no-op reconciles free.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agentdetect.api.conditions import ConditionType, Reason
+from agentdetect.api.models import ClusterProfileSpec, Mode, ProfileSpec, ResolvedDestination
+from agentdetect.cluster.kube import Cluster, ObjectKey, ProfileVersion, key_of, owner_reference
+from agentdetect.policy.board import ProfileBoard, ProfileState
+from agentdetect.policy.render import (
+    ANNOTATION_HASH,
+    LABEL_PROFILE_KIND,
+    LABEL_PROFILE_NAME,
+    LABEL_PROFILE_NAMESPACE,
+    Profile,
+    ProfileKind,
+    RenderError,
+    Target,
+    hostnames_of,
+    render,
+)
+from agentdetect.policy.resolve import Resolution, Resolver, SystemResolver, resolve_all
+
+log = logging.getLogger(__name__)
+BUDGET_CONDITION = ConditionType.POLICY_FILTER_BUDGET
+#: Whether Tetragon's events are read at all (detection on): a profile is Applied either way,
+#: but a misconfigured Tetragon namespace or selector would otherwise be silent.
+DETECTING_CONDITION = ConditionType.DETECTING
+
+TETRAGON_INSTALL_HINT = (
+    "Tetragon's TracingPolicy CRDs (cilium.io/v1alpha1) are not installed. Install Tetragon, e.g. "
+    "`helm repo add cilium https://helm.cilium.io && helm install tetragon cilium/tetragon -n kube-system`; "
+    "this profile is applied as soon as they appear"
+)
+
+
+@dataclass
+class Config:
+    allow_enforcement: bool = False
+    template_dir: Path | None = None
+    resolver: Resolver = field(default_factory=SystemResolver)
+    resolve_interval: float = 300.0
+    #: Retry delay while Tetragon is missing or the API server failed.
+    retry_delay: float = 10.0
+    #: Follow Tetragon's event export and write AgentDetections.
+    detect: bool = False
+    tetragon_namespace: str = "kube-system"
+    tetragon_selector: str = "app.kubernetes.io/name=tetragon"
+    tetragon_container: str = "export-stdout"
+    #: At most one write per AgentDetection and one status patch per profile per interval.
+    flush_interval: float = 10.0
+    max_pods: int = 10_000
+    max_rules_per_pod: int = 64
+    #: Policies of ours that may use a slot of Tetragon's policy filter, which holds at most
+    #: 128 per agent (POLICY_FILTER_MAX_POLICIES, bpf/process/policy_filter.h) for every tool
+    #: on the node; beyond this, profiles say so in their PolicyFilterBudget condition.
+    policy_filter_budget: int = 64
+
+
+@dataclass
+class Outcome:
+    ready: bool
+    reason: str
+    message: str
+    applied: int = 0
+    pruned: int = 0
+    retry_after: float | None = None
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = err["loc"]
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        parts.append(f"{path or '(root)'}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def describe_invalid(exc: ValueError) -> str:
+    return format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+
+
+class _Meta(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    # Profile names label the policies they render, and label values stop at 63 characters.
+    name: str = Field(min_length=1, max_length=63)
+    namespace: str | None = None
+
+
+class _Namespaced(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    metadata: _Meta
+    spec: ProfileSpec
+
+
+class _Clustered(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    metadata: _Meta
+    spec: ClusterProfileSpec
+
+
+def parse_profile(body: Mapping[str, Any]) -> Profile:
+    """Raises ``ValidationError`` whose locations are field paths such as ``spec.network...``."""
+    kind: ProfileKind = body["kind"]
+    doc = {"metadata": body.get("metadata") or {}, "spec": body.get("spec") or {}}
+    parsed = (_Clustered if kind == "ClusterAgentDetectionProfile" else _Namespaced).model_validate(doc)
+    if kind == "AgentDetectionProfile" and not parsed.metadata.namespace:
+        raise ValueError("an AgentDetectionProfile needs metadata.namespace")
+    return Profile(kind, parsed.metadata.name, parsed.metadata.namespace, parsed.spec)
+
+
+def targets_for(profile: Profile, namespaces: list[tuple[str, dict[str, str]]] | None) -> list[Target]:
+    """A namespaced profile renders into its own namespace and nowhere else."""
+    if profile.kind == "AgentDetectionProfile":
+        assert profile.namespace is not None
+        return [Target("TracingPolicyNamespaced", profile.namespace)]
+    spec = profile.spec
+    assert isinstance(spec, ClusterProfileSpec)
+    if spec.namespace_selector is None or spec.namespace_selector.selects_all():
+        return [Target("TracingPolicy", None)]
+    selector = spec.namespace_selector
+    selected = tuple(name for name, labels in sorted(namespaces or []) if selector.matches(labels))
+    # One cluster-wide policy per hook, narrowed to these namespaces by its pod selector: one
+    # policy-filter entry however many namespaces match (render.pod_selector), where a policy
+    # per namespace would use one each, of at most 128 per agent.
+    return [Target("TracingPolicy", None, selected)] if selected else []
+
+
+def contains(desired: Any, live: Any) -> bool:
+    """Whether ``live`` still holds everything we set: server defaults may add fields, but a
+    changed or removed value, or a list of another length, is drift."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(k in live and contains(v, live[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        return isinstance(live, list) and len(desired) == len(live) and all(map(contains, desired, live))
+    return bool(desired == live)
+
+
+def in_sync(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    if live is None:
+        return False
+    dmeta, lmeta = desired["metadata"], live.get("metadata", {})
+    return (
+        lmeta.get("annotations", {}).get(ANNOTATION_HASH) == dmeta["annotations"][ANNOTATION_HASH]
+        and contains(dmeta["labels"], lmeta.get("labels", {}))
+        and contains(desired["spec"], live.get("spec"))
+    )
+
+
+def previous_resolutions(status: Mapping[str, Any] | None) -> dict[str, Resolution]:
+    out = {}
+    for r in (status or {}).get("resolved", []) or []:
+        out[r["hostname"]] = Resolution(tuple(r.get("addresses", [])), r["resolvedAt"], r.get("error"))
+    return out
+
+
+def resolved_status(profile: Profile, resolved: Mapping[str, Resolution]) -> list[dict[str, Any]]:
+    from agentdetect.api import catalog
+
+    cat = catalog.load()
+    net = profile.spec.network
+    owners: dict[str, str] = {}
+    if net:
+        for name in net.providers:
+            for h in cat.providers[name].hostnames:
+                owners.setdefault(h, name)
+        for d in net.destinations:
+            hosts = d.hostnames or (cat.providers[d.provider].hostnames if d.provider and not d.cidrs else ())
+            for h in hosts:
+                owners.setdefault(h, d.name)
+    return [
+        ResolvedDestination(
+            name=owners.get(host, host),
+            hostname=host,
+            addresses=list(r.addresses),
+            resolved_at=r.resolved_at,
+            error=r.error,
+        ).dump()
+        for host, r in sorted(resolved.items())
+    ]
+
+
+def set_condition(
+    previous: list[dict[str, Any]],
+    type_: str,
+    generation: int | None,
+    ok: bool,
+    reason: str,
+    message: str,
+    now: str,
+) -> list[dict[str, Any]]:
+    """``previous`` with the condition ``type_`` set, in its place (an unchanged list compares
+    equal, so no patch is sent); its transition time moves only when its status does."""
+    status = "True" if ok else "False"
+    old = next((c for c in previous if c.get("type") == type_), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == status else now
+    cond = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
+    if old is None:
+        return [*previous, cond]
+    return [cond if c is old else c for c in previous]
+
+
+def ready_condition(
+    previous: list[dict[str, Any]], generation: int | None, ready: bool, reason: str, message: str, now: str
+) -> list[dict[str, Any]]:
+    return set_condition(previous, ConditionType.READY, generation, ready, reason, message, now)
+
+
+def uses_policy_filter(doc: Mapping[str, Any]) -> bool:
+    """Whether Tetragon's agent gives this policy a slot in its policy filter: a namespaced
+    policy, or one with a pod or container selector (updatePolicyFilter, pkg/sensors/k8s.go,
+    v1.7.0; pkg/sensors/handler.go, v1.6.0)."""
+    spec = doc.get("spec") or {}
+    return bool(
+        doc.get("kind") == "TracingPolicyNamespaced"
+        or spec.get("podSelector") is not None
+        or spec.get("containerSelector") is not None
+    )
+
+
+def budget_condition(owned: int, budget: int) -> tuple[bool, str, str]:
+    if owned <= budget:
+        # No count here: the message stays the same as other profiles come and go, so an
+        # unchanged profile costs no status write.
+        return (
+            True,
+            Reason.WITHIN_BUDGET,
+            f"agentdetect's policies are within its policy-filter budget of {budget}",
+        )
+    return (
+        False,
+        Reason.BUDGET_EXCEEDED,
+        f"agentdetect owns {owned} policies that use Tetragon's policy filter, over its budget of "
+        f"{budget}; each Tetragon agent holds at most 128 for all tools and refuses to load more. "
+        "Merge profiles, narrow namespaceSelectors into one cluster profile, or raise "
+        "--policy-filter-budget if no other tool uses the filter",
+    )
+
+
+class Reconciler:
+    def __init__(
+        self,
+        cluster: Cluster,
+        config: Config,
+        emit: Callable[[dict[str, Any], str, str, str], None] | None = None,
+        board: ProfileBoard | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.config = config
+        #: What each profile rendered (spec, targets, addresses): the event matcher reads it.
+        self.board = board or ProfileBoard()
+        self.emit = emit or (lambda body, type_, reason, message: None)
+        self._locks: dict[tuple[str, str | None, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        #: What we last applied or confirmed, per policy: drift events compare against it
+        #: without a round trip to the API server.
+        self.desired: dict[ObjectKey, dict[str, Any]] = {}
+        #: Cluster profiles with a namespace selector, and the namespaces they currently render into.
+        self.cluster_selections: dict[str, tuple[ClusterProfileSpec, set[str]]] = {}
+        #: Per profile, the (uid, generation) last reconciled, whatever the outcome: detection
+        #: waits until every profile's current one is (DetectionService). Versions, not names:
+        #: a replica back from standby has stale entries for profiles changed meanwhile.
+        self._settled: dict[tuple[str, str | None, str], tuple[str, int]] = {}
+        #: UIDs of profiles deleted: a reconcile of one that was waiting for the lock (a
+        #: re-resolution, a late update) does nothing, so it cannot publish the profile again.
+        self._forgotten: set[str] = set()
+        #: Detection's current (ok, reason, message), or None while unknown; set when detection
+        #: runs in this process. Each reconcile writes it as the Detecting condition.
+        self.detecting: Callable[[], tuple[bool, str, str] | None] | None = None
+        #: Per profile, the Detecting (status, reason) it carries, as last reconciled.
+        self._detecting_seen: dict[tuple[str, str | None, str], tuple[str, str] | None] = {}
+
+    def settled_versions(self) -> set[ProfileVersion]:
+        with self._locks_guard:
+            return {(*key, uid, generation) for key, (uid, generation) in self._settled.items()}
+
+    def policy_filter_policies(self) -> int:
+        """How many of the policies this operator owns take a slot in Tetragon's policy filter."""
+        return sum(1 for doc in list(self.desired.values()) if uses_policy_filter(doc))
+
+    def _lock(self, kind: str, namespace: str | None, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault((kind, namespace, name), threading.Lock())
+
+    def forget(self, kind: str, name: str, namespace: str | None, uid: str | None = None) -> None:
+        """The profile is gone; its policies go with it by garbage collection. Under the
+        profile's lock: a reconcile in flight (a re-resolution) must not publish it again."""
+        with self._lock(kind, namespace, name):
+            with self._locks_guard:
+                self._settled.pop((kind, namespace, name), None)
+                self._detecting_seen.pop((kind, namespace, name), None)
+            if kind == "ClusterAgentDetectionProfile":
+                self.cluster_selections.pop(name, None)
+            self.board.remove((kind, namespace, name))
+            # list(): other workers insert meanwhile; a snapshot is taken whole, under the GIL.
+            for key in [k for k, d in list(self.desired.items()) if _owned_by(d, kind, name, namespace)]:
+                self.desired.pop(key, None)
+            if uid:
+                self._forgotten.add(uid)
+
+    # ---- the one entry point ---------------------------------------------------------------
+
+    def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        meta = body["metadata"]
+        with self._lock(body["kind"], meta.get("namespace"), meta["name"]):
+            if meta.get("uid") in self._forgotten:
+                return Outcome(False, Reason.DELETED, "the profile was deleted")
+            now = now_rfc3339()
+            status = dict(body.get("status") or {})
+            outcome, new_status = self._reconcile(body, status, now)
+            new_status["observedGeneration"] = meta.get("generation")
+            new_status["conditions"] = ready_condition(
+                status.get("conditions") or [],
+                meta.get("generation"),
+                outcome.ready,
+                outcome.reason,
+                outcome.message,
+                now,
+            )
+            if outcome.ready or outcome.applied:
+                within, reason, message = budget_condition(
+                    self.policy_filter_policies(), self.config.policy_filter_budget
+                )
+                conditions = new_status["conditions"]
+                old_budget = next((c for c in conditions if c.get("type") == BUDGET_CONDITION), None)
+                new_status["conditions"] = set_condition(
+                    conditions, BUDGET_CONDITION, meta.get("generation"), within, reason, message, now
+                )
+                if not within and (old_budget is None or old_budget.get("reason") != reason):
+                    self.emit(dict(body), "Warning", reason, message)
+            self._write_detecting(body, status, new_status, now)
+            with self._locks_guard:
+                self._settled[(body["kind"], meta.get("namespace"), meta["name"])] = (
+                    meta.get("uid") or "",
+                    meta.get("generation") or 0,
+                )
+            changed = {k: v for k, v in new_status.items() if status.get(k) != v}
+            if changed:
+                self.cluster.patch_status(body["kind"], meta["name"], meta.get("namespace"), changed)
+                old_reason = next(
+                    (
+                        c.get("reason")
+                        for c in status.get("conditions") or []
+                        if c.get("type") == ConditionType.READY
+                    ),
+                    None,
+                )
+                if outcome.applied or outcome.pruned or old_reason != outcome.reason:
+                    self.emit(
+                        dict(body), "Normal" if outcome.ready else "Warning", outcome.reason, outcome.message
+                    )
+            return outcome
+
+    def _write_detecting(
+        self, body: Mapping[str, Any], status: Mapping[str, Any], new_status: dict[str, Any], now: str
+    ) -> None:
+        meta = body["metadata"]
+        generation = meta.get("generation")
+        current = self.detecting() if self.detecting is not None else None
+        seen: tuple[str, str] | None
+        if current is not None:
+            ok, reason, message = current
+            new_status["conditions"] = set_condition(
+                new_status["conditions"], DETECTING_CONDITION, generation, ok, reason, message, now
+            )
+            seen = ("True" if ok else "False", reason)
+        else:  # unknown here (standby, starting): the profile keeps what it says
+            conditions = status.get("conditions") or []
+            old = next((c for c in conditions if c.get("type") == DETECTING_CONDITION), None)
+            seen = (str(old.get("status")), str(old.get("reason"))) if old else None
+        with self._locks_guard:
+            self._detecting_seen[(body["kind"], meta.get("namespace"), meta["name"])] = seen
+
+    def stale_detecting(self) -> list[tuple[str, str | None, str]]:
+        """Profiles whose Detecting condition differs from detection's current state."""
+        current = self.detecting() if self.detecting is not None else None
+        if current is None:
+            return []
+        want = ("True" if current[0] else "False", current[1])
+        with self._locks_guard:
+            return sorted((k for k, seen in self._detecting_seen.items() if seen != want), key=str)
+
+    def _reconcile(
+        self, body: Mapping[str, Any], status: dict[str, Any], now: str
+    ) -> tuple[Outcome, dict[str, Any]]:
+        try:
+            profile = parse_profile(body)
+        except ValueError as exc:
+            msg = describe_invalid(exc) + "; existing policies were left as they were"
+            return Outcome(False, Reason.INVALID_SPEC, msg), {}
+
+        enforcing = profile.spec.enforcing_rules()
+        if profile.spec.mode == Mode.ENFORCE and enforcing and not self.config.allow_enforcement:
+            msg = (
+                f"spec.mode is Enforce and {', '.join(enforcing)} ask(s) for enforcement, but this "
+                "operator runs without --allow-enforcement; nothing was applied"
+            )
+            return Outcome(False, Reason.ENFORCEMENT_NOT_ALLOWED, msg), {}
+
+        if not self.cluster.tetragon_installed():
+            return Outcome(
+                False,
+                Reason.TETRAGON_NOT_INSTALLED,
+                TETRAGON_INSTALL_HINT,
+                retry_after=self.config.retry_delay,
+            ), {}
+
+        resolved = resolve_all(
+            hostnames_of(profile.spec), self.config.resolver, previous_resolutions(status), now
+        )
+        namespaces = self.cluster.namespaces() if profile.kind == "ClusterAgentDetectionProfile" else None
+        targets = targets_for(profile, namespaces)
+        try:
+            docs = render(profile, targets, resolved, self.config.template_dir)
+        except RenderError as exc:
+            return Outcome(
+                False, Reason.RENDER_FAILED, f"{exc}; existing policies were left as they were"
+            ), {}
+
+        owner = owner_reference(dict(body))
+        try:
+            applied, pruned = self._sync(profile, docs, owner)
+        except ApiException as exc:
+            reason = Reason.TETRAGON_NOT_INSTALLED if exc.status == 404 else Reason.APPLY_FAILED
+            message = TETRAGON_INSTALL_HINT if exc.status == 404 else _api_message(exc)
+            return Outcome(False, reason, message, retry_after=self.config.retry_delay), {
+                "resolved": resolved_status(profile, resolved)
+            }
+
+        if profile.kind == "ClusterAgentDetectionProfile":
+            spec = profile.spec
+            assert isinstance(spec, ClusterProfileSpec)
+            selects_all = spec.namespace_selector is None or spec.namespace_selector.selects_all()
+            if selects_all:
+                self.cluster_selections.pop(profile.name, None)
+            else:
+                self.cluster_selections[profile.name] = (
+                    spec,
+                    {ns for t in targets for ns in t.namespaces or ()},
+                )
+
+        self.board.publish(ProfileState(profile, tuple(targets), dict(resolved)))
+        refs = [
+            {
+                "kind": d["kind"],
+                **({"namespace": d["metadata"]["namespace"]} if d["metadata"].get("namespace") else {}),
+                "name": d["metadata"]["name"],
+                "hook": d["metadata"]["labels"]["agentdetect.io/hook"],
+            }
+            for d in docs
+        ]
+        new_status = {
+            "policies": refs,
+            "policyCount": len(refs),
+            "resolved": resolved_status(profile, resolved),
+        }
+
+        failed = {h: r for h, r in resolved.items() if r.error and not r.addresses}
+        notes = []
+        if profile.spec.mode == Mode.MONITOR and enforcing:
+            notes.append(f"{len(enforcing)} rule(s) marked enforce are observed only (mode Monitor)")
+        if not targets:
+            notes.append("no namespace matches namespaceSelector")
+        if failed:
+            errors = "; ".join(r.error or "" for r in failed.values())
+            msg = (
+                f"could not resolve {', '.join(sorted(failed))}: {errors}; {len(docs)} policies applied "
+                f"without them, retrying every {self.config.resolve_interval:.0f}s"
+            )
+            return Outcome(False, Reason.RESOLUTION_FAILED, msg, applied, pruned), new_status
+        msg = f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied"
+        return Outcome(True, Reason.APPLIED, "; ".join([msg, *notes]), applied, pruned), new_status
+
+    def _sync(self, profile: Profile, docs: list[dict[str, Any]], owner: dict[str, Any]) -> tuple[int, int]:
+        live = {
+            key_of(obj): obj for obj in self.cluster.list_owned(profile.kind, profile.name, profile.namespace)
+        }
+        wanted = {key_of(d): d for d in docs}
+        applied = 0
+        for key, doc in wanted.items():
+            if not in_sync(doc, live.get(key)) or not _owner_ok(live.get(key), owner):
+                self.cluster.apply(doc, owner)
+                applied += 1
+            self.desired[key] = doc
+        pruned = 0
+        for key in live.keys() - wanted.keys():
+            # Forgotten before it is deleted: its DELETED watch event must not read as drift.
+            self.desired.pop(key, None)
+            self.cluster.delete(key)
+            pruned += 1
+        for key in [
+            k
+            for k, d in list(self.desired.items())
+            if k not in wanted and _owned_by(d, profile.kind, profile.name, profile.namespace)
+        ]:
+            self.desired.pop(key, None)
+        if applied or pruned:
+            log.info(
+                "profile %s/%s: applied %d, pruned %d",
+                profile.namespace or "-",
+                profile.name,
+                applied,
+                pruned,
+            )
+        return applied, pruned
+
+    # ---- event-driven checks (no API calls unless something is off) ------------------------
+
+    def drifted(self, event_type: str, obj: Mapping[str, Any]) -> tuple[str, str, str | None] | None:
+        """The profile (kind, name, namespace) whose policy a watched event shows changed or
+        gone, from what was applied, never from the edited object's own labels; else None."""
+        key = key_of(dict(obj))
+        desired = self.desired.get(key)
+        if desired is None:
+            return None  # not ours (any more), or not reconciled yet: resume will see to it
+        if event_type != "DELETED" and in_sync(desired, dict(obj)):
+            return None
+        labels = desired["metadata"]["labels"]
+        return (labels[LABEL_PROFILE_KIND], labels[LABEL_PROFILE_NAME], labels.get(LABEL_PROFILE_NAMESPACE))
+
+    def cluster_profiles_affected_by(
+        self, namespace: str, labels: dict[str, str] | None, gone: bool
+    ) -> list[str]:
+        """Cluster profiles whose namespace selection changes because of this namespace."""
+        out = []
+        for name, (spec, selected) in list(self.cluster_selections.items()):
+            assert spec.namespace_selector is not None
+            should = not gone and spec.namespace_selector.matches(labels or {})
+            if should != (namespace in selected):
+                out.append(name)
+        return out
+
+
+def _owned_by(doc: Mapping[str, Any], kind: str, name: str, namespace: str | None) -> bool:
+    labels = doc["metadata"]["labels"]
+    return bool(
+        labels.get("agentdetect.io/profile-kind") == kind
+        and labels.get("agentdetect.io/profile-name") == name
+        and labels.get("agentdetect.io/profile-namespace") == namespace
+    )
+
+
+def _owner_ok(live: Mapping[str, Any] | None, owner: Mapping[str, Any]) -> bool:
+    refs = (live or {}).get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("uid") == owner["uid"] and r.get("controller") for r in refs)
+
+
+def _api_message(exc: ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return f"{exc.status} {exc.reason}"

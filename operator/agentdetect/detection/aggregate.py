@@ -1,0 +1,264 @@
+"""Per (profile, pod): per rule, a count, first and last seen, the action, and one example.
+
+Memory is bounded by design: at most ``max_pods`` (profile, pod) entries and
+``max_rules_per_pod`` rules each; events beyond the caps are counted, not stored, and a
+deleted pod's state is dropped. Entries changed since the last flush are tracked so the
+writer touches only those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from agentdetect.detection.events import Event
+from agentdetect.detection.match import Match
+from agentdetect.policy.board import ProfileKey
+
+PodKey = tuple[ProfileKey, str, str]  # (profile, pod namespace, pod name)
+
+
+@dataclass(slots=True)
+class RuleStats:
+    hook: str
+    count: int
+    first: str
+    last: str
+    killed: int
+    example_binary: str
+    example_target: str
+
+    @property
+    def action(self) -> str:
+        return "Killed" if self.killed else "Observed"
+
+
+@dataclass(slots=True)
+class StreamMark:
+    """How far a record goes in one stream: the kubelet timestamp of its last counted line and
+    how many counted lines carry exactly that timestamp (timestamps can repeat)."""
+
+    through: int
+    at_through: int = 1
+    #: After a restore: lines at ``through`` still to pass over, as the stream is read again.
+    to_skip: int = 0
+
+
+def _counted(marks: dict[str, StreamMark], stream: str, stamp_ns: int) -> bool:
+    """Whether a line at ``stamp_ns`` of ``stream`` is one the record already counts."""
+    mark = marks.get(stream)
+    if mark is None or stamp_ns > mark.through:
+        return False
+    if stamp_ns < mark.through:
+        return True
+    if mark.to_skip > 0:
+        mark.to_skip -= 1
+        return True
+    return False
+
+
+def _advance(marks: dict[str, StreamMark], stream: str, stamp_ns: int) -> None:
+    """The record now counts the line at ``stamp_ns`` too."""
+    mark = marks.get(stream)
+    if mark is None or stamp_ns > mark.through:
+        marks[stream] = StreamMark(stamp_ns)
+    else:
+        mark.at_through += 1
+
+
+@dataclass(slots=True)
+class PodDetections:
+    workload: str
+    rules: dict[str, RuleStats] = field(default_factory=dict)
+    events: int = 0
+    last: str = ""
+    dropped_rules: int = 0
+    #: Mirrors membership in Aggregator.dirty: one set insertion per flush, not per event.
+    dirty: bool = False
+    #: Per Tetragon stream, how far the counts go.
+    streams: dict[str, StreamMark] = field(default_factory=dict)
+    #: A record written before records carried stream positions: it counts every line its
+    #: writer had read, so a line whose event time is not after its last one is passed over.
+    legacy: bool = False
+
+
+@dataclass(slots=True)
+class HostDetections:
+    """A profile's matches from processes outside any pod: no pod to own an AgentDetection, so
+    they are summed per profile and reported in its status."""
+
+    events: int = 0
+    first: str = ""
+    last: str = ""
+    rules: dict[str, int] = field(default_factory=dict)
+    example_binary: str = ""
+    example_target: str = ""
+    example_hook: str = ""
+    node: str = ""
+    #: Per Tetragon stream, how far the counts go (as PodDetections.streams).
+    streams: dict[str, StreamMark] = field(default_factory=dict)
+
+
+@dataclass
+class AggregateStats:
+    dropped_over_pod_cap: int = 0
+    dropped_over_rule_cap: int = 0
+    pods_forgotten: int = 0
+    #: Lines at or before a record's stream position: already counted there.
+    already_counted: int = 0
+
+
+class Aggregator:
+    def __init__(self, max_pods: int = 10_000, max_rules_per_pod: int = 64) -> None:
+        self.max_pods = max_pods
+        self.max_rules_per_pod = max_rules_per_pod
+        self.pods: dict[PodKey, PodDetections] = {}
+        self.dirty: set[PodKey] = set()
+        self.stats = AggregateStats()
+        #: Counts of deleted pods' rules, so totals for metrics never go back (see rule_totals).
+        self._retired: dict[tuple[ProfileKey, str], int] = {}
+        self.host: dict[ProfileKey, HostDetections] = {}
+        #: Profiles whose host detections changed since the last flush.
+        self.host_dirty: set[ProfileKey] = set()
+
+    def add_at(self, event: Event, match: Match, stream: str, stamp_ns: int) -> None:
+        """``add`` for a line of a followed stream: a line at or before what the record (the
+        (profile, pod) AgentDetection, or the profile's host-process status) already counts
+        from that stream is not counted again."""
+        if not event.pod:
+            host = self.host.get(match.profile)
+            if host is not None and _counted(host.streams, stream, stamp_ns):
+                self.stats.already_counted += 1
+                return
+            self.add_host(event, match)
+            _advance(self.host[match.profile].streams, stream, stamp_ns)
+            return
+        key = (match.profile, event.namespace, event.pod)
+        pod = self.pods.get(key)
+        if pod is not None:
+            if pod.legacy and stream not in pod.streams and event.time <= pod.last:
+                self.stats.already_counted += 1
+                return
+            if _counted(pod.streams, stream, stamp_ns):
+                self.stats.already_counted += 1
+                return
+        self.add(event, match)
+        pod = self.pods.get(key)
+        if pod is None:
+            return  # over a cap: not counted, so no position either
+        _advance(pod.streams, stream, stamp_ns)
+
+    def restore(self, key: PodKey, pod: PodDetections) -> None:
+        """Start from the record (an AgentDetection read back): counts go on from there."""
+        if key not in self.pods and len(self.pods) < self.max_pods:
+            self.pods[key] = pod
+
+    def restore_host(self, profile: ProfileKey, host: HostDetections) -> None:
+        """Start from the profile's status: host-process counts go on from there."""
+        self.host.setdefault(profile, host)
+
+    def add_host(self, event: Event, match: Match) -> None:
+        host = self.host.get(match.profile)
+        if host is None:
+            host = self.host[match.profile] = HostDetections(first=event.time)
+        host.events += 1
+        host.rules[match.rule] = host.rules.get(match.rule, 0) + 1
+        if event.time >= host.last:
+            host.last = event.time
+            host.example_binary, host.example_target = event.binary, event.target
+            host.example_hook, host.node = event.hook, event.node
+        host.first = min(host.first, event.time)
+        self.host_dirty.add(match.profile)
+
+    def add(self, event: Event, match: Match) -> None:
+        if not event.pod:
+            self.add_host(event, match)
+            return
+        time = event.time
+        key = (match.profile, event.namespace, event.pod)
+        pod = self.pods.get(key)
+        if pod is None:
+            if len(self.pods) >= self.max_pods:
+                self.stats.dropped_over_pod_cap += 1
+                return
+            pod = self.pods[key] = PodDetections(event.workload)
+        rule = pod.rules.get(match.rule)
+        if rule is None:
+            if len(pod.rules) >= self.max_rules_per_pod:
+                pod.dropped_rules += 1
+                self.stats.dropped_over_rule_cap += 1
+                return
+            pod.rules[match.rule] = RuleStats(
+                event.hook, 1, time, time, int(event.killed), event.binary, event.target
+            )
+        else:
+            rule.count += 1
+            # Streams from several nodes interleave: keep the true first and last.
+            if time > rule.last:
+                rule.last = time
+            elif time < rule.first:
+                rule.first = time
+            if event.killed:
+                rule.killed += 1
+        pod.events += 1
+        if time > pod.last:
+            pod.last = time
+        if not pod.dirty:
+            pod.dirty = True
+            self.dirty.add(key)
+
+    def mark_dirty(self, key: PodKey) -> None:
+        """Write this entry at the next flush (again: the last write failed)."""
+        pod = self.pods.get(key)
+        if pod is not None:
+            pod.dirty = True
+            self.dirty.add(key)
+
+    def forget_pod(self, namespace: str, name: str) -> int:
+        """The pod is gone: drop its state for every profile."""
+        keys = [k for k in self.pods if k[1] == namespace and k[2] == name]
+        for k in keys:
+            for rule_name, rule in self.pods[k].rules.items():
+                retired_key = (k[0], rule_name)
+                self._retired[retired_key] = self._retired.get(retired_key, 0) + rule.count
+            del self.pods[k]
+            self.dirty.discard(k)
+        self.stats.pods_forgotten += len(keys)
+        return len(keys)
+
+    def forget_profile(self, profile: ProfileKey) -> None:
+        for k in [k for k in self.pods if k[0] == profile]:
+            del self.pods[k]
+            self.dirty.discard(k)
+        for t in [t for t in self._retired if t[0] == profile]:
+            del self._retired[t]
+        self.host.pop(profile, None)
+        self.host_dirty.discard(profile)
+
+    def take_host_dirty(self) -> set[ProfileKey]:
+        dirty, self.host_dirty = self.host_dirty, set()
+        return dirty
+
+    def rule_totals(self) -> dict[tuple[ProfileKey, str], int]:
+        """Stored events per (profile, rule), deleted pods included. Summed when asked (a
+        metrics scrape) rather than kept per event: the event path stays as lean as it was."""
+        totals = dict(self._retired)
+        for (profile, _, _), pod in self.pods.items():
+            for rule_name, rule in pod.rules.items():
+                totals[(profile, rule_name)] = totals.get((profile, rule_name), 0) + rule.count
+        return totals
+
+    def take_dirty(self) -> list[PodKey]:
+        keys = sorted(self.dirty, key=lambda k: (k[0][0], k[0][1] or "", k[0][2], k[1], k[2]))
+        self.dirty.clear()
+        for k in keys:
+            pod = self.pods.get(k)
+            if pod is not None:
+                pod.dirty = False
+        return keys
+
+    def by_profile(self) -> Iterator[tuple[ProfileKey, list[tuple[PodKey, PodDetections]]]]:
+        grouped: dict[ProfileKey, list[tuple[PodKey, PodDetections]]] = {}
+        for key, pod in self.pods.items():
+            grouped.setdefault(key[0], []).append((key, pod))
+        yield from grouped.items()

@@ -1,0 +1,286 @@
+"""Detection inside the operator: Tetragon's logs -> pipeline -> coalesced writes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from agentdetect.api.conditions import Reason
+from agentdetect.cluster.kube import Cluster, ProfileVersion
+from agentdetect.detection.aggregate import Aggregator, HostDetections, PodDetections, PodKey
+from agentdetect.detection.pipeline import Pipeline
+from agentdetect.detection.sources import RateLimitedLog, TetragonLogSource
+from agentdetect.detection.writer import DetectionWriter, FlushResult, host_record_of, record_of
+from agentdetect.policy.board import ProfileBoard, ProfileKey
+
+log = logging.getLogger(__name__)
+
+
+class DetectionSettings(Protocol):
+    """What detection reads of the operator's configuration (app's Config has these): a
+    protocol, so this flow does not depend on the controller's."""
+
+    @property
+    def max_pods(self) -> int: ...
+    @property
+    def max_rules_per_pod(self) -> int: ...
+    @property
+    def flush_interval(self) -> float: ...
+    @property
+    def retry_delay(self) -> float: ...
+    @property
+    def tetragon_namespace(self) -> str: ...
+    @property
+    def tetragon_selector(self) -> str: ...
+    @property
+    def tetragon_container(self) -> str: ...
+
+
+class DetectingState(NamedTuple):
+    """The ``Detecting`` condition every profile carries while detection is on."""
+
+    ok: bool
+    reason: str
+    message: str
+
+
+class DetectionService:
+    """Follows Tetragon, aggregates, writes. With a peering ``gate``, only while this replica is
+    the active one; on becoming standby it stops following and writing.
+
+    The AgentDetection objects are the record. On becoming active (at start, or on taking
+    over from another replica) it first waits until every profile that exists has been
+    reconciled (``settled``: an event read before its profile is known would be counted as
+    unmatched and lost), then starts from the records (counts, first seen, and how far into
+    each Tetragon stream they go), and only then follows the logs: a line a record already
+    counts is passed over, so counts neither go back nor count anything twice."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        board: ProfileBoard,
+        cfg: DetectionSettings,
+        follow_logs: bool = True,
+        gate: Callable[[], bool] | None = None,
+        settled: Callable[[], set[ProfileVersion]] | None = None,
+        settle_timeout: float = 120.0,
+    ) -> None:
+        self.cfg = cfg
+        self.cluster = cluster
+        self.follow_logs = follow_logs
+        self.gate = gate
+        self.settled = settled
+        self.settle_timeout = settle_timeout
+        self.pipeline = Pipeline(board, Aggregator(cfg.max_pods, cfg.max_rules_per_pod))
+        self.writer = DetectionWriter(cluster, self.pipeline)
+        self.source: TetragonLogSource | None = None
+        self.active = gate is None
+        #: Set once this activation has restored the records and started following.
+        self.begun = threading.Event()
+        #: Which activation a begin thread serves: one that was overtaken (standby, then active
+        #: again) must not start a second source. Guarded, with the source, by _source_lock.
+        self._activation = 0
+        self._source_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="agentdetect-flush", daemon=True)
+        self.last_flush = FlushResult()
+        self._failures = RateLimitedLog(log)
+        #: Called (from the flush thread) when :meth:`detecting` changes: profiles say it.
+        self.on_detecting_change: Callable[[], None] | None = None
+        self._last_detecting: DetectingState | None = None
+
+    def _new_source(self) -> TetragonLogSource | None:
+        if not self.follow_logs:
+            return None
+        cfg = self.cfg
+        return TetragonLogSource(
+            self.cluster.api,
+            self.pipeline.feed,
+            cfg.tetragon_namespace,
+            cfg.tetragon_selector,
+            cfg.tetragon_container,
+        )
+
+    def start(self) -> DetectionService:
+        if self.active:
+            self._begin_soon()
+        self._flusher.start()
+        return self
+
+    def _begin_soon(self) -> None:
+        with self._source_lock:
+            self._activation += 1
+            activation = self._activation
+            self.begun.clear()
+        threading.Thread(
+            target=self._begin, args=(activation,), name="agentdetect-begin", daemon=True
+        ).start()
+
+    def _current(self, activation: int) -> bool:
+        return self.active and activation == self._activation and not self._stop.is_set()
+
+    def _begin(self, activation: int) -> None:
+        self._wait_for_profiles(activation)
+        if not self._current(activation):
+            return
+        try:
+            records = [r for r in (record_of(d) for d in self.cluster.list_detections()) if r is not None]
+            hosts = [h for h in (host_record_of(p) for p in self.cluster.list_profiles()) if h is not None]
+        except Exception as exc:  # without the records, counting from zero would overwrite them
+            reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
+            self._failures.warning(
+                "records", "reading AgentDetections failed (%s); detection waits and tries again", reason
+            )
+            if not self._stop.wait(self.cfg.retry_delay) and self._current(activation):
+                self._begin_soon()
+            return
+        with self._source_lock:
+            if not self._current(activation):
+                return
+            self._restore(records, hosts)
+            log.info("detection starts from %d AgentDetections", len(records))
+            self.source = self._new_source()
+            if self.source is not None:
+                self.source.start()
+            self.begun.set()
+
+    def _wait_for_profiles(self, activation: int) -> None:
+        if self.settled is None:
+            return
+        deadline = time.monotonic() + self.settle_timeout
+        while self._current(activation):
+            try:
+                missing = self.cluster.profile_versions() - self.settled()
+            except Exception:  # the API server may be briefly away; keep waiting
+                log.warning("listing profiles failed while waiting for them to be reconciled")
+                missing = {("?", None, "?", "", 0)}
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                log.warning(
+                    "starting detection with %d profile(s) not yet reconciled (e.g. %s): their events "
+                    "read meanwhile are counted as unmatched",
+                    len(missing),
+                    sorted(missing, key=str)[0],
+                )
+                return
+            self._stop.wait(0.2)
+
+    def _restore(
+        self, records: list[tuple[PodKey, PodDetections]], hosts: list[tuple[ProfileKey, HostDetections]]
+    ) -> None:
+        """Load the records into a fresh aggregator and writer."""
+        aggregator = Aggregator(self.cfg.max_pods, self.cfg.max_rules_per_pod)
+        for key, pod in records:
+            aggregator.restore(key, pod)
+        for profile, host in hosts:
+            aggregator.restore_host(profile, host)
+        with self.pipeline.lock:
+            self.pipeline.aggregator = aggregator
+        self.writer = DetectionWriter(self.cluster, self.pipeline)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._source_lock:
+            if self.source is not None:
+                self.source.stop()
+        self._flusher.join(10)
+        if self.active and self.begun.is_set():
+            self.flush()  # what arrived last is not lost on a clean stop
+
+    def _follow_peering(self) -> None:
+        if self.gate is None:
+            return
+        try:
+            want = self.gate()
+        except Exception:  # keep the current role whatever the transport did
+            log.exception("checking the peering failed")
+            return
+        if want and not self.active:
+            self.active = True
+            log.info("detection active: starting from the records, then following Tetragon's export")
+            self._begin_soon()
+        elif not want and self.active:
+            with self._source_lock:
+                self.active = False
+                self._activation += 1  # a begin thread still waiting gives up
+                self.begun.clear()
+                if self.source is not None:
+                    self.source.stop()
+                    self.source = None
+            log.info("detection on standby: another replica is active")
+
+    def detecting(self) -> DetectingState | None:
+        """Whether Tetragon's events are read, as profiles' ``Detecting`` condition says it.
+        None while unknown (a standby, before the first listing of Tetragon's pods)."""
+        source = self.source
+        if not self.active or source is None or source.found is None:
+            return None
+        cfg = self.cfg
+        if source.found:
+            return DetectingState(
+                True, Reason.FOLLOWING, f"Tetragon's export is read in {cfg.tetragon_namespace}"
+            )
+        return DetectingState(
+            False,
+            Reason.NO_TETRAGON_PODS,
+            f"no running pod in {cfg.tetragon_namespace} matches {cfg.tetragon_selector}: Tetragon's events "
+            "are not read and nothing is detected (check --tetragon-namespace and --tetragon-selector)",
+        )
+
+    def _notice_detecting(self) -> None:
+        now = self.detecting()
+        if now is not None and now != self._last_detecting:
+            self._last_detecting = now
+            if self.on_detecting_change is not None:
+                self.on_detecting_change()
+
+    def flush(self) -> FlushResult:
+        try:
+            self.last_flush = self.writer.flush()
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # The API server is away: the next flush retries. Once a minute, without a traceback.
+            reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
+            self._failures.warning("flush", "writing detections failed (%s); retrying each flush", reason)
+        except Exception:  # a bug: the next flush retries; a failed flush must not end the loop
+            if self._failures.allow("flush-bug"):
+                log.exception("flushing detections failed")
+        return self.last_flush
+
+    def _flush_loop(self) -> None:
+        self._follow_peering()
+        while not self._stop.wait(self.cfg.flush_interval):
+            self._follow_peering()
+            if self.active and self.begun.is_set():
+                self.flush()
+                self._notice_detecting()
+
+    def profile_deleted(self, profile: ProfileKey) -> int:
+        """Its detections are forgotten and its AgentDetections deleted: they answer a question
+        nobody asks any more (README: Detections)."""
+        with self.pipeline.lock:
+            self.pipeline.aggregator.forget_profile(profile)
+        self.writer.forget_profile(profile)
+        kind, namespace, name = profile
+        return self.cluster.delete_detections(kind, name, namespace)
+
+    def prune_orphans(self) -> int:
+        """AgentDetections whose profile was deleted while no operator ran."""
+        deleted = 0
+        for kind, namespace, name in sorted(self.cluster.detection_profiles(), key=str):
+            if self.cluster.get_profile(kind, name, namespace) is None:
+                deleted += self.cluster.delete_detections(kind, name, namespace)
+        if deleted:
+            log.info("deleted %d AgentDetections whose profile no longer exists", deleted)
+        return deleted
+
+    def pod_deleted(self, namespace: str, name: str) -> None:
+        with self.pipeline.lock:
+            self.pipeline.aggregator.forget_pod(namespace, name)
+        self.writer.forget_pod(namespace, name)
