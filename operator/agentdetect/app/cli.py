@@ -186,8 +186,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from agentdetect.detection.aggregate import Aggregator
     from agentdetect.detection.pipeline import Pipeline, tune_gc
+    from agentdetect.detection.records import detection_object
     from agentdetect.detection.sources import file_lines
-    from agentdetect.detection.writer import detection_object
     from agentdetect.policy.board import ProfileBoard, ProfileState
 
     resolver = _resolver(args)

@@ -15,8 +15,9 @@ from agentdetect.api.conditions import Reason
 from agentdetect.cluster.kube import Cluster, ProfileVersion
 from agentdetect.detection.aggregate import Aggregator, HostDetections, PodDetections, PodKey
 from agentdetect.detection.pipeline import Pipeline
+from agentdetect.detection.records import host_record_of, record_of
 from agentdetect.detection.sources import RateLimitedLog, TetragonLogSource
-from agentdetect.detection.writer import DetectionWriter, FlushResult, host_record_of, record_of
+from agentdetect.detection.writer import DetectionWriter, FlushResult
 from agentdetect.policy.board import ProfileBoard, ProfileKey
 
 log = logging.getLogger(__name__)

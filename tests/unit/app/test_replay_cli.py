@@ -16,7 +16,7 @@ import yaml
 
 from agentdetect.api.models import AgentDetection
 from agentdetect.app import cli
-from agentdetect.detection.writer import detection_name
+from agentdetect.detection.records import detection_name
 from tests.unit.detect_helpers import EXAMPLES, STATIC_HOSTS, example, line, policy_of, ts
 
 LLM_EGRESS = str(EXAMPLES / "llm-egress.yaml")

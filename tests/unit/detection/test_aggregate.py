@@ -443,7 +443,7 @@ def test_feed_many_in_batches_is_the_same(batch: int) -> None:
 
 
 def test_lines_a_record_already_counts_are_not_counted_again() -> None:
-    from agentdetect.detection.writer import detection_object, record_of
+    from agentdetect.detection.records import detection_object, record_of
 
     agg = Aggregator()
     for stamp in (10, 20, 20, 30):
@@ -470,7 +470,7 @@ def test_lines_a_record_already_counts_are_not_counted_again() -> None:
 
 
 def test_lines_with_the_same_timestamp_are_told_apart_by_how_many_were_counted() -> None:
-    from agentdetect.detection.writer import detection_object, record_of
+    from agentdetect.detection.records import detection_object, record_of
 
     agg = Aggregator()
     for _ in range(3):
@@ -486,7 +486,7 @@ def test_lines_with_the_same_timestamp_are_told_apart_by_how_many_were_counted()
 
 
 def test_a_restored_record_keeps_first_seen_and_examples() -> None:
-    from agentdetect.detection.writer import detection_object, record_of
+    from agentdetect.detection.records import detection_object, record_of
 
     agg = Aggregator()
     agg.add(_ev(time=ts(3), killed=True), Match(P1, "openai"))
@@ -500,7 +500,7 @@ def test_a_restored_record_keeps_first_seen_and_examples() -> None:
 def test_a_record_from_before_stream_positions_is_not_counted_again() -> None:
     """An AgentDetection written before records carried positions counts every line its writer
     had read: on the first start after the upgrade, lines up to its last event are passed over."""
-    from agentdetect.detection.writer import detection_object, record_of
+    from agentdetect.detection.records import detection_object, record_of
 
     old = Aggregator()
     for second in (1, 2, 3):
@@ -520,7 +520,7 @@ def test_host_process_counts_are_a_record_too() -> None:
     """Matches outside any pod are summed in the profile's status; it carries stream positions
     like an AgentDetection, so a restart (which reads the whole log again) counts none of them
     twice, and the total goes on from the status. (A reconnect's overlap is the source's to drop.)"""
-    from agentdetect.detection.writer import host_detections, host_record_of
+    from agentdetect.detection.records import host_detections, host_record_of
 
     agg = Aggregator()
     for stamp in (10, 20, 20):

@@ -17,7 +17,8 @@ from agentdetect.cluster.kube import Cluster
 from agentdetect.controller.reconcile import parse_profile
 from agentdetect.detection.aggregate import Aggregator, PodDetections, PodKey, RuleStats
 from agentdetect.detection.pipeline import Pipeline
-from agentdetect.detection.writer import DetectionWriter, detection_name, detection_object, profile_detections
+from agentdetect.detection.records import detection_name, detection_object, profile_detections
+from agentdetect.detection.writer import DetectionWriter
 from agentdetect.policy.board import ProfileBoard, ProfileKey
 from tests.unit.detect_helpers import example, line, policy_of, state_of, ts
 

@@ -16,7 +16,7 @@ from agentdetect.detection import events
 from agentdetect.detection.aggregate import Aggregator
 from agentdetect.detection.events import MAX_LINE_BYTES, Event, ParseStats, normalize_time, parse_line
 from agentdetect.detection.pipeline import Pipeline
-from agentdetect.detection.writer import detection_object
+from agentdetect.detection.records import detection_object
 from agentdetect.local.samples import kprobe_event
 from agentdetect.policy.board import ProfileBoard
 from tests.unit.detect_helpers import example, line, policy_of, state_of
