@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentdetect.api.conditions import ConditionType, Reason
 from agentdetect.api.models import ClusterProfileSpec, Mode, ProfileSpec, ResolvedDestination
-from agentdetect.cluster.kube import Cluster, ObjectKey, ProfileVersion, key_of, owner_reference
+from agentdetect.cluster.kube import Cluster, ProfileVersion, key_of, owner_reference
+from agentdetect.controller.state import AppliedPolicies, NamespaceSelections, Reconciled
 from agentdetect.policy.board import ProfileBoard, ProfileState
 from agentdetect.policy.render import (
     ANNOTATION_HASH,
@@ -278,33 +279,26 @@ class Reconciler:
         #: What each profile rendered (spec, targets, addresses): the event matcher reads it.
         self.board = board or ProfileBoard()
         self.emit = emit or (lambda body, type_, reason, message: None)
+        #: One lock per profile: its reconciles never overlap (kopf, the sweep, drift repair).
         self._locks: dict[tuple[str, str | None, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        #: What we last applied or confirmed, per policy: drift events compare against it
-        #: without a round trip to the API server.
-        self.desired: dict[ObjectKey, dict[str, Any]] = {}
-        #: Cluster profiles with a namespace selector, and the namespaces they currently render into.
-        self.cluster_selections: dict[str, tuple[ClusterProfileSpec, set[str]]] = {}
-        #: Per profile, the (uid, generation) last reconciled, whatever the outcome: detection
-        #: waits until every profile's current one is (DetectionService). Versions, not names:
-        #: a replica back from standby has stale entries for profiles changed meanwhile.
-        self._settled: dict[tuple[str, str | None, str], tuple[str, int]] = {}
-        #: UIDs of profiles deleted: a reconcile of one that was waiting for the lock (a
-        #: re-resolution, a late update) does nothing, so it cannot publish the profile again.
-        self._forgotten: set[str] = set()
+        #: What was last applied, per policy (the drift cache).
+        self.desired = AppliedPolicies()
+        #: Cluster profiles with a namespace selector, and the namespaces they render into.
+        self.cluster_selections = NamespaceSelections()
+        #: The version of each profile last reconciled (detection waits for them) and the uids
+        #: of deleted profiles, whose late reconciles must not publish them again.
+        self.reconciled = Reconciled()
         #: Detection's current (ok, reason, message), or None while unknown; set when detection
         #: runs in this process. Each reconcile writes it as the Detecting condition.
         self.detecting: Callable[[], tuple[bool, str, str] | None] | None = None
-        #: Per profile, the Detecting (status, reason) it carries, as last reconciled.
-        self._detecting_seen: dict[tuple[str, str | None, str], tuple[str, str] | None] = {}
 
     def settled_versions(self) -> set[ProfileVersion]:
-        with self._locks_guard:
-            return {(*key, uid, generation) for key, (uid, generation) in self._settled.items()}
+        return self.reconciled.versions()
 
     def policy_filter_policies(self) -> int:
         """How many of the policies this operator owns take a slot in Tetragon's policy filter."""
-        return sum(1 for doc in list(self.desired.values()) if uses_policy_filter(doc))
+        return self.desired.count(uses_policy_filter)
 
     def _lock(self, kind: str, namespace: str | None, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -314,24 +308,18 @@ class Reconciler:
         """The profile is gone; its policies go with it by garbage collection. Under the
         profile's lock: a reconcile in flight (a re-resolution) must not publish it again."""
         with self._lock(kind, namespace, name):
-            with self._locks_guard:
-                self._settled.pop((kind, namespace, name), None)
-                self._detecting_seen.pop((kind, namespace, name), None)
+            self.reconciled.forget((kind, namespace, name), uid)
             if kind == "ClusterAgentDetectionProfile":
-                self.cluster_selections.pop(name, None)
+                self.cluster_selections.drop(name)
             self.board.remove((kind, namespace, name))
-            # list(): other workers insert meanwhile; a snapshot is taken whole, under the GIL.
-            for key in [k for k, d in list(self.desired.items()) if _owned_by(d, kind, name, namespace)]:
-                self.desired.pop(key, None)
-            if uid:
-                self._forgotten.add(uid)
+            self.desired.forget_owner(kind, name, namespace)
 
     # ---- the one entry point ---------------------------------------------------------------
 
     def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         meta = body["metadata"]
         with self._lock(body["kind"], meta.get("namespace"), meta["name"]):
-            if meta.get("uid") in self._forgotten:
+            if self.reconciled.is_forgotten(meta.get("uid")):
                 return Outcome(False, Reason.DELETED, "the profile was deleted")
             now = now_rfc3339()
             status = dict(body.get("status") or {})
@@ -356,12 +344,13 @@ class Reconciler:
                 )
                 if not within and (old_budget is None or old_budget.get("reason") != reason):
                     self.emit(dict(body), "Warning", reason, message)
-            self._write_detecting(body, status, new_status, now)
-            with self._locks_guard:
-                self._settled[(body["kind"], meta.get("namespace"), meta["name"])] = (
-                    meta.get("uid") or "",
-                    meta.get("generation") or 0,
-                )
+            detecting = self._write_detecting(body, status, new_status, now)
+            self.reconciled.settle(
+                (body["kind"], meta.get("namespace"), meta["name"]),
+                meta.get("uid") or "",
+                meta.get("generation") or 0,
+                detecting,
+            )
             changed = {k: v for k, v in new_status.items() if status.get(k) != v}
             if changed:
                 self.cluster.patch_status(body["kind"], meta["name"], meta.get("namespace"), changed)
@@ -381,7 +370,9 @@ class Reconciler:
 
     def _write_detecting(
         self, body: Mapping[str, Any], status: Mapping[str, Any], new_status: dict[str, Any], now: str
-    ) -> None:
+    ) -> tuple[str, str] | None:
+        """Sets the Detecting condition when detection's state is known; returns the
+        (status, reason) the profile carries after this reconcile."""
         meta = body["metadata"]
         generation = meta.get("generation")
         current = self.detecting() if self.detecting is not None else None
@@ -396,17 +387,14 @@ class Reconciler:
             conditions = status.get("conditions") or []
             old = next((c for c in conditions if c.get("type") == DETECTING_CONDITION), None)
             seen = (str(old.get("status")), str(old.get("reason"))) if old else None
-        with self._locks_guard:
-            self._detecting_seen[(body["kind"], meta.get("namespace"), meta["name"])] = seen
+        return seen
 
     def stale_detecting(self) -> list[tuple[str, str | None, str]]:
         """Profiles whose Detecting condition differs from detection's current state."""
         current = self.detecting() if self.detecting is not None else None
         if current is None:
             return []
-        want = ("True" if current[0] else "False", current[1])
-        with self._locks_guard:
-            return sorted((k for k, seen in self._detecting_seen.items() if seen != want), key=str)
+        return self.reconciled.detecting_differs(("True" if current[0] else "False", current[1]))
 
     def _reconcile(
         self, body: Mapping[str, Any], status: dict[str, Any], now: str
@@ -460,11 +448,10 @@ class Reconciler:
             assert isinstance(spec, ClusterProfileSpec)
             selects_all = spec.namespace_selector is None or spec.namespace_selector.selects_all()
             if selects_all:
-                self.cluster_selections.pop(profile.name, None)
+                self.cluster_selections.drop(profile.name)
             else:
-                self.cluster_selections[profile.name] = (
-                    spec,
-                    {ns for t in targets for ns in t.namespaces or ()},
+                self.cluster_selections.select(
+                    profile.name, spec, {ns for t in targets for ns in t.namespaces or ()}
                 )
 
         self.board.publish(ProfileState(profile, tuple(targets), dict(resolved)))
@@ -509,19 +496,14 @@ class Reconciler:
             if not in_sync(doc, live.get(key)) or not _owner_ok(live.get(key), owner):
                 self.cluster.apply(doc, owner)
                 applied += 1
-            self.desired[key] = doc
+            self.desired.record(key, doc)
         pruned = 0
         for key in live.keys() - wanted.keys():
             # Forgotten before it is deleted: its DELETED watch event must not read as drift.
-            self.desired.pop(key, None)
+            self.desired.discard(key)
             self.cluster.delete(key)
             pruned += 1
-        for key in [
-            k
-            for k, d in list(self.desired.items())
-            if k not in wanted and _owned_by(d, profile.kind, profile.name, profile.namespace)
-        ]:
-            self.desired.pop(key, None)
+        self.desired.forget_owner(profile.kind, profile.name, profile.namespace, keep=set(wanted))
         if applied or pruned:
             log.info(
                 "profile %s/%s: applied %d, pruned %d",
@@ -551,21 +533,12 @@ class Reconciler:
     ) -> list[str]:
         """Cluster profiles whose namespace selection changes because of this namespace."""
         out = []
-        for name, (spec, selected) in list(self.cluster_selections.items()):
+        for name, (spec, selected) in self.cluster_selections.items():
             assert spec.namespace_selector is not None
             should = not gone and spec.namespace_selector.matches(labels or {})
             if should != (namespace in selected):
                 out.append(name)
         return out
-
-
-def _owned_by(doc: Mapping[str, Any], kind: str, name: str, namespace: str | None) -> bool:
-    labels = doc["metadata"]["labels"]
-    return bool(
-        labels.get("agentdetect.io/profile-kind") == kind
-        and labels.get("agentdetect.io/profile-name") == name
-        and labels.get("agentdetect.io/profile-namespace") == namespace
-    )
 
 
 def _owner_ok(live: Mapping[str, Any] | None, owner: Mapping[str, Any]) -> bool:

@@ -386,7 +386,7 @@ def test_drift_names_the_profile_from_what_was_applied_not_from_the_edited_label
     reconciler = Reconciler.__new__(Reconciler)
     Reconciler.__init__(reconciler, cluster=None, config=Config())  # type: ignore[arg-type]
     desired = _desired()
-    reconciler.desired[key_of(desired)] = desired
+    reconciler.desired.record(key_of(desired), desired)
     edited = _live(desired)
     edited["metadata"]["labels"]["agentdetect.io/profile-name"] = "someone-else"
     owner = reconciler.drifted("MODIFIED", edited)

@@ -1,0 +1,112 @@
+"""The reconciler's memory, each piece with one owner and one lock: what was applied (the drift
+cache), which namespaces each selecting cluster profile renders into, and which version of
+each profile was last reconciled (what detection waits for)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from agentdetect.api.models import ClusterProfileSpec
+from agentdetect.cluster.kube import ObjectKey, ProfileVersion
+from agentdetect.policy.board import ProfileKey
+
+
+def owned_by(doc: Mapping[str, Any], kind: str, name: str, namespace: str | None) -> bool:
+    labels = doc["metadata"]["labels"]
+    return bool(
+        labels.get("agentdetect.io/profile-kind") == kind
+        and labels.get("agentdetect.io/profile-name") == name
+        and labels.get("agentdetect.io/profile-namespace") == namespace
+    )
+
+
+class AppliedPolicies:
+    """What was last applied or confirmed, per policy: drift events compare against it
+    without a round trip to the API server."""
+
+    def __init__(self) -> None:
+        self._docs: dict[ObjectKey, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, key: ObjectKey, doc: dict[str, Any]) -> None:
+        with self._lock:
+            self._docs[key] = doc
+
+    def get(self, key: ObjectKey) -> dict[str, Any] | None:
+        with self._lock:
+            return self._docs.get(key)
+
+    def discard(self, key: ObjectKey) -> None:
+        with self._lock:
+            self._docs.pop(key, None)
+
+    def forget_owner(
+        self, kind: str, name: str, namespace: str | None, keep: set[ObjectKey] | None = None
+    ) -> None:
+        """Drop the profile's policies, but those in ``keep``."""
+        with self._lock:
+            for key in [k for k, d in self._docs.items() if owned_by(d, kind, name, namespace)]:
+                if not keep or key not in keep:
+                    del self._docs[key]
+
+    def count(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
+        with self._lock:
+            return sum(1 for doc in self._docs.values() if predicate(doc))
+
+
+class NamespaceSelections:
+    """Cluster profiles with a namespace selector, and the namespaces they render into now."""
+
+    def __init__(self) -> None:
+        self._by_profile: dict[str, tuple[ClusterProfileSpec, set[str]]] = {}
+        self._lock = threading.Lock()
+
+    def select(self, name: str, spec: ClusterProfileSpec, namespaces: set[str]) -> None:
+        with self._lock:
+            self._by_profile[name] = (spec, namespaces)
+
+    def drop(self, name: str) -> None:
+        with self._lock:
+            self._by_profile.pop(name, None)
+
+    def items(self) -> list[tuple[str, tuple[ClusterProfileSpec, set[str]]]]:
+        with self._lock:
+            return list(self._by_profile.items())
+
+
+class Reconciled:
+    """Per profile, the (uid, generation) last reconciled whatever the outcome, and the
+    Detecting condition it carries; and the uids of profiles deleted, whose late reconciles
+    must do nothing."""
+
+    def __init__(self) -> None:
+        self._versions: dict[ProfileKey, tuple[str, int]] = {}
+        self._detecting: dict[ProfileKey, tuple[str, str] | None] = {}
+        self._forgotten: set[str] = set()
+        self._lock = threading.Lock()
+
+    def settle(self, key: ProfileKey, uid: str, generation: int, detecting: tuple[str, str] | None) -> None:
+        with self._lock:
+            self._versions[key] = (uid, generation)
+            self._detecting[key] = detecting
+
+    def forget(self, key: ProfileKey, uid: str | None) -> None:
+        with self._lock:
+            self._versions.pop(key, None)
+            self._detecting.pop(key, None)
+            if uid:
+                self._forgotten.add(uid)
+
+    def is_forgotten(self, uid: str | None) -> bool:
+        with self._lock:
+            return bool(uid) and uid in self._forgotten
+
+    def versions(self) -> set[ProfileVersion]:
+        with self._lock:
+            return {(*key, uid, generation) for key, (uid, generation) in self._versions.items()}
+
+    def detecting_differs(self, want: tuple[str, str]) -> list[ProfileKey]:
+        with self._lock:
+            return sorted((k for k, seen in self._detecting.items() if seen != want), key=str)

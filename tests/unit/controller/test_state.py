@@ -1,0 +1,65 @@
+"""The reconciler's memory: each piece with one owner and one lock."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from agentdetect.cluster.kube import ObjectKey
+from agentdetect.controller.state import AppliedPolicies, Reconciled, owned_by
+
+ADP = "AgentDetectionProfile"
+
+
+def _doc(name: str, profile: str) -> dict[str, Any]:
+    labels = {"agentdetect.io/profile-kind": ADP, "agentdetect.io/profile-name": profile}
+    labels["agentdetect.io/profile-namespace"] = "team"
+    return {
+        "kind": "TracingPolicyNamespaced",
+        "metadata": {"name": name, "namespace": "team", "labels": labels},
+    }
+
+
+def test_applied_policies_forget_a_profiles_own_but_what_it_keeps() -> None:
+    applied = AppliedPolicies()
+    keys = [ObjectKey("TracingPolicyNamespaced", "team", n) for n in ("a1", "a2", "b1")]
+    for key, profile in zip(keys, ("a", "a", "b"), strict=True):
+        applied.record(key, _doc(key.name, profile))
+    assert owned_by(_doc("a1", "a"), ADP, "a", "team") and not owned_by(_doc("b1", "b"), ADP, "a", "team")
+    applied.forget_owner(ADP, "a", "team", keep={keys[0]})
+    assert (
+        applied.get(keys[0]) is not None and applied.get(keys[1]) is None and applied.get(keys[2]) is not None
+    )
+    assert applied.count(lambda d: True) == 2
+    applied.discard(keys[2])
+    assert applied.count(lambda d: True) == 1
+
+
+def test_applied_policies_under_concurrent_writers() -> None:
+    """The 16 reconcile workers write while a drift event or a scrape reads: one lock."""
+    applied = AppliedPolicies()
+
+    def writer(i: int) -> None:
+        for j in range(500):
+            key = ObjectKey("TracingPolicyNamespaced", "team", f"p{i}-{j}")
+            applied.record(key, _doc(key.name, f"p{i}"))
+            applied.count(lambda d: True)
+            applied.forget_owner(ADP, f"p{(i + 1) % 8}", "team")
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert applied.count(lambda d: True) <= 8 * 500
+
+
+def test_reconciled_versions_detecting_and_forgotten_uids() -> None:
+    r = Reconciled()
+    r.settle((ADP, "team", "a"), "u1", 2, ("True", "Following"))
+    r.settle((ADP, "team", "b"), "u2", 1, None)
+    assert r.versions() == {(ADP, "team", "a", "u1", 2), (ADP, "team", "b", "u2", 1)}
+    assert r.detecting_differs(("True", "Following")) == [(ADP, "team", "b")]
+    r.forget((ADP, "team", "a"), "u1")
+    assert r.is_forgotten("u1") and not r.is_forgotten("u2") and not r.is_forgotten(None)
+    assert r.versions() == {(ADP, "team", "b", "u2", 1)}
