@@ -85,7 +85,15 @@ def test_events_become_agentdetections_and_profile_status(
     status = wait_condition(api, "chatbot", namespace, "Applied")["status"]
     policy = {p["hook"]: p["name"] for p in status["policies"]}
     uid = _pod(api, namespace, "chatbot-1")
-    _pod(api, namespace, "chatbot-2")
+    uid2 = _pod(api, namespace, "chatbot-2")
+    # The pods' uids come from a kopf index of the pods the operator watches, not a GET each.
+    lookup = service.pod_uids
+    assert lookup is not None
+    eventually(
+        lambda: lookup(namespace, "chatbot-1") == uid and lookup(namespace, "chatbot-2") == uid2,
+        what="both pods in the operator's pod index",
+    )
+    gets_before = service.writer.pod_gets
 
     def feed(pod: str, hook: str, target: str, port: int = 443, n: int = 1, second: int = 0) -> None:
         for i in range(n):
@@ -126,6 +134,7 @@ def test_events_become_agentdetections_and_profile_status(
     assert one["profile"] == {"kind": "AgentDetectionProfile", "namespace": namespace, "name": "chatbot"}
     (owner,) = one["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", "chatbot-1", uid)
+    assert service.writer.pod_gets == gets_before, "a pod was fetched although the index had it"
     openai = next(r for r in one["detections"] if r["rule"] == "openai")
     assert openai["count"] == 5 and openai["hook"] == "tcp_connect"
     assert openai["example"] == "/usr/bin/python3 connected to 104.18.6.192"

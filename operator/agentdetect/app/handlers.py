@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -23,6 +24,16 @@ from agentdetect.policy.render import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _first_in(index: Any, namespace: str, name: str) -> str | None:
+    """The uid a kopf index holds for the pod, read from the flush thread: a miss (or the index
+    changing under the read) falls back to a GET."""
+    try:
+        store = index.get((namespace, name))
+        return next(iter(store), None) if store is not None else None
+    except RuntimeError:
+        return None
 
 
 class ResolveSweep:
@@ -93,8 +104,18 @@ def build_registry(
 
     if detection is not None:
 
+        @kopf.index("", "v1", "pods", registry=registry, id="pod_uids")
+        def pod_uids(namespace: str | None, name: str | None, uid: str | None, **_: Any) -> dict[Any, Any]:
+            """Every pod's uid, for the owner reference of its AgentDetections: the pods are
+            watched anyway (pod-deleted), so a GET per new (profile, pod) is not needed."""
+            return {(namespace, name): uid}
+
         @kopf.on.startup(registry=registry, id="start-detection")
-        def start_detection(**_: Any) -> None:
+        def start_detection(**kwargs: Any) -> None:
+            index = kwargs.get("pod_uids")
+            if index is not None:
+                detection.pod_uids = functools.partial(_first_in, index)
+                detection.writer.pod_uids = detection.pod_uids
             detection.start()
             try:
                 detection.prune_orphans()

@@ -17,7 +17,7 @@ from agentdetect.detection.aggregate import Aggregator, HostDetections, PodDetec
 from agentdetect.detection.pipeline import Pipeline
 from agentdetect.detection.records import host_record_of, record_of
 from agentdetect.detection.sources import RateLimitedLog, TetragonLogSource
-from agentdetect.detection.writer import DetectionWriter, FlushResult
+from agentdetect.detection.writer import DetectionWriter, FlushResult, PodUidLookup
 from agentdetect.policy.board import ProfileBoard, ProfileKey
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ class DetectionService:
         self.settled = settled
         self.settle_timeout = settle_timeout
         self.pipeline = Pipeline(board, Aggregator(cfg.max_pods, cfg.max_rules_per_pod))
+        #: Set by the operator's wiring: pod uids from a kopf index instead of a GET each.
+        self.pod_uids: PodUidLookup | None = None
         self.writer = DetectionWriter(cluster, self.pipeline)
         self.source: TetragonLogSource | None = None
         self.active = gate is None
@@ -184,7 +186,7 @@ class DetectionService:
             aggregator.restore_host(profile, host)
         with self.pipeline.lock:
             self.pipeline.aggregator = aggregator
-        self.writer = DetectionWriter(self.cluster, self.pipeline)
+        self.writer = DetectionWriter(self.cluster, self.pipeline, pod_uids=self.pod_uids)
 
     def stop(self) -> None:
         self._stop.set()

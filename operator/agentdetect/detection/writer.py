@@ -9,6 +9,7 @@ API writes depends on how many pods were active, never on how many events arrive
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -35,9 +36,23 @@ class FlushResult:
         return self.detections_written + self.statuses_written
 
 
+#: (namespace, name) -> the pod's uid if known locally (a kopf index of pods), else None.
+PodUidLookup = Callable[[str, str], str | None]
+
+
 class DetectionWriter:
-    def __init__(self, cluster: Cluster, pipeline: Pipeline, max_status_pods: int = 50) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        pipeline: Pipeline,
+        max_status_pods: int = 50,
+        pod_uids: PodUidLookup | None = None,
+    ) -> None:
         self.cluster = cluster
+        #: Consulted before a GET: the pods are watched already, so their uids are known.
+        self.pod_uids = pod_uids
+        #: GETs of pods made for an owner reference (what the index did not answer).
+        self.pod_gets = 0
         self.pipeline = pipeline
         self.max_status_pods = max_status_pods
         self._written: dict[PodKey, bytes] = {}
@@ -126,7 +141,10 @@ class DetectionWriter:
 
     def _pod_uid(self, namespace: str, name: str) -> str | None:
         uid = self._pod_uids.get((namespace, name))
+        if uid is None and self.pod_uids is not None:
+            uid = self.pod_uids(namespace, name)
         if uid is None:
+            self.pod_gets += 1
             uid = self.cluster.pod_uid(namespace, name)
             if uid is None:
                 return None
