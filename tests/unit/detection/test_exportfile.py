@@ -1,0 +1,120 @@
+"""Tetragon's export file followed across rotations, compression and deleted backups, as its
+lumberjack writer does them (vendor/github.com/cilium/lumberjack/v2/lumberjack.go, v1.7.0):
+every line once, in order, and positions that find their line again after a restart."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from agentdetect.detection.exportfile import ExportFileFollower, read_all
+
+
+class Lumberjack:
+    """Writes like Tetragon's exporter: append; rotate = rename to a UTC-timestamped backup and
+    truncate-create the name; compress = .gz.tmp, rename to .gz, remove the plain backup."""
+
+    def __init__(self, directory: Path, max_backups: int = 100) -> None:
+        self.path = directory / "tetragon.log"
+        self.max_backups = max_backups
+        self.clock = itertools.count(1)
+        self.written: list[bytes] = []
+        self.path.touch()
+
+    def write(self, n: int) -> None:
+        with self.path.open("ab") as fh:
+            for _ in range(n):
+                line = f'{{"process_exec":{{}},"n":{len(self.written)},"pad":"{"x" * 40}"}}'.encode()
+                self.written.append(line)
+                fh.write(line + b"\n")
+
+    def rotate(self, compress: bool = False) -> Path:
+        tick = next(self.clock)
+        backup = self.path.with_name(f"tetragon-2026-11-24T10-00-{tick:02d}.{tick:03d}.log")
+        os.rename(self.path, backup)
+        self.path.touch()
+        if compress:
+            tmp = backup.with_name(backup.name + ".gz.tmp")
+            with backup.open("rb") as src, gzip.open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.rename(tmp, backup.with_name(backup.name + ".gz"))
+            backup.unlink()
+        backups = sorted(p for p in self.path.parent.iterdir() if p.name.startswith("tetragon-"))
+        for old in backups[: max(0, len(backups) - self.max_backups)]:
+            old.unlink()
+        return backup
+
+
+def test_everything_on_disk_in_order_through_plain_and_compressed_backups(tmp_path: Path) -> None:
+    lj = Lumberjack(tmp_path)
+    lj.write(10)
+    lj.rotate(compress=True)
+    lj.write(7)
+    lj.rotate()
+    lj.write(5)
+    lines, _ = read_all(lj.path)
+    assert [line for line, _ in lines] == lj.written
+    stamps = [s for _, s in lines]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+
+
+def test_the_follower_sees_every_line_once_while_the_file_rotates(tmp_path: Path) -> None:
+    lj = Lumberjack(tmp_path)
+    seen: list[bytes] = []
+    stamps: list[int] = []
+
+    def sink(line: bytes, stamp: int) -> None:
+        seen.append(line)
+        stamps.append(stamp)
+
+    follower = ExportFileFollower(lj.path, sink, poll=0.01)
+    thread = threading.Thread(target=follower.run, daemon=True)
+    thread.start()
+    for i in range(30):
+        lj.write(37)
+        if i % 4 == 3:
+            lj.rotate(compress=i % 8 == 7)
+        time.sleep(0.005)
+    deadline = time.monotonic() + 20
+    while len(seen) < len(lj.written) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    follower.stop()
+    thread.join(5)
+    assert seen == lj.written
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+
+
+def test_a_position_finds_its_line_again_after_renaming_and_compressing(tmp_path: Path) -> None:
+    """What a restart does: the records say how far they count (a position); the file is read
+    again from its start; exactly the lines after that position are new."""
+    lj = Lumberjack(tmp_path)
+    lj.write(20)
+    lines, segments = read_all(lj.path)
+    position = segments.position(lines[13][1])  # a record counted the first 14 lines
+    lj.rotate(compress=True)  # the file those lines are in is renamed, then compressed
+    lj.write(6)
+    lj.rotate()
+    lj.write(3)
+    again, segments_now = read_all(lj.path)
+    mark = segments_now.stamp(position)
+    new = [line for line, stamp in again if stamp > mark]
+    assert new == lj.written[14:]
+
+
+def test_a_position_in_a_deleted_backup_counts_everything_left(tmp_path: Path) -> None:
+    lj = Lumberjack(tmp_path, max_backups=1)
+    lj.write(5)
+    lines, segments = read_all(lj.path)
+    position = segments.position(lines[2][1])
+    lj.rotate()
+    lj.write(4)
+    lj.rotate()  # the first backup is deleted (exportFileMaxBackups)
+    lj.write(2)
+    again, segments_now = read_all(lj.path)
+    assert segments_now.stamp(position) == -1
+    assert [line for line, stamp in again if stamp > -1] == lj.written[5:]
