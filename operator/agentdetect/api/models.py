@@ -634,12 +634,26 @@ class PodDetectionSummary(_Model):
 
 
 class StreamPosition(_Model):
-    """How far into one Tetragon export stream this record goes."""
+    """How far into one Tetragon export stream this record goes: a kubelet timestamp (the
+    operator following export-stdout logs) or a position in the export file (a node agent)."""
 
-    stream: str = Field(description="The Tetragon pod whose export-stdout log was read, as namespace/name.")
-    through: str = Field(
+    stream: str = Field(
+        description="The Tetragon pod whose export-stdout log was read, as namespace/name; or node/NAME "
+        "for the export file a node agent reads."
+    )
+    through: str | None = Field(
+        None,
         description="The kubelet timestamp (RFC 3339, nanoseconds) of the last line of that stream "
-        "counted here: after a restart, failover or reconnect, lines at or before it are not counted again."
+        "counted here: after a restart, failover or reconnect, lines at or before it are not counted again.",
+    )
+    file: str | None = Field(
+        None,
+        max_length=64,
+        description="Node agents: the export file the last counted line is in, named by a hash of its "
+        "first line (the same after Tetragon renames or compresses it).",
+    )
+    offset: int | None = Field(
+        None, ge=0, description="Node agents: the byte just after the last counted line in that file."
     )
     lines_at_through: int = Field(
         1, alias="linesAtThrough", description="How many counted lines carry exactly that timestamp."

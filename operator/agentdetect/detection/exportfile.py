@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from agentdetect.api.models import StreamPosition
+
 #: Offsets fit below this; a segment's ordinal sits above it.
 OFFSET_BITS = 40
 #: Bytes of the first line that identify a file (lines are far longer than a hash needs).
@@ -273,3 +275,22 @@ def read_all(current: Path) -> tuple[list[tuple[bytes, int]], Segments]:
         with current.open("rb") as fh:
             follower._drain(fh, fingerprint(first), 0, done)
     return out, follower.segments
+
+
+class FilePositions:
+    """Node mode's :class:`~agentdetect.detection.records.Positions`: stamps are ordinals of
+    the files on disk and offsets in them; records carry (fingerprint, offset)."""
+
+    def __init__(self, segments: Segments) -> None:
+        self.segments = segments
+
+    def encode(self, stream: str, stamp: int, lines_at: int) -> StreamPosition | None:
+        if stamp < 0:
+            return None
+        position = self.segments.position(stamp)
+        return StreamPosition(stream=stream, file=position.file, offset=position.offset, lines_at_through=1)
+
+    def decode(self, position: StreamPosition) -> int | None:
+        if position.file is None or position.offset is None:
+            return None
+        return self.segments.stamp(FilePosition(position.file, position.offset))

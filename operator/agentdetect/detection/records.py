@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -49,7 +49,35 @@ def _ns_to_rfc3339(stamp_ns: int) -> str:
     return f"{whole}.{nanos:09d}Z"
 
 
-def record_of(obj: Mapping[str, Any]) -> tuple[PodKey, PodDetections] | None:
+class Positions(Protocol):
+    """How a record writes and reads how far into a stream it counts: the stamps the
+    aggregator compares are integers; in the record they are a kubelet timestamp (stream mode)
+    or a position in Tetragon's export file (node mode, detection.exportfile)."""
+
+    def encode(self, stream: str, stamp: int, lines_at: int) -> StreamPosition | None: ...
+
+    def decode(self, position: StreamPosition) -> int | None: ...
+
+
+class KubeletPositions:
+    """Stream mode: the kubelet's per-line timestamp, in nanoseconds."""
+
+    def encode(self, stream: str, stamp: int, lines_at: int) -> StreamPosition | None:
+        return StreamPosition(stream=stream, through=_ns_to_rfc3339(stamp), lines_at_through=lines_at)
+
+    def decode(self, position: StreamPosition) -> int | None:
+        if position.through is None:
+            return None
+        try:
+            return parse_timestamp(position.through.encode())
+        except ValueError:
+            return None
+
+
+KUBELET = KubeletPositions()
+
+
+def record_of(obj: Mapping[str, Any], positions: Positions = KUBELET) -> tuple[PodKey, PodDetections] | None:
     """An AgentDetection read back into the aggregator's terms: where counting resumes after a
     restart or a failover. None for an object that is not one of ours."""
     try:
@@ -70,15 +98,15 @@ def record_of(obj: Mapping[str, Any]) -> tuple[PodKey, PodDetections] | None:
     pod.last = doc.summary.last_seen or ""
     pod.legacy = not doc.streams and pod.events > 0
     for s in doc.streams:
-        try:
-            through = parse_timestamp(s.through.encode())
-        except ValueError:
-            continue
-        pod.streams[s.stream] = StreamMark(through, s.lines_at_through, s.lines_at_through)
+        through = positions.decode(s)
+        if through is not None:
+            pod.streams[s.stream] = StreamMark(through, s.lines_at_through, s.lines_at_through)
     return key, pod
 
 
-def host_record_of(body: Mapping[str, Any]) -> tuple[ProfileKey, HostDetections] | None:
+def host_record_of(
+    body: Mapping[str, Any], positions: Positions = KUBELET
+) -> tuple[ProfileKey, HostDetections] | None:
     """A profile's host-process counts read back from its status, as :func:`record_of` does
     for an AgentDetection. None when it has none (or they cannot be read)."""
     raw = ((body.get("status") or {}).get("detections") or {}).get("hostProcesses")
@@ -102,19 +130,18 @@ def host_record_of(body: Mapping[str, Any]) -> tuple[ProfileKey, HostDetections]
             host.example_binary, host.example_target, host.example_hook = binary, target, hook
             break
     for s in doc.streams or []:
-        try:
-            through = parse_timestamp(s.through.encode())
-        except ValueError:
-            continue
-        host.streams[s.stream] = StreamMark(through, s.lines_at_through, s.lines_at_through)
+        through = positions.decode(s)
+        if through is not None:
+            host.streams[s.stream] = StreamMark(through, s.lines_at_through, s.lines_at_through)
     return key, host
 
 
-def _stream_positions(streams: Mapping[str, StreamMark]) -> list[StreamPosition]:
-    return [
-        StreamPosition(stream=stream, through=_ns_to_rfc3339(mark.through), lines_at_through=mark.at_through)
-        for stream, mark in sorted(streams.items(), key=lambda kv: -kv[1].through)[:MAX_STREAMS]
-    ]
+def _stream_positions(streams: Mapping[str, StreamMark], positions: Positions) -> list[StreamPosition]:
+    encoded = (
+        positions.encode(stream, mark.through, mark.at_through)
+        for stream, mark in sorted(streams.items(), key=lambda kv: -kv[1].through)
+    )
+    return [p for p in encoded if p is not None][:MAX_STREAMS]
 
 
 def _by_count(pod: PodDetections) -> list[str]:
@@ -122,7 +149,7 @@ def _by_count(pod: PodDetections) -> list[str]:
     return [r for r, _ in sorted(pod.rules.items(), key=lambda kv: (-kv[1].count, kv[0]))]
 
 
-def detection_object(key: PodKey, pod: PodDetections) -> AgentDetection:
+def detection_object(key: PodKey, pod: PodDetections, positions: Positions = KUBELET) -> AgentDetection:
     (kind, pns, pname), namespace, name = key
     rules = sorted(pod.rules.items(), key=lambda kv: (-kv[1].count, kv[0]))
     return AgentDetection(
@@ -147,7 +174,7 @@ def detection_object(key: PodKey, pod: PodDetections) -> AgentDetection:
             last_seen=pod.last or None,
             action="Killed" if any(s.killed for _, s in rules) else "Observed",
         ),
-        streams=_stream_positions(pod.streams),
+        streams=_stream_positions(pod.streams, positions),
         detections=[
             RuleDetection.model_validate(
                 {
@@ -165,7 +192,9 @@ def detection_object(key: PodKey, pod: PodDetections) -> AgentDetection:
     )
 
 
-def host_detections(host: HostDetections | None) -> HostProcessDetections | None:
+def host_detections(
+    host: HostDetections | None, positions: Positions = KUBELET
+) -> HostProcessDetections | None:
     if host is None:
         return None
     example = _example(host.example_binary, host.example_target, host.example_hook)
@@ -175,7 +204,7 @@ def host_detections(host: HostDetections | None) -> HostProcessDetections | None
         last_seen=host.last or None,
         targets=", ".join(r for r, _ in sorted(host.rules.items(), key=lambda kv: (-kv[1], kv[0])))[:256],
         example=(f"on {host.node}: {example}" if host.node else example)[:512],
-        streams=_stream_positions(host.streams) or None,
+        streams=_stream_positions(host.streams, positions) or None,
     )
 
 

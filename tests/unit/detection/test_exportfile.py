@@ -118,3 +118,69 @@ def test_a_position_in_a_deleted_backup_counts_everything_left(tmp_path: Path) -
     again, segments_now = read_all(lj.path)
     assert segments_now.stamp(position) == -1
     assert [line for line, stamp in again if stamp > -1] == lj.written[5:]
+
+
+def test_node_mode_counts_every_event_once_across_a_restart_rotation_and_compression(tmp_path: Path) -> None:
+    """The records carry (file, offset) positions; a restarted agent re-reads whatever is on
+    disk (the file it stopped in now renamed and gzipped) and counts only what is new."""
+    import orjson
+
+    from agentdetect.detection.aggregate import Aggregator
+    from agentdetect.detection.events import ParseStats, parse_line
+    from agentdetect.detection.exportfile import FilePositions
+    from agentdetect.detection.match import Match
+    from agentdetect.detection.records import detection_object, record_of
+    from agentdetect.local.samples import kprobe_event
+
+    profile = ("AgentDetectionProfile", "team", "shells")
+    export = tmp_path / "tetragon.log"
+    written = 0
+
+    def write(n: int) -> None:
+        nonlocal written
+        with export.open("ab") as fh:
+            for _ in range(n):
+                event = kprobe_event(
+                    hook="execve",
+                    policy="p",
+                    namespace="team",
+                    pod="agent-0",
+                    target="/bin/sh",
+                    time=f"2026-11-24T10:00:{written // 1000:02d}.{written % 1000:09d}Z",
+                )
+                fh.write(orjson.dumps(event) + b"\n")
+                written += 1
+
+    def feed(agg: Aggregator) -> None:
+        lines, _ = read_all(export)
+        for line, stamp in lines:
+            event = parse_line(line, ParseStats())
+            assert event is not None
+            agg.add_at(event, Match(profile, "shells"), "node/n1", stamp)
+
+    lj = Lumberjack(tmp_path)
+    write(30)
+    first_lines, segments = read_all(export)
+    agg = Aggregator()
+    for line, stamp in first_lines:
+        event = parse_line(line, ParseStats())
+        assert event is not None
+        agg.add_at(event, Match(profile, "shells"), "node/n1", stamp)
+    ((key, pod),) = agg.pods.items()
+    body = detection_object(key, pod, FilePositions(segments)).dump()
+    assert body["streams"][0]["file"] and body["streams"][0]["offset"] > 0
+
+    # The agent stops; Tetragon goes on, rotates (compressing) twice.
+    lj.rotate(compress=True)
+    write(12)
+    lj.rotate(compress=True)
+    write(5)
+
+    _, segments_now = read_all(export)
+    record = record_of(body, FilePositions(segments_now))
+    assert record is not None
+    again = Aggregator()
+    again.restore(*record)
+    feed(again)
+    assert again.pods[key].events == written == 47
+    assert again.stats.already_counted == 30
