@@ -9,8 +9,10 @@ API writes depends on how many pods were active, never on how many events arrive
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from kubernetes.client.exceptions import ApiException
@@ -18,11 +20,19 @@ from kubernetes.client.exceptions import ApiException
 from agentdetect.cluster.kube import Cluster
 from agentdetect.detection.aggregate import PodKey
 from agentdetect.detection.pipeline import Pipeline
-from agentdetect.detection.records import detection_object, profile_detections
+from agentdetect.detection.records import KUBELET, Positions, detection_object, profile_detections
 from agentdetect.detection.sources import RateLimitedLog
 from agentdetect.policy.board import ProfileKey
 
 log = logging.getLogger(__name__)
+
+
+def _shape(body: dict[str, Any]) -> bytes:
+    """What a record says apart from how many, when and how far: its rules, targets and
+    actions. A change here is written at the next flush; counts alone wait for the refresh."""
+    summary = body["summary"]
+    rules = sorted((d["rule"], d["hook"], d["action"]) for d in body.get("detections") or [])
+    return orjson.dumps([rules, summary.get("action"), sorted(summary.get("targets", "").split(", "))])
 
 
 @dataclass
@@ -30,6 +40,8 @@ class FlushResult:
     detections_written: int = 0
     statuses_written: int = 0
     pods_gone: int = 0
+    #: Records whose counts changed but wait for the count refresh (the etcd write budget).
+    deferred: int = 0
 
     @property
     def writes(self) -> int:
@@ -47,8 +59,20 @@ class DetectionWriter:
         pipeline: Pipeline,
         max_status_pods: int = 50,
         pod_uids: PodUidLookup | None = None,
+        count_refresh: float = 0.0,
+        positions: Positions = KUBELET,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cluster = cluster
+        #: etcd is not a counter store: a record whose rules, targets and actions are what was
+        #: last written is rewritten for its counts at most every this many seconds (0: at
+        #: every flush, as the operator following logs does).
+        self.count_refresh = count_refresh
+        self.positions = positions
+        self._clock = clock
+        #: Per record: what it says apart from counts, times and positions, and when written.
+        self._shape: dict[PodKey, bytes] = {}
+        self._written_at: dict[PodKey, float] = {}
         #: Consulted before a GET: the pods are watched already, so their uids are known.
         self.pod_uids = pod_uids
         #: GETs of pods made for an owner reference (what the index did not answer).
@@ -74,7 +98,7 @@ class DetectionWriter:
         with self.pipeline.lock:
             keys = agg.take_dirty()
             host_dirty = agg.take_host_dirty()
-            docs = {k: detection_object(k, agg.pods[k]) for k in keys if k in agg.pods}
+            docs = {k: detection_object(k, agg.pods[k], self.positions) for k in keys if k in agg.pods}
         known = self.pipeline.board.keys()
         for key, obj in docs.items():
             if key[0] not in known:
@@ -82,6 +106,17 @@ class DetectionWriter:
             body = obj.dump()
             digest = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
             if self._written.get(key) == digest:
+                continue
+            shape = _shape(body)
+            if (
+                self.count_refresh > 0
+                and self._shape.get(key) == shape
+                and self._clock() - self._written_at.get(key, float("-inf")) < self.count_refresh
+            ):
+                # Only counts moved: they wait for the refresh; the record stays owed.
+                with self.pipeline.lock:
+                    agg.mark_dirty(key)
+                result.deferred += 1
                 continue
             try:
                 uid = self._pod_uid(key[1], key[2])
@@ -114,6 +149,8 @@ class DetectionWriter:
                     agg.mark_dirty(key)  # try again next flush
                 continue
             self._written[key] = digest
+            self._shape[key] = shape
+            self._written_at[key] = self._clock()
             result.detections_written += 1
         self._status_owed.update(k[0] for k in keys)
         self._status_owed.update(host_dirty)
@@ -156,6 +193,8 @@ class DetectionWriter:
     def forget_profile(self, profile: ProfileKey) -> None:
         for key in [k for k in list(self._written) if k[0] == profile]:
             self._written.pop(key, None)
+            self._shape.pop(key, None)
+            self._written_at.pop(key, None)
         self._status_written.pop(profile, None)
         self._status_owed.discard(profile)
 
@@ -163,3 +202,5 @@ class DetectionWriter:
         self._pod_uids.pop((namespace, name), None)
         for key in [k for k in self._written if k[1] == namespace and k[2] == name]:
             del self._written[key]
+            self._shape.pop(key, None)
+            self._written_at.pop(key, None)

@@ -667,3 +667,30 @@ def test_detection_waits_for_the_current_version_of_every_profile() -> None:
     settled.add(("AgentDetectionProfile", "t", "p", "u1", 2))
     assert service.begun.wait(5)
     service._stop.set()
+
+
+def test_count_refresh_is_an_etcd_write_budget(setup: Setup) -> None:
+    """With a count refresh (node mode), a record whose rules, targets and actions did not
+    change is rewritten for its counts at most once per refresh; a new rule is written at once;
+    nothing is lost: the deferred counts are written when the refresh comes."""
+    now = [0.0]
+    writer = DetectionWriter(setup.cluster, setup.pipeline, count_refresh=60.0, clock=lambda: now[0])
+    setup.connect("bot-1")
+    assert writer.flush().detections_written == 1
+    for second in range(1, 30):  # events every second, counts only
+        now[0] = float(second)
+        setup.connect("bot-1")
+        result = writer.flush()
+        assert (result.detections_written, result.deferred) == (0, 1), second
+    now[0] = 31.0
+    setup.connect("bot-1", "10.42.0.7", 8000)  # a new rule: written at once
+    assert writer.flush().detections_written == 1
+    now[0] = 50.0
+    setup.connect("bot-1")
+    assert writer.flush().deferred == 1
+    now[0] = 92.0  # the refresh: the counts go out
+    result = writer.flush()
+    assert (result.detections_written, result.deferred) == (1, 0)
+    doc = setup.cluster.applied[-1][0]
+    assert doc["summary"]["events"] == 32  # 30 + the new rule's 1 + 1: none lost
+    assert len(setup.cluster.applied) == 3  # in ~90 s of events every second
