@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import functools
 import itertools
 import os
@@ -48,7 +47,7 @@ from typing import Any
 import orjson
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from tests.kwoknode import KwokNode, append_log_lines, find_kwok_binary, find_kwok_source
+from tests.kwoknode import KwokNode, append_log_lines, cri_timestamp, find_kwok_binary, find_kwok_source
 from tests.operator_process import OperatorProcess
 
 from agentdetect.api.models import GROUP, VERSION
@@ -319,7 +318,7 @@ class Lab:
 
     def write_round(self) -> int:
         self._refresh_applied()
-        stamp = rfc3339_now()
+        stamp = cri_timestamp()
         lines: list[bytes] = []
         counted: Counter[Key] = Counter()
         with self.log_lock:
@@ -642,11 +641,6 @@ def host_event_line(policy: str, stamp: str) -> bytes:
     doc = kprobe_event(hook="execve", policy=policy, namespace="", pod="", target="/bin/sh", time=stamp)
     del doc["process_kprobe"]["process"]["pod"]
     return orjson.dumps(doc)
-
-
-def rfc3339_now() -> str:
-    now = datetime.datetime.now(datetime.UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond * 1000:09d}Z"
 
 
 def event_line(policy: str, namespace: str, stamp: str) -> bytes:

@@ -8,6 +8,7 @@ from agentdetect.app.runner import OperatorThread
 from agentdetect.controller.reconcile import Config
 from agentdetect.local.controlplane import ControlPlane
 from agentdetect.policy.resolve import StaticResolver
+from tests.integration.helpers import temporary_namespace
 from tests.kwoknode import KwokNode, find_kwok_binary, find_kwok_source
 
 #: What the operator's resolver answers in tests: this machine has no DNS to the internet.
@@ -48,6 +49,13 @@ def operator(
     cfg = Config(resolver=resolver, resolve_interval=2.0, retry_delay=1.0)
     with OperatorThread(cfg, control_plane.kubeconfig) as op:
         yield op
+
+
+@pytest.fixture
+def tetragon_ns(control_plane: ControlPlane) -> Iterator[str]:
+    """A namespace for Tetragon pods that kwok runs; modules may narrow it to their scope."""
+    with temporary_namespace(control_plane.api_client(), "tetragon") as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

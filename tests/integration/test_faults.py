@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.faults import CLUSTER_PROFILE, FLUSH_INTERVAL, POD, SCENARIOS, Lab, event_line, lab, rfc3339_now
+from bench.faults import CLUSTER_PROFILE, FLUSH_INTERVAL, POD, SCENARIOS, Lab, event_line, lab
 
-from tests.kwoknode import append_log_lines
+from tests.kwoknode import append_log_lines, cri_timestamp
 
 PROFILES = 12
 
@@ -47,7 +47,7 @@ def test_the_check_sees_a_miscount(faults_lab: Lab) -> None:
     as double-counted, and ones the truth knows of but nobody wrote as lost."""
     (_, ns, name, policies) = next(a for a in faults_lab.applied if a[2] != CLUSTER_PROFILE)
     with faults_lab.log_lock:
-        lines = [event_line(policies[0], ns, rfc3339_now()) for _ in range(3)]
+        lines = [event_line(policies[0], ns, cri_timestamp()) for _ in range(3)]
         append_log_lines(faults_lab.tetragon_log(), lines)
     key = ("AgentDetectionProfile", ns, name, ns, POD)
     deadline = time.monotonic() + 30

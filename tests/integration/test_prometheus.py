@@ -13,18 +13,16 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import yaml
 
 from agentdetect.local import binaries
 from agentdetect.local.controlplane import ControlPlane, free_port
 from agentdetect.local.samples import kprobe_event
-from tests.integration.helpers import apply_profile, temporary_namespace, wait_condition
+from tests.integration.helpers import apply_profile, wait_condition
 from tests.integration.test_alerts import rendered_rules
 from tests.kwoknode import KwokNode
 from tests.operator_process import OperatorProcess
@@ -107,12 +105,6 @@ class Prometheus:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-@pytest.fixture
-def tetragon_ns(control_plane: ControlPlane) -> Iterator[str]:
-    with temporary_namespace(control_plane.api_client(), "tetragon") as name:
-        yield name
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from agentdetect.app.runner import OperatorThread
 from agentdetect.local.controlplane import ControlPlane
@@ -21,19 +19,12 @@ from tests.integration.helpers import (
     apply_profile,
     detection_of,
     profile,
-    temporary_namespace,
     wait_condition,
 )
 from tests.kwoknode import KwokNode
 from tests.waiting import eventually
 
 TETRAGON_LABELS = {"app.kubernetes.io/name": "tetragon"}
-
-
-@pytest.fixture
-def tetragon_ns(control_plane: ControlPlane) -> Iterator[str]:
-    with temporary_namespace(control_plane.api_client(), "tetragon") as name:
-        yield name
 
 
 def _operator(control_plane: ControlPlane, tetragon_ns: str) -> OperatorThread:

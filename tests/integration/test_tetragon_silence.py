@@ -5,7 +5,6 @@ NoTetragonStreams alert say so; once a Tetragon pod runs, all of it turns back."
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,15 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from agentdetect.app.runner import OperatorThread
 from agentdetect.local.controlplane import ControlPlane
 from tests.integration.conftest import following_config
-from tests.integration.helpers import apply_profile, profile, temporary_namespace, wait_condition
+from tests.integration.helpers import apply_profile, profile, wait_condition
 from tests.kwoknode import KwokNode
 from tests.waiting import eventually
-
-
-@pytest.fixture
-def tetragon_ns(control_plane: ControlPlane) -> Iterator[str]:
-    with temporary_namespace(control_plane.api_client(), "tetragon") as name:
-        yield name
 
 
 def _detecting(api: Any, name: str, namespace: str) -> dict[str, Any] | None:

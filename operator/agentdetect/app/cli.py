@@ -436,6 +436,10 @@ KUBERNETES_VERSION_HELP = (
 )
 
 
+def _kubernetes_version_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubernetes-version", default=None, help=KUBERNETES_VERSION_HELP)
+
+
 def _read_crds(paths: Sequence[str]) -> list[dict[str, Any]]:
     from agentdetect.local.controlplane import load_yaml_documents
 
@@ -646,11 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "binaries", help="print the directory of etcd/kube-apiserver/... building them once if needed"
     )
-    p.add_argument(
-        "--kubernetes-version",
-        default=None,
-        help=KUBERNETES_VERSION_HELP,
-    )
+    _kubernetes_version_option(p)
     p.add_argument(
         "--kwok", action="store_true", help="also kwok (a fake kubelet the tests use for pod logs)"
     )
@@ -666,11 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="everything on this machine: embedded control plane, operator, example profiles, sample events",
     )
-    p.add_argument(
-        "--kubernetes-version",
-        default=None,
-        help=KUBERNETES_VERSION_HELP,
-    )
+    _kubernetes_version_option(p)
     p.add_argument(
         "--write-events",
         action="store_true",
@@ -679,11 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("control-plane", help="run an embedded control plane on loopback until interrupted")
-    p.add_argument(
-        "--kubernetes-version",
-        default=None,
-        help=KUBERNETES_VERSION_HELP,
-    )
+    _kubernetes_version_option(p)
     p.add_argument("--workdir", help="keep etcd data, certificates, logs and kubeconfig here")
     p.add_argument("--crds", nargs="*", default=[], help="CRD YAML files to install")
     p.add_argument("--tetragon-crds", action="store_true", help="install Tetragon's TracingPolicy CRDs")

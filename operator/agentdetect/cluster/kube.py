@@ -202,10 +202,6 @@ class Cluster:
                 out.append({**item, "kind": kind})
         return out
 
-    def profile_versions(self) -> set[ProfileVersion]:
-        """(kind, namespace, name, uid, generation) of every profile that exists."""
-        return {profile_version(p) for p in self.list_profiles()}
-
     def detection_profiles(self) -> set[tuple[str, str | None, str]]:
         """(kind, namespace, name) of every profile some AgentDetection names."""
         items = _obj(

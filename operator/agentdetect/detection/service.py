@@ -6,13 +6,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from agentdetect.api.conditions import Reason
-from agentdetect.cluster.kube import Cluster, ProfileVersion
+from agentdetect.cluster.kube import Cluster, ProfileVersion, profile_version
 from agentdetect.detection.aggregate import Aggregator, HostDetections, PodDetections, PodKey
 from agentdetect.detection.pipeline import Pipeline
 from agentdetect.detection.records import host_record_of, record_of
@@ -129,12 +129,14 @@ class DetectionService:
         return self.active and activation == self._activation and not self._stop.is_set()
 
     def _begin(self, activation: int) -> None:
-        self._wait_for_profiles(activation)
+        profiles = self._wait_for_profiles(activation)
         if not self._current(activation):
             return
         try:
+            if profiles is None:
+                profiles = self.cluster.list_profiles()
             records = [r for r in (record_of(d) for d in self.cluster.list_detections()) if r is not None]
-            hosts = [h for h in (host_record_of(p) for p in self.cluster.list_profiles()) if h is not None]
+            hosts = [h for h in (host_record_of(p) for p in profiles) if h is not None]
         except Exception as exc:  # without the records, counting from zero would overwrite them
             reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
             self._failures.warning(
@@ -153,18 +155,22 @@ class DetectionService:
                 self.source.start()
             self.begun.set()
 
-    def _wait_for_profiles(self, activation: int) -> None:
+    def _wait_for_profiles(self, activation: int) -> list[dict[str, Any]] | None:
+        """Until every profile's current version is reconciled; returns the last listing of the
+        profiles (their status holds the host-process records), None if none was made."""
         if self.settled is None:
-            return
+            return None
         deadline = time.monotonic() + self.settle_timeout
+        profiles: list[dict[str, Any]] | None = None
         while self._current(activation):
             try:
-                missing = self.cluster.profile_versions() - self.settled()
+                profiles = self.cluster.list_profiles()
+                missing = {profile_version(p) for p in profiles} - self.settled()
             except Exception:  # the API server may be briefly away; keep waiting
                 log.warning("listing profiles failed while waiting for them to be reconciled")
-                missing = {("?", None, "?", "", 0)}
+                profiles, missing = None, {("?", None, "?", "", 0)}
             if not missing:
-                return
+                return profiles
             if time.monotonic() > deadline:
                 log.warning(
                     "starting detection with %d profile(s) not yet reconciled (e.g. %s): their events "
@@ -172,8 +178,9 @@ class DetectionService:
                     len(missing),
                     sorted(missing, key=str)[0],
                 )
-                return
+                return profiles
             self._stop.wait(0.2)
+        return profiles
 
     def _restore(
         self, records: list[tuple[PodKey, PodDetections]], hosts: list[tuple[ProfileKey, HostDetections]]
