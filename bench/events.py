@@ -23,7 +23,7 @@ import yaml
 from kubernetes import client
 
 from agentdetect.cluster.kube import Cluster
-from agentdetect.controller.reconcile import parse_profile, targets_for
+from agentdetect.controller.reconcile import targets_for
 from agentdetect.detection.aggregate import Aggregator
 from agentdetect.detection.pipeline import Pipeline, tune_gc
 from agentdetect.detection.writer import DetectionWriter
@@ -31,6 +31,7 @@ from agentdetect.local import binaries
 from agentdetect.local.controlplane import ControlPlane, load_yaml_documents
 from agentdetect.local.samples import Scenario, kprobe_event, stream
 from agentdetect.policy.board import ProfileBoard, ProfileState
+from agentdetect.policy.profiles import parse_profile
 from agentdetect.policy.render import hostnames_of, policy_name
 from agentdetect.policy.resolve import StaticResolver, resolve_all
 

@@ -37,10 +37,11 @@ from kubernetes import client, watch
 
 from agentdetect.api.models import API_VERSION, GROUP, VERSION
 from agentdetect.cluster.kube import FIELD_MANAGER, POLICY_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
-from agentdetect.controller.reconcile import now_rfc3339, parse_profile, targets_for
+from agentdetect.controller.reconcile import now_rfc3339, targets_for
 from agentdetect.local import binaries, tetragon_crds
 from agentdetect.local.controlplane import ControlPlane, load_yaml_documents
 from agentdetect.policy import render as render_module
+from agentdetect.policy.profiles import parse_profile
 from agentdetect.policy.render import (
     ANNOTATION_HASH,
     LABEL_MANAGED_BY,

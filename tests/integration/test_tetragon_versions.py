@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
-from agentdetect.controller.reconcile import parse_profile, targets_for
+from agentdetect.controller.reconcile import targets_for
 from agentdetect.local import binaries, tetragon_crds
 from agentdetect.local.controlplane import ControlPlane
 from agentdetect.policy import yamlout
+from agentdetect.policy.profiles import parse_profile
 from agentdetect.policy.render import hostnames_of, render
 from agentdetect.policy.resolve import StaticResolver, resolve_all
 from tests.unit.policy.test_generated_profiles import HashResolver, maximal_spec

@@ -10,10 +10,11 @@ from typing import Any
 import orjson
 import yaml
 
-from agentdetect.controller.reconcile import parse_profile, targets_for
+from agentdetect.controller.reconcile import targets_for
 from agentdetect.detection.events import Event
 from agentdetect.local.samples import kprobe_event
 from agentdetect.policy.board import ProfileState
+from agentdetect.policy.profiles import parse_profile
 from agentdetect.policy.render import HOOKS, Profile, hostnames_of, policy_name, target_in
 from agentdetect.policy.resolve import StaticResolver, resolve_all
 

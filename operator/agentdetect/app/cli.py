@@ -19,8 +19,9 @@ import orjson
 import yaml
 
 from agentdetect import __version__
-from agentdetect.controller.reconcile import Config, describe_invalid, now_rfc3339, parse_profile, targets_for
+from agentdetect.controller.reconcile import Config, describe_invalid, now_rfc3339, targets_for
 from agentdetect.policy import yamlout
+from agentdetect.policy.profiles import parse_profile
 from agentdetect.policy.render import RenderError, hostnames_of, render
 from agentdetect.policy.resolve import Resolver, StaticResolver, SystemResolver, resolve_all
 
@@ -281,20 +282,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # urllib3 warns once per retry of every request: during an API server outage that is
     # hundreds of lines a minute. Our own messages say what failed, once a minute per kind.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    for flag in ("flush_interval", "resolve_interval", "policy_filter_budget", "peering_lifetime"):
-        if getattr(args, flag) <= 0:
-            raise CliError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    for flag in ("metrics_port", "health_port"):
-        if not 0 <= getattr(args, flag) <= 65535:
-            raise CliError(
-                f"--{flag.replace('_', '-')} must be a port (0 turns it off), got {getattr(args, flag)}"
-            )
+    _check_positive(args, "flush_interval", "resolve_interval", "policy_filter_budget", "peering_lifetime")
+    _check_ports(args)
+    if args.detection_mode not in ("stream", "node"):
+        raise CliError(
+            "--detection-mode (AGENTDETECT_DETECTION_MODE) must be stream or node, "
+            f"got {args.detection_mode!r}"
+        )
     cfg = Config(
         allow_enforcement=args.allow_enforcement,
         template_dir=_templates(args.templates),
         resolver=_resolver(args),
         resolve_interval=args.resolve_interval,
         detect=args.detect,
+        detection_mode=args.detection_mode,
         tetragon_namespace=args.tetragon_namespace,
         tetragon_selector=args.tetragon_selector,
         tetragon_container=args.tetragon_container,
@@ -319,6 +320,75 @@ def _cmd_run(args: argparse.Namespace) -> int:
             _check_port(flag, args.bind, port)
     tune_gc()
     asyncio.run(serve(cfg, kubeconfig, options))
+    return 0
+
+
+def _check_positive(args: argparse.Namespace, *flags: str) -> None:
+    for flag in flags:
+        if getattr(args, flag) <= 0:
+            raise CliError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+
+
+def _check_ports(args: argparse.Namespace) -> None:
+    for flag in ("metrics_port", "health_port"):
+        if not 0 <= getattr(args, flag) <= 65535:
+            raise CliError(
+                f"--{flag.replace('_', '-')} must be a port (0 turns it off), got {getattr(args, flag)}"
+            )
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from agentdetect.app.node import run_node, stop_on_signals
+    from agentdetect.detection.nodeagent import NodeSettings
+    from agentdetect.detection.pipeline import tune_gc
+
+    if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise CliError(
+            "--log-level (AGENTDETECT_LOG_LEVEL) must be DEBUG, INFO, WARNING or ERROR, "
+            f"got {args.log_level!r}"
+        )
+    logging.basicConfig(
+        level=args.log_level,
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":%(message)r}'
+        if args.log_format == "json"
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    if not args.node_name:
+        raise CliError(
+            "--node-name (NODE_NAME) is required: the node whose pods this agent reports "
+            "(in the DaemonSet, from the downward API: spec.nodeName)"
+        )
+    _check_positive(args, "flush_interval", "count_refresh", "max_pods", "max_rules_per_pod")
+    _check_ports(args)
+    export = Path(args.export_file)
+    if not export.parent.is_dir():
+        raise CliError(
+            f"--export-file {export}: the directory {export.parent} does not exist (mount Tetragon's "
+            "export directory from the host; Tetragon's chart default is /var/run/cilium/tetragon)"
+        )
+    kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
+    _check_kubeconfig(kubeconfig)
+    for flag, port in (("--metrics-port", args.metrics_port), ("--health-port", args.health_port)):
+        if port:
+            _check_port(flag, args.bind, port)
+    settings = NodeSettings(
+        node=args.node_name,
+        export_file=export,
+        flush_interval=args.flush_interval,
+        count_refresh=args.count_refresh,
+        max_pods=args.max_pods,
+        max_rules_per_pod=args.max_rules_per_pod,
+    )
+    tune_gc()
+    run_node(
+        settings,
+        kubeconfig,
+        metrics_port=args.metrics_port or None,
+        health_port=args.health_port or None,
+        bind=args.bind,
+        stop=stop_on_signals(),
+    )
     return 0
 
 
@@ -558,6 +628,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="follow Tetragon's events and write AgentDetections (AGENTDETECT_DETECT; default on)",
     )
     p.add_argument(
+        "--detection-mode",
+        default=os.environ.get("AGENTDETECT_DETECTION_MODE", "stream"),
+        help="stream: follow every Tetragon pod's export log through the API server; node: node "
+        "agents (agentdetect node) write the AgentDetections and this operator builds profile "
+        "status from them (AGENTDETECT_DETECTION_MODE; default stream)",
+    )
+    p.add_argument(
         "--tetragon-namespace",
         default=os.environ.get("AGENTDETECT_TETRAGON_NAMESPACE", "kube-system"),
         help="namespace of the Tetragon DaemonSet (AGENTDETECT_TETRAGON_NAMESPACE)",
@@ -646,6 +723,85 @@ def build_parser() -> argparse.ArgumentParser:
         help="(AGENTDETECT_LOG_LEVEL)",
     )
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "node",
+        help="detect on this node: read Tetragon's export file, write this node's AgentDetections",
+        description="The DaemonSet of detection.mode=node. Every option also reads an environment "
+        "variable (shown in brackets).",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        help="kubeconfig file (KUBECONFIG; default: in-cluster in a pod, else ~/.kube/config)",
+    )
+    p.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME") or None,
+        help="the node this agent runs on (NODE_NAME, from the downward API)",
+    )
+    p.add_argument(
+        "--export-file",
+        default=os.environ.get("AGENTDETECT_EXPORT_FILE", "/var/run/cilium/tetragon/tetragon.log"),
+        help="Tetragon's JSON export file on the host, rotated backups beside it "
+        "(AGENTDETECT_EXPORT_FILE; Tetragon's chart default)",
+    )
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=_env_float("AGENTDETECT_FLUSH_INTERVAL", 10.0),
+        help="seconds within which a new rule, target or action is written (AGENTDETECT_FLUSH_INTERVAL)",
+    )
+    p.add_argument(
+        "--count-refresh",
+        type=float,
+        default=_env_float("AGENTDETECT_COUNT_REFRESH", 60.0),
+        help="etcd write budget: seconds between rewrites of a record whose counts alone changed "
+        "(AGENTDETECT_COUNT_REFRESH; default 60)",
+    )
+    p.add_argument(
+        "--max-pods",
+        type=int,
+        default=_env_int("AGENTDETECT_MAX_PODS", 10_000),
+        help="cap on (profile, pod) entries in memory (AGENTDETECT_MAX_PODS)",
+    )
+    p.add_argument(
+        "--max-rules-per-pod",
+        type=int,
+        default=_env_int("AGENTDETECT_MAX_RULES_PER_POD", 64),
+        help="cap on rules kept per (profile, pod) entry (AGENTDETECT_MAX_RULES_PER_POD)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env_int("AGENTDETECT_METRICS_PORT", 8080),
+        help="serve Prometheus /metrics here; 0 turns it off (AGENTDETECT_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=_env_int("AGENTDETECT_HEALTH_PORT", 8081),
+        help="serve /healthz for liveness and readiness probes; 0 turns it off (AGENTDETECT_HEALTH_PORT)",
+    )
+    p.add_argument(
+        "--bind",
+        default=os.environ.get("AGENTDETECT_BIND", "0.0.0.0"),
+        help="address of both ports (AGENTDETECT_BIND)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("AGENTDETECT_LOG_FORMAT", "text"),
+        help="(AGENTDETECT_LOG_FORMAT)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        default=os.environ.get("AGENTDETECT_LOG_LEVEL", "INFO").upper(),
+        help="(AGENTDETECT_LOG_LEVEL)",
+    )
+    p.set_defaults(func=_cmd_node)
 
     p = sub.add_parser(
         "binaries", help="print the directory of etcd/kube-apiserver/... building them once if needed"

@@ -15,7 +15,8 @@ from agentdetect.api.models import GROUP, VERSION
 from agentdetect.app.metrics import Metrics
 from agentdetect.cluster.kube import POLICY_PLURALS, PROFILE_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
 from agentdetect.controller.reconcile import Outcome, Reconciler
-from agentdetect.detection.service import DetectionService
+from agentdetect.detection.rollup import DetectionRollup
+from agentdetect.detection.service import DetectionService, prune_orphans
 from agentdetect.detection.sources import RateLimitedLog
 from agentdetect.policy.render import (
     LABEL_MANAGED_BY,
@@ -97,10 +98,25 @@ def build_registry(
     detection: DetectionService | None = None,
     metrics: Metrics | None = None,
     diffbase: MemoryDiffBase | None = None,
+    rollup: DetectionRollup | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     config = reconciler.config
     metrics = metrics or Metrics()
+
+    if rollup is not None:
+
+        @kopf.on.startup(registry=registry, id="start-rollup")
+        def start_rollup(**_: Any) -> None:
+            rollup.start()
+            try:
+                prune_orphans(reconciler.cluster)
+            except Exception:  # best effort: the next start tries again
+                log.exception("pruning AgentDetections of deleted profiles failed")
+
+        @kopf.on.cleanup(registry=registry, id="stop-rollup")
+        def stop_rollup(**_: Any) -> None:
+            rollup.stop()
 
     if detection is not None:
 
@@ -204,8 +220,13 @@ def build_registry(
                 if diffbase is not None:
                     diffbase.forget(body.metadata.uid)
                 metrics.forget_profile((_kind, body.metadata.namespace, body.metadata.name or ""))
+                key = (_kind, body.metadata.namespace, body.metadata.name or "")
                 if detection is not None:
-                    detection.profile_deleted((_kind, body.metadata.namespace, body.metadata.name or ""))
+                    detection.profile_deleted(key)
+                if rollup is not None:
+                    rollup.forget_profile(key)
+                    # Their answers are to a question nobody asks any more (README: Detections).
+                    reconciler.cluster.delete_detections(_kind, key[2], key[1])
 
     for plural in POLICY_PLURALS.values():
 

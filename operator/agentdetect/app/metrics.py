@@ -26,12 +26,97 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from agentdetect.detection.nodeagent import NodeAgent
+    from agentdetect.detection.pipeline import Pipeline
+    from agentdetect.detection.rollup import DetectionRollup
     from agentdetect.detection.service import DetectionService
+    from agentdetect.detection.writer import DetectionWriter
 
 #: Per-pod series are limited to the busiest few: a label per pod would be unbounded.
 TOP_PODS = 20
 #: ParseStats fields that are reasons a line was skipped.
 SKIP_REASONS = ("malformed", "truncated", "unknown", "oversized")
+
+
+def pipeline_families(pipeline: Pipeline, writer: DetectionWriter, top_pods: bool = True) -> Iterator[Metric]:
+    """The event pipeline's counters, as both the stream-mode operator and a node agent export
+    them. Labels are bounded: profile, rule and hook; pods only in the top-N gauge, which a node
+    agent leaves out (``top_pods``)."""
+    with pipeline.lock:
+        stats = pipeline.stats
+        lines, events, ignored, unmatched = stats.lines, stats.events, stats.ignored, pipeline.unmatched
+        skipped = {r: getattr(stats, r) for r in SKIP_REASONS}
+        totals = pipeline.aggregator.rule_totals()
+        host_totals = {profile: h.events for profile, h in pipeline.aggregator.host.items()}
+        pods = len(pipeline.aggregator.pods)
+        top = heapq.nlargest(TOP_PODS, pipeline.aggregator.pods.items(), key=lambda kp: kp[1].events)
+        busiest_pods = [(key, p.events) for key, p in top] if top_pods else []
+        agg = pipeline.aggregator.stats
+        over_pod, over_rule, already = (
+            agg.dropped_over_pod_cap,
+            agg.dropped_over_rule_cap,
+            agg.already_counted,
+        )
+
+    yield _counter("agentdetect_events_read", "Lines read from Tetragon's export.", lines)
+    hooks = CounterMetricFamily(
+        "agentdetect_hook_events", "Events of our hooks, by what became of them.", labels=["outcome"]
+    )
+    hooks.add_metric(["matched"], events - unmatched)
+    hooks.add_metric(["unmatched"], unmatched)
+    hooks.add_metric(["other"], ignored)
+    yield hooks
+    malformed = CounterMetricFamily(
+        "agentdetect_malformed_lines", "Lines skipped, by reason.", labels=["reason"]
+    )
+    for reason, n in skipped.items():
+        malformed.add_metric([reason], n)
+    yield malformed
+    yield _counter(
+        "agentdetect_lines_already_counted",
+        "Lines passed over because a record already counts them (read again after a restart).",
+        already,
+    )
+    detections = CounterMetricFamily(
+        "agentdetect_detection_events",
+        "Events that matched a profile's rule and were stored (see agentdetect_detections_dropped).",
+        labels=["kind", "profile_namespace", "profile", "rule", "hook"],
+    )
+    for ((kind, namespace, profile), rule, hook), n in sorted(
+        totals.items(), key=lambda kv: (kv[0][0][0], kv[0][0][1] or "", kv[0][0][2], kv[0][1], kv[0][2])
+    ):
+        detections.add_metric([kind, namespace or "", profile, rule, hook], n)
+    yield detections
+    host = CounterMetricFamily(
+        "agentdetect_host_process_events",
+        "Events that matched a profile's rule from processes outside any pod (hostProcesses).",
+        labels=["kind", "profile_namespace", "profile"],
+    )
+    for (kind, namespace, profile), n in sorted(host_totals.items(), key=lambda kv: str(kv[0])):
+        host.add_metric([kind, namespace or "", profile], n)
+    yield host
+    yield GaugeMetricFamily(
+        "agentdetect_pods_with_detections", "(profile, pod) entries held in memory.", value=pods
+    )
+    if top_pods:
+        busiest = GaugeMetricFamily(
+            "agentdetect_top_pod_events",
+            f"Events counted for the {TOP_PODS} (profile, pod) entries with the most, while in memory.",
+            labels=["pod_namespace", "pod_name", "kind", "profile_namespace", "profile"],
+        )
+        for ((kind, profile_ns, profile), namespace, pod), n in busiest_pods:
+            busiest.add_metric([namespace, pod, kind, profile_ns or "", profile], n)
+        yield busiest
+    dropped = CounterMetricFamily(
+        "agentdetect_detections_dropped", "Events not stored because a cap was reached.", labels=["cap"]
+    )
+    dropped.add_metric(["pods"], over_pod)
+    dropped.add_metric(["rules"], over_rule)
+    yield dropped
+    writes = CounterMetricFamily("agentdetect_api_writes", "Detection writes to the API.", labels=["kind"])
+    writes.add_metric(["AgentDetection"], writer.detection_writes)
+    writes.add_metric(["status"], writer.status_writes)
+    yield writes
 
 
 class DetectionCollector(Collector):
@@ -41,76 +126,8 @@ class DetectionCollector(Collector):
         self.service = service
 
     def collect(self) -> Iterator[Metric]:
-        pipeline = self.service.pipeline
-        with pipeline.lock:
-            stats = pipeline.stats
-            lines, events, ignored, unmatched = stats.lines, stats.events, stats.ignored, pipeline.unmatched
-            skipped = {r: getattr(stats, r) for r in SKIP_REASONS}
-            totals = pipeline.aggregator.rule_totals()
-            host_totals = {profile: h.events for profile, h in pipeline.aggregator.host.items()}
-            pods = len(pipeline.aggregator.pods)
-            top = heapq.nlargest(TOP_PODS, pipeline.aggregator.pods.items(), key=lambda kp: kp[1].events)
-            top_pods = [(key, p.events) for key, p in top]
-            agg = pipeline.aggregator.stats
-            over_pod, over_rule = agg.dropped_over_pod_cap, agg.dropped_over_rule_cap
-        writer = self.service.writer
+        yield from pipeline_families(self.service.pipeline, self.service.writer)
         source = self.service.source
-
-        yield _counter("agentdetect_events_read", "Lines read from Tetragon's export.", lines)
-        hooks = CounterMetricFamily(
-            "agentdetect_hook_events", "Events of our hooks, by what became of them.", labels=["outcome"]
-        )
-        hooks.add_metric(["matched"], events - unmatched)
-        hooks.add_metric(["unmatched"], unmatched)
-        hooks.add_metric(["other"], ignored)
-        yield hooks
-        malformed = CounterMetricFamily(
-            "agentdetect_malformed_lines", "Lines skipped, by reason.", labels=["reason"]
-        )
-        for reason, n in skipped.items():
-            malformed.add_metric([reason], n)
-        yield malformed
-        detections = CounterMetricFamily(
-            "agentdetect_detection_events",
-            "Events that matched a profile's rule and were stored (see agentdetect_detections_dropped).",
-            labels=["kind", "profile_namespace", "profile", "rule"],
-        )
-        for ((kind, namespace, profile), rule), n in sorted(
-            totals.items(), key=lambda kv: (kv[0][0][0], kv[0][0][1] or "", kv[0][0][2], kv[0][1])
-        ):
-            detections.add_metric([kind, namespace or "", profile, rule], n)
-        yield detections
-        host = CounterMetricFamily(
-            "agentdetect_host_process_events",
-            "Events that matched a profile's rule from processes outside any pod (hostProcesses).",
-            labels=["kind", "profile_namespace", "profile"],
-        )
-        for (kind, namespace, profile), n in sorted(host_totals.items(), key=lambda kv: str(kv[0])):
-            host.add_metric([kind, namespace or "", profile], n)
-        yield host
-        yield GaugeMetricFamily(
-            "agentdetect_pods_with_detections", "(profile, pod) entries held in memory.", value=pods
-        )
-        busiest = GaugeMetricFamily(
-            "agentdetect_top_pod_events",
-            f"Events counted for the {TOP_PODS} (profile, pod) entries with the most, while in memory.",
-            labels=["pod_namespace", "pod_name", "kind", "profile_namespace", "profile"],
-        )
-        for ((kind, profile_ns, profile), namespace, pod), events in top_pods:
-            busiest.add_metric([namespace, pod, kind, profile_ns or "", profile], events)
-        yield busiest
-        dropped = CounterMetricFamily(
-            "agentdetect_detections_dropped", "Events not stored because a cap was reached.", labels=["cap"]
-        )
-        dropped.add_metric(["pods"], over_pod)
-        dropped.add_metric(["rules"], over_rule)
-        yield dropped
-        writes = CounterMetricFamily(
-            "agentdetect_api_writes", "Detection writes to the API.", labels=["kind"]
-        )
-        writes.add_metric(["AgentDetection"], writer.detection_writes)
-        writes.add_metric(["status"], writer.status_writes)
-        yield writes
         # Always exported (0 while not following: standby, or before the records are read), so
         # a query or alert on them has a series from the start.
         yield _counter(
@@ -128,6 +145,64 @@ class DetectionCollector(Collector):
             "1 on the replica that follows Tetragon and writes detections (once it has read the "
             "records back), 0 on a standby.",
             value=1 if self.service.active and self.service.begun.is_set() else 0,
+        )
+
+
+class NodeAgentCollector(Collector):
+    """A node agent's /metrics: the pipeline's counters (no per-pod series), the export file
+    and the etcd write budget."""
+
+    def __init__(self, agent: NodeAgent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[Metric]:
+        agent = self.agent
+        yield from pipeline_families(agent.pipeline, agent.writer, top_pods=False)
+        follower = agent.follower
+        yield _counter(
+            "agentdetect_export_lines_skipped_long",
+            "Lines of the export file longer than the pipeline reads, skipped.",
+            follower.skipped_long,
+        )
+        yield GaugeMetricFamily(
+            "agentdetect_export_files_seen",
+            "Files of Tetragon's export (current and rotated) this agent has read or is reading.",
+            value=follower.segments.count(),
+        )
+        yield _counter(
+            "agentdetect_detection_writes_deferred",
+            "Record writes held back by --count-refresh (only counts had moved).",
+            agent.writer.deferred_total,
+        )
+        yield GaugeMetricFamily(
+            "agentdetect_detection_active",
+            "1 once this node agent has read its records back and follows the export file.",
+            value=1 if agent.begun.is_set() else 0,
+        )
+
+
+class RollupCollector(Collector):
+    """The operator in node mode: records indexed and status patches."""
+
+    def __init__(self, rollup: DetectionRollup) -> None:
+        self.rollup = rollup
+
+    def collect(self) -> Iterator[Metric]:
+        rollup = self.rollup
+        writes = CounterMetricFamily(
+            "agentdetect_api_writes", "Detection writes to the API.", labels=["kind"]
+        )
+        writes.add_metric(["status"], rollup.status_writes)
+        yield writes
+        yield _counter(
+            "agentdetect_record_events",
+            "AgentDetection changes seen (watched) to build profile status from.",
+            rollup.record_events,
+        )
+        yield GaugeMetricFamily(
+            "agentdetect_detection_active",
+            "1 on the replica that builds profile status from AgentDetections, 0 on a standby.",
+            value=1 if rollup.active else 0,
         )
 
 
@@ -216,6 +291,9 @@ class Metrics:
 
     def watch_detection(self, service: DetectionService) -> None:
         self.registry.register(DetectionCollector(service))
+
+    def watch_rollup(self, rollup: DetectionRollup) -> None:
+        self.registry.register(RollupCollector(rollup))
 
     def watch_policy_filter(self, owned: Callable[[], int], budget: Callable[[], int]) -> None:
         """Gauges read when Prometheus scrapes: policies using Tetragon's policy filter, and the

@@ -21,6 +21,7 @@ from agentdetect.app.metrics import Metrics
 from agentdetect.cluster.kube import Cluster
 from agentdetect.controller.reconcile import Config, Reconciler
 from agentdetect.detection.peering import PeeringGate
+from agentdetect.detection.rollup import DetectionRollup
 from agentdetect.detection.service import DetectionService
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class Runtime:
     detection: DetectionService | None
     metrics: Metrics
     diffbase: MemoryDiffBase
+    #: Node mode: profile status from the node agents' AgentDetections.
+    rollup: DetectionRollup | None = None
 
 
 @dataclass
@@ -82,18 +85,22 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
         # kopf peers per namespace when it watches namespaces; the first one speaks for all.
         peering_ns = options.namespaces[0] if options.namespaces else None
         gate = PeeringGate(cluster.api, options.peering, options.priority, peering_ns)
-    detection = (
-        DetectionService(cluster, reconciler.board, cfg, gate=gate, settled=reconciler.settled_versions)
-        if cfg.detect
-        else None
-    )
+    detection, rollup = None, None
+    if cfg.detect and cfg.detection_mode == "node":
+        rollup = DetectionRollup(cluster, cfg.flush_interval, gate=gate)
+    elif cfg.detect:
+        detection = DetectionService(
+            cluster, reconciler.board, cfg, gate=gate, settled=reconciler.settled_versions
+        )
     metrics = Metrics()
     metrics.watch_policy_filter(reconciler.policy_filter_policies, lambda: cfg.policy_filter_budget)
     metrics.watch_readiness(gate)
     if detection is not None:
         metrics.watch_detection(detection)
     diffbase = MemoryDiffBase()
-    registry = build_registry(reconciler, detection, metrics, diffbase)
+    if rollup is not None:
+        metrics.watch_rollup(rollup)
+    registry = build_registry(reconciler, detection, metrics, diffbase, rollup)
     quiet_kopf_logs()
     kubeconfig_path = str(kubeconfig) if kubeconfig else None
 
@@ -105,7 +112,7 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
             os.environ["KUBECONFIG"] = kubeconfig_path
         return kopf.login_with_kubeconfig(**kwargs)
 
-    return Runtime(reconciler, registry, detection, metrics, diffbase)
+    return Runtime(reconciler, registry, detection, metrics, diffbase, rollup)
 
 
 async def serve(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,12 +188,36 @@ class Cluster:
                     raise
         return len(found)
 
-    def list_detections(self) -> list[dict[str, Any]]:
-        """Every AgentDetection of ours, in every namespace."""
+    def list_detections(self, label_selector: str = "") -> list[dict[str, Any]]:
+        """Every AgentDetection of ours, in every namespace (narrowed by ``label_selector``)."""
+        selector = ",".join(s for s in (f"{LABEL_MANAGED_BY}={_MANAGED_BY}", label_selector) if s)
         resp = self.custom.list_cluster_custom_object(
-            GROUP, VERSION, "agentdetections", label_selector=f"{LABEL_MANAGED_BY}={_MANAGED_BY}"
+            GROUP, VERSION, "agentdetections", label_selector=selector
         )
         return list(_with_kind(resp, "AgentDetection"))
+
+    def list_call(
+        self, plural: str, label_selector: str | None = None, field_selector: str | None = None
+    ) -> Callable[..., Any]:
+        """A cluster-wide list (and, with watch=True, watch) of pods or of one of our or
+        Tetragon's resources, for an Informer."""
+        if plural == "pods":
+            return functools.partial(
+                self.core.list_pod_for_all_namespaces,
+                label_selector=label_selector,
+                field_selector=field_selector,
+            )
+        group, version = (
+            (TETRAGON_GROUP, TETRAGON_VERSION) if plural in POLICY_PLURALS.values() else (GROUP, VERSION)
+        )
+        return functools.partial(
+            self.custom.list_cluster_custom_object,
+            group,
+            version,
+            plural,
+            label_selector=label_selector,
+            field_selector=field_selector,
+        )
 
     def list_profiles(self) -> list[dict[str, Any]]:
         """Every profile of both kinds, each with its ``kind`` set."""

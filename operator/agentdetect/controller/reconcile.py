@@ -18,20 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from agentdetect.api.conditions import ConditionType, Reason
-from agentdetect.api.models import ClusterProfileSpec, Mode, ProfileSpec, ResolvedDestination
+from agentdetect.api.models import ClusterProfileSpec, Mode, ResolvedDestination
 from agentdetect.cluster.kube import Cluster, ProfileVersion, key_of, owner_reference
 from agentdetect.controller.state import AppliedPolicies, NamespaceSelections, Reconciled
 from agentdetect.policy.board import ProfileBoard, ProfileState
+from agentdetect.policy.profiles import parse_profile, previous_resolutions
 from agentdetect.policy.render import (
     ANNOTATION_HASH,
     LABEL_PROFILE_KIND,
     LABEL_PROFILE_NAME,
     LABEL_PROFILE_NAMESPACE,
     Profile,
-    ProfileKind,
     RenderError,
     Target,
     hostnames_of,
@@ -62,6 +62,10 @@ class Config:
     retry_delay: float = 10.0
     #: Follow Tetragon's event export and write AgentDetections.
     detect: bool = False
+    #: ``stream``: this operator follows every Tetragon pod's log through the API server.
+    #: ``node``: node agents (``agentdetect node``) read the export file on each node and
+    #: write the AgentDetections; this operator builds profile status from them.
+    detection_mode: str = "stream"
     tetragon_namespace: str = "kube-system"
     tetragon_selector: str = "app.kubernetes.io/name=tetragon"
     tetragon_container: str = "export-stdout"
@@ -102,35 +106,6 @@ def describe_invalid(exc: ValueError) -> str:
     return format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
 
 
-class _Meta(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    # Profile names label the policies they render, and label values stop at 63 characters.
-    name: str = Field(min_length=1, max_length=63)
-    namespace: str | None = None
-
-
-class _Namespaced(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    metadata: _Meta
-    spec: ProfileSpec
-
-
-class _Clustered(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    metadata: _Meta
-    spec: ClusterProfileSpec
-
-
-def parse_profile(body: Mapping[str, Any]) -> Profile:
-    """Raises ``ValidationError`` whose locations are field paths such as ``spec.network...``."""
-    kind: ProfileKind = body["kind"]
-    doc = {"metadata": body.get("metadata") or {}, "spec": body.get("spec") or {}}
-    parsed = (_Clustered if kind == "ClusterAgentDetectionProfile" else _Namespaced).model_validate(doc)
-    if kind == "AgentDetectionProfile" and not parsed.metadata.namespace:
-        raise ValueError("an AgentDetectionProfile needs metadata.namespace")
-    return Profile(kind, parsed.metadata.name, parsed.metadata.namespace, parsed.spec)
-
-
 def targets_for(profile: Profile, namespaces: list[tuple[str, dict[str, str]]] | None) -> list[Target]:
     """A namespaced profile renders into its own namespace and nowhere else."""
     if profile.kind == "AgentDetectionProfile":
@@ -167,13 +142,6 @@ def in_sync(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
         and contains(dmeta["labels"], lmeta.get("labels", {}))
         and contains(desired["spec"], live.get("spec"))
     )
-
-
-def previous_resolutions(status: Mapping[str, Any] | None) -> dict[str, Resolution]:
-    out = {}
-    for r in (status or {}).get("resolved", []) or []:
-        out[r["hostname"]] = Resolution(tuple(r.get("addresses", [])), r["resolvedAt"], r.get("error"))
-    return out
 
 
 def resolved_status(profile: Profile, resolved: Mapping[str, Resolution]) -> list[dict[str, Any]]:

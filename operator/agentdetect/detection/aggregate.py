@@ -80,6 +80,8 @@ class PodDetections:
     #: A record written before records carried stream positions: it counts every line its
     #: writer had read, so a line whose event time is not after its last one is passed over.
     legacy: bool = False
+    #: The node the pod runs on, as its events say (a label of its record).
+    node: str = ""
 
 
 @dataclass(slots=True)
@@ -116,7 +118,7 @@ class Aggregator:
         self.dirty: set[PodKey] = set()
         self.stats = AggregateStats()
         #: Counts of deleted pods' rules, so totals for metrics never go back (see rule_totals).
-        self._retired: dict[tuple[ProfileKey, str], int] = {}
+        self._retired: dict[tuple[ProfileKey, str, str], int] = {}
         self.host: dict[ProfileKey, HostDetections] = {}
         #: Profiles whose host detections changed since the last flush.
         self.host_dirty: set[ProfileKey] = set()
@@ -181,7 +183,7 @@ class Aggregator:
             if len(self.pods) >= self.max_pods:
                 self.stats.dropped_over_pod_cap += 1
                 return
-            pod = self.pods[key] = PodDetections(event.workload)
+            pod = self.pods[key] = PodDetections(event.workload, node=event.node)
         rule = pod.rules.get(match.rule)
         if rule is None:
             if len(pod.rules) >= self.max_rules_per_pod:
@@ -219,7 +221,7 @@ class Aggregator:
         keys = [k for k in self.pods if k[1] == namespace and k[2] == name]
         for k in keys:
             for rule_name, rule in self.pods[k].rules.items():
-                retired_key = (k[0], rule_name)
+                retired_key = (k[0], rule_name, rule.hook)
                 self._retired[retired_key] = self._retired.get(retired_key, 0) + rule.count
             del self.pods[k]
             self.dirty.discard(k)
@@ -239,13 +241,14 @@ class Aggregator:
         dirty, self.host_dirty = self.host_dirty, set()
         return dirty
 
-    def rule_totals(self) -> dict[tuple[ProfileKey, str], int]:
-        """Stored events per (profile, rule), deleted pods included. Summed when asked (a
+    def rule_totals(self) -> dict[tuple[ProfileKey, str, str], int]:
+        """Stored events per (profile, rule, hook), deleted pods included. Summed when asked (a
         metrics scrape) rather than kept per event: the event path stays as lean as it was."""
         totals = dict(self._retired)
         for (profile, _, _), pod in self.pods.items():
             for rule_name, rule in pod.rules.items():
-                totals[(profile, rule_name)] = totals.get((profile, rule_name), 0) + rule.count
+                key = (profile, rule_name, rule.hook)
+                totals[key] = totals.get(key, 0) + rule.count
         return totals
 
     def take_dirty(self) -> list[PodKey]:

@@ -112,6 +112,10 @@ class Segments:
                 self._by_ordinal[found] = fp
             return found
 
+    def count(self) -> int:
+        with self._lock:
+            return len(self._ordinal)
+
     def known(self, fp: str) -> bool:
         with self._lock:
             return fp in self._ordinal
@@ -287,7 +291,10 @@ class FilePositions:
     def encode(self, stream: str, stamp: int, lines_at: int) -> StreamPosition | None:
         if stamp < 0:
             return None
-        position = self.segments.position(stamp)
+        try:
+            position = self.segments.position(stamp)
+        except KeyError:  # not a stamp of this node's files
+            return None
         return StreamPosition(stream=stream, file=position.file, offset=position.offset, lines_at_through=1)
 
     def decode(self, position: StreamPosition) -> int | None:

@@ -27,6 +27,10 @@ from agentdetect.policy.board import ProfileKey
 _KIND_SHORT = {"AgentDetectionProfile": "adp", "ClusterAgentDetectionProfile": "cadp"}
 
 
+#: The node of the record's pod: a node agent lists its own records by it.
+LABEL_NODE = "agentdetect.io/node"
+
+
 def detection_name(key: PodKey) -> str:
     (kind, pns, pname), _, pod = key
     digest = hashlib.sha256(f"{kind}/{pns or ''}/{pname}/{key[1]}/{pod}".encode()).hexdigest()[:6]
@@ -88,7 +92,8 @@ def record_of(obj: Mapping[str, Any], positions: Positions = KUBELET) -> tuple[P
     if profile.kind not in ("AgentDetectionProfile", "ClusterAgentDetectionProfile"):
         return None
     key: PodKey = ((profile.kind, profile.namespace, profile.name), doc.pod.namespace or "", doc.pod.name)
-    pod = PodDetections(doc.workload)
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    pod = PodDetections(doc.workload, node=labels.get(LABEL_NODE, ""))
     for d in doc.detections:
         binary, _, target = d.example.partition(f" {_VERBS[d.hook]} ")
         pod.rules[d.rule] = RuleStats(
@@ -162,6 +167,7 @@ def detection_object(key: PodKey, pod: PodDetections, positions: Positions = KUB
                 "agentdetect.io/profile-name": pname,
                 **({"agentdetect.io/profile-namespace": pns} if pns else {}),
                 "agentdetect.io/pod": name[:63].rstrip("-._"),
+                **({LABEL_NODE: pod.node[:63].rstrip("-._")} if pod.node else {}),
             },
         },
         pod=ObjectRef(kind="Pod", namespace=namespace, name=name),

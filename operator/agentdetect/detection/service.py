@@ -23,6 +23,17 @@ from agentdetect.policy.board import ProfileBoard, ProfileKey
 log = logging.getLogger(__name__)
 
 
+def prune_orphans(cluster: Cluster) -> int:
+    """AgentDetections whose profile was deleted while no operator ran."""
+    deleted = 0
+    for kind, namespace, name in sorted(cluster.detection_profiles(), key=str):
+        if cluster.get_profile(kind, name, namespace) is None:
+            deleted += cluster.delete_detections(kind, name, namespace)
+    if deleted:
+        log.info("deleted %d AgentDetections whose profile no longer exists", deleted)
+    return deleted
+
+
 class DetectionSettings(Protocol):
     """What detection reads of the operator's configuration (app's Config has these): a
     protocol, so this flow does not depend on the controller's."""
@@ -281,14 +292,7 @@ class DetectionService:
         return self.cluster.delete_detections(kind, name, namespace)
 
     def prune_orphans(self) -> int:
-        """AgentDetections whose profile was deleted while no operator ran."""
-        deleted = 0
-        for kind, namespace, name in sorted(self.cluster.detection_profiles(), key=str):
-            if self.cluster.get_profile(kind, name, namespace) is None:
-                deleted += self.cluster.delete_detections(kind, name, namespace)
-        if deleted:
-            log.info("deleted %d AgentDetections whose profile no longer exists", deleted)
-        return deleted
+        return prune_orphans(self.cluster)
 
     def pod_deleted(self, namespace: str, name: str) -> None:
         with self.pipeline.lock:

@@ -62,8 +62,12 @@ class DetectionWriter:
         count_refresh: float = 0.0,
         positions: Positions = KUBELET,
         clock: Callable[[], float] = time.monotonic,
+        statuses: bool = True,
     ) -> None:
         self.cluster = cluster
+        #: Whether this writer patches profiles' status (stream mode). A node agent does not:
+        #: the operator builds status from the AgentDetections of every node.
+        self.statuses = statuses
         #: etcd is not a counter store: a record whose rules, targets and actions are what was
         #: last written is rewritten for its counts at most every this many seconds (0: at
         #: every flush, as the operator following logs does).
@@ -86,6 +90,8 @@ class DetectionWriter:
         self._status_owed: set[ProfileKey] = set()
         self.detection_writes = 0
         self.status_writes = 0
+        #: Record writes held back by the count refresh, over the writer's life.
+        self.deferred_total = 0
         self._log = RateLimitedLog(log)
 
     @property
@@ -152,6 +158,10 @@ class DetectionWriter:
             self._shape[key] = shape
             self._written_at[key] = self._clock()
             result.detections_written += 1
+        self.deferred_total += result.deferred
+        if not self.statuses:
+            self.detection_writes += result.detections_written
+            return result
         self._status_owed.update(k[0] for k in keys)
         self._status_owed.update(host_dirty)
         self._status_owed &= known

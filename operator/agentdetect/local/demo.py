@@ -22,11 +22,12 @@ from kubernetes import client
 
 from agentdetect.api.models import GROUP, VERSION
 from agentdetect.app.runner import OperatorThread
-from agentdetect.controller.reconcile import Config, parse_profile
+from agentdetect.controller.reconcile import Config
 from agentdetect.local import binaries, crdgen, tetragon_crds
 from agentdetect.local.controlplane import ControlPlane
 from agentdetect.local.samples import kprobe_event
 from agentdetect.policy import yamlout
+from agentdetect.policy.profiles import parse_profile
 from agentdetect.policy.render import policy_name, target_in
 from agentdetect.policy.resolve import StaticResolver
 

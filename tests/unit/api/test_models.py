@@ -15,7 +15,8 @@ from agentdetect.api.models import (
     PathRule,
     ProfileSpec,
 )
-from agentdetect.controller.reconcile import describe_invalid, parse_profile
+from agentdetect.controller.reconcile import describe_invalid
+from agentdetect.policy.profiles import parse_profile
 from agentdetect.policy.render import Profile
 
 FILES_ONLY: dict[str, Any] = {"files": {"presets": ["credentials"]}}

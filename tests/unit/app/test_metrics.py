@@ -74,6 +74,7 @@ def test_pipeline_counters_are_read_at_scrape_time() -> None:
     assert got[("agentdetect_malformed_lines_total", (("reason", "malformed"),))] == 1
     assert got[("agentdetect_hook_events_total", (("outcome", "matched"),))] == 4
     rule = (
+        ("hook", "tcp_connect"),
         ("kind", "AgentDetectionProfile"),
         ("profile", llm.name),
         ("profile_namespace", "support"),

@@ -15,13 +15,12 @@ from agentdetect.controller.reconcile import (
     describe_invalid,
     format_validation_error,
     in_sync,
-    parse_profile,
-    previous_resolutions,
     ready_condition,
     resolved_status,
     targets_for,
     uses_policy_filter,
 )
+from agentdetect.policy.profiles import parse_profile, previous_resolutions
 from agentdetect.policy.render import ANNOTATION_HASH, Profile, Target, render
 from agentdetect.policy.resolve import Resolution, ResolutionError, StaticResolver, as_cidr, resolve_all
 

@@ -17,9 +17,9 @@ from agentdetect.api.models import ProfileStatus
 from agentdetect.controller.reconcile import (
     TETRAGON_INSTALL_HINT,
     describe_invalid,
-    parse_profile,
     ready_condition,
 )
+from agentdetect.policy.profiles import parse_profile
 
 REPO = Path(__file__).resolve().parents[3]
 HEALTH_LUA = REPO / "argocd" / "health.lua"

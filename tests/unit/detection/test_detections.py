@@ -14,12 +14,12 @@ from kubernetes.client.exceptions import ApiException
 
 from agentdetect.api.models import AgentDetection, ProfileDetections
 from agentdetect.cluster.kube import Cluster
-from agentdetect.controller.reconcile import parse_profile
 from agentdetect.detection.aggregate import Aggregator, PodDetections, PodKey, RuleStats
 from agentdetect.detection.pipeline import Pipeline
 from agentdetect.detection.records import detection_name, detection_object, profile_detections
 from agentdetect.detection.writer import DetectionWriter
 from agentdetect.policy.board import ProfileBoard, ProfileKey
+from agentdetect.policy.profiles import parse_profile
 from tests.unit.detect_helpers import example, line, policy_of, state_of, ts
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -616,7 +616,7 @@ def test_an_overtaken_activation_starts_no_second_source() -> None:
         def list_profiles(self) -> list[dict[str, Any]]:
             return []
 
-        def list_detections(self) -> list[dict[str, Any]]:
+        def list_detections(self, label_selector: str = "") -> list[dict[str, Any]]:
             Waiting.lists += 1
             release.wait(10)
             return []
@@ -651,7 +651,7 @@ def test_detection_waits_for_the_current_version_of_every_profile() -> None:
         def list_profiles(self) -> list[dict[str, Any]]:
             return [profile]
 
-        def list_detections(self) -> list[dict[str, Any]]:
+        def list_detections(self, label_selector: str = "") -> list[dict[str, Any]]:
             return []
 
     service = DetectionService(

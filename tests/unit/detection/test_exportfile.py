@@ -4,50 +4,12 @@ every line once, in order, and positions that find their line again after a rest
 
 from __future__ import annotations
 
-import gzip
-import itertools
-import os
-import shutil
 import threading
 import time
 from pathlib import Path
 
 from agentdetect.detection.exportfile import ExportFileFollower, read_all
-
-
-class Lumberjack:
-    """Writes like Tetragon's exporter: append; rotate = rename to a UTC-timestamped backup and
-    truncate-create the name; compress = .gz.tmp, rename to .gz, remove the plain backup."""
-
-    def __init__(self, directory: Path, max_backups: int = 100) -> None:
-        self.path = directory / "tetragon.log"
-        self.max_backups = max_backups
-        self.clock = itertools.count(1)
-        self.written: list[bytes] = []
-        self.path.touch()
-
-    def write(self, n: int) -> None:
-        with self.path.open("ab") as fh:
-            for _ in range(n):
-                line = f'{{"process_exec":{{}},"n":{len(self.written)},"pad":"{"x" * 40}"}}'.encode()
-                self.written.append(line)
-                fh.write(line + b"\n")
-
-    def rotate(self, compress: bool = False) -> Path:
-        tick = next(self.clock)
-        backup = self.path.with_name(f"tetragon-2026-11-24T10-00-{tick:02d}.{tick:03d}.log")
-        os.rename(self.path, backup)
-        self.path.touch()
-        if compress:
-            tmp = backup.with_name(backup.name + ".gz.tmp")
-            with backup.open("rb") as src, gzip.open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            os.rename(tmp, backup.with_name(backup.name + ".gz"))
-            backup.unlink()
-        backups = sorted(p for p in self.path.parent.iterdir() if p.name.startswith("tetragon-"))
-        for old in backups[: max(0, len(backups) - self.max_backups)]:
-            old.unlink()
-        return backup
+from tests.lumberjack import Lumberjack
 
 
 def test_everything_on_disk_in_order_through_plain_and_compressed_backups(tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from agentdetect.api import catalog
-from agentdetect.controller.reconcile import parse_profile
 from agentdetect.detection.events import Event
 from agentdetect.detection.match import Match, Matcher
 from agentdetect.policy.board import ProfileKey, ProfileState
+from agentdetect.policy.profiles import parse_profile
 from agentdetect.policy.render import Profile, Target, policy_name
 from tests.unit.detect_helpers import event, example, make_profile, policy_of, state_of, static_hosts
 

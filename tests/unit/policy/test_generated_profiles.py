@@ -33,7 +33,8 @@ from agentdetect.api.models import (
     Network,
     Processes,
 )
-from agentdetect.controller.reconcile import parse_profile, targets_for
+from agentdetect.controller.reconcile import targets_for
+from agentdetect.policy.profiles import parse_profile
 from agentdetect.policy.render import (
     MAX_SELECTORS,
     POD_NAMESPACE_LABEL,

@@ -22,7 +22,8 @@ from agentdetect.api.models import (
     Processes,
     ProfileSpec,
 )
-from agentdetect.controller.reconcile import describe_invalid, parse_profile, targets_for
+from agentdetect.controller.reconcile import describe_invalid, targets_for
+from agentdetect.policy.profiles import parse_profile
 from agentdetect.policy.render import (
     ACTION_ENFORCE,
     ACTION_OBSERVE,
