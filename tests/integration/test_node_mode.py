@@ -103,12 +103,23 @@ class NodeLab:
         if rule is not None:
             self.truth[(pod, rule)] += n
 
-    def recorded(self) -> Counter[tuple[str, str]]:
+    def records(self) -> list[dict[str, Any]]:
         resp = client.CustomObjectsApi(self.control_plane.api_client()).list_namespaced_custom_object(
             "agentdetect.io", "v1alpha1", self.namespace, "agentdetections"
         )
+        assert isinstance(resp, dict)
+        return list(resp["items"])
+
+    def profile(self) -> dict[str, Any]:
+        body = client.CustomObjectsApi(self.control_plane.api_client()).get_namespaced_custom_object(
+            "agentdetect.io", "v1alpha1", self.namespace, "agentdetectionprofiles", "chatbot"
+        )
+        assert isinstance(body, dict)
+        return body
+
+    def recorded(self) -> Counter[tuple[str, str]]:
         out: Counter[tuple[str, str]] = Counter()
-        for d in resp["items"]:
+        for d in self.records():
             for r in d["detections"]:
                 out[(d["pod"]["name"], r["rule"])] += r["count"]
         return out
@@ -201,10 +212,7 @@ def test_each_node_agent_writes_its_own_pods_records_and_the_operator_sums_them(
     lab.files["nm-node-c"].write(50)  # process_exec lines: read and passed over
     lab.converged()
 
-    api = lab.control_plane.api_client()
-    items = client.CustomObjectsApi(api).list_namespaced_custom_object(
-        "agentdetect.io", "v1alpha1", lab.namespace, "agentdetections"
-    )["items"]
+    items = lab.records()
     assert len(items) == 4
     for d in items:
         node = lab.pods[d["pod"]["name"]]
@@ -215,10 +223,7 @@ def test_each_node_agent_writes_its_own_pods_records_and_the_operator_sums_them(
 
     # The operator builds the profile's status from every node's records.
     def summed() -> dict[str, Any] | None:
-        body = client.CustomObjectsApi(api).get_namespaced_custom_object(
-            "agentdetect.io", "v1alpha1", lab.namespace, "agentdetectionprofiles", "chatbot"
-        )
-        det = (body.get("status") or {}).get("detections") or {}
+        det: dict[str, Any] = (lab.profile().get("status") or {}).get("detections") or {}
         return det if det.get("events") == 14 and det.get("pods") == 4 else None
 
     det = eventually(summed, what="profile status summing the records of three nodes")
@@ -297,13 +302,9 @@ def test_a_deleted_pod_leaves_the_profile_status(node_lab: NodeLab, kwok_nodes: 
     lab.write("chatbot-2-0", "execve", "/bin/sh", n=2)
     lab.write("chatbot-2-1", "execve", "/bin/sh", n=3)
     lab.converged()
-    api = lab.control_plane.api_client()
 
     def pods_in_status() -> int:
-        body = client.CustomObjectsApi(api).get_namespaced_custom_object(
-            "agentdetect.io", "v1alpha1", lab.namespace, "agentdetectionprofiles", "chatbot"
-        )
-        return int(((body.get("status") or {}).get("detections") or {}).get("pods", 0))
+        return int(((lab.profile().get("status") or {}).get("detections") or {}).get("pods", 0))
 
     eventually(lambda: pods_in_status() == 2, what="two pods in the status")
     kwok_nodes["nm-node-c"].delete_pod(lab.namespace, "chatbot-2-0")

@@ -87,13 +87,11 @@ def reconciled_state(
         assert isinstance(spec, ClusterProfileSpec)
         narrowed = spec.namespace_selector is not None and not spec.namespace_selector.selects_all()
         namespaces: tuple[str, ...] | None = None
-        if narrowed:
-            selected: set[str] = set()
-            for ref in refs:
-                found = policy_namespaces.get(ref.get("name", ""))
-                if found is not None:
-                    selected.update(found)
-            namespaces = tuple(sorted(selected))
+        seen = [policy_namespaces.get(ref.get("name", ""), ()) for ref in refs]
+        if narrowed and all(found != () for found in seen):
+            # A policy not seen yet (its watch event may come after the status's): Tetragon's
+            # policy filter narrows its events anyway, so none are turned away meanwhile.
+            namespaces = tuple(sorted({ns for found in seen for ns in found or ()}))
         targets = (Target("TracingPolicy", None, namespaces),)
     return ProfileState(profile, targets, previous_resolutions(status))
 
