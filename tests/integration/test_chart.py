@@ -392,3 +392,123 @@ def test_notes_say_how_to_configure_tetragon(control_plane: ControlPlane, instal
     notes = out[out.index("NOTES:") :]
     for needed in ("exportDenyList", "exportAllowList", "exportRateLimit", "export.mode", "Detecting=False"):
         assert needed in notes, needed
+
+
+# ---- detection.mode=node -------------------------------------------------------------------------
+
+
+def test_node_mode_renders_a_hardened_daemonset_and_no_log_access(namespace: str) -> None:
+    docs = template("agentdetect", namespace, "--set=detection.mode=node")
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    pod = ds["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["node"]
+    # Root, to read Tetragon's 0600 file as its owner; no capability, nothing writable.
+    assert pod["securityContext"]["runAsUser"] == 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"]} and "add" not in sc["capabilities"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["privileged"] is False
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tetragon-export"]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tetragon-export"]
+    assert volume["hostPath"] == {"path": "/var/run/cilium/tetragon", "type": "Directory"}
+    env = {e["name"]: e.get("value") or e.get("valueFrom") for e in container["env"]}
+    assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["AGENTDETECT_EXPORT_FILE"] == "/export/tetragon.log"
+    assert env["AGENTDETECT_COUNT_REFRESH"] == "60"
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    # The operator's selectors never match the node agents' pods.
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    operator_selector = deploy["spec"]["selector"]["matchLabels"]
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert not all(pod_labels.get(k) == v for k, v in operator_selector.items())
+    op_env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert op_env["AGENTDETECT_DETECTION_MODE"] == "node"
+    # Nobody follows Tetragon's logs in node mode: no Role for them.
+    assert not [d for d in docs if d["kind"] == "Role"]
+
+
+def test_node_mode_is_accepted_and_needs_the_privileged_pod_security_level(
+    control_plane: ControlPlane, installed_crds: list[str], namespace: str
+) -> None:
+    docs = template("agentdetect", namespace, "--set=detection.mode=node")
+    out = _dry_run(control_plane, docs)
+    assert out.count("serverside-applied (server dry run)") == len(docs)
+    # Under "baseline" the API server warns that the DaemonSet's pods would be refused.
+    control_plane.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=baseline", "--overwrite"
+    )
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    proc = control_plane.kubectl(
+        "apply", "--server-side", "--dry-run=server", "-f", "-", input=yaml.safe_dump(ds), check=False
+    )
+    assert proc.returncode == 0 and 'violate PodSecurity "baseline' in proc.stderr, proc.stderr
+    assert "hostPath" in proc.stderr
+
+
+def test_node_agent_rbac_grants_what_it_does_and_no_more(
+    control_plane: ControlPlane, installed_crds: list[str], namespace: str
+) -> None:
+    name = f"ad-{uuid.uuid4().hex[:6]}"
+    docs = template(
+        name,
+        namespace,
+        f"--set=fullnameOverride={name}",
+        "--set=crds.enabled=false",
+        "--set=detection.mode=node",
+    )
+    objects = [
+        d
+        for d in docs
+        if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+    ]
+    control_plane.kubectl(
+        "apply", "--server-side", "--field-manager=helm", "-f", "-", input=yaml.safe_dump_all(objects)
+    )
+    try:
+
+        def can(sa: str, *args: str) -> bool:
+            as_ = f"--as=system:serviceaccount:{namespace}:{sa}"
+            proc = control_plane.kubectl("auth", "can-i", as_, *args, check=False)
+            return proc.stdout.strip() == "yes"
+
+        node = f"{name}-node"
+        # What the node agent does: its node's pods, what it matches, its records.
+        assert can(node, "list", "pods", "-A") and can(node, "watch", "pods", "-A")
+        assert can(node, "get", "pods", "-n", namespace)
+        assert can(node, "list", "agentdetectionprofiles.agentdetect.io", "-A")
+        assert can(node, "watch", "clusteragentdetectionprofiles.agentdetect.io")
+        assert can(node, "watch", "tracingpolicies.cilium.io")
+        assert can(node, "list", "agentdetections.agentdetect.io", "-A")
+        assert can(node, "create", "agentdetections.agentdetect.io", "-n", namespace)
+        assert can(node, "patch", "agentdetections.agentdetect.io", "-n", namespace)
+        # ... and nothing else.
+        assert not can(node, "patch", "agentdetectionprofiles.agentdetect.io", "--subresource=status", "-A")
+        assert not can(node, "patch", "agentdetectionprofiles.agentdetect.io", "-A")
+        assert not can(node, "delete", "agentdetections.agentdetect.io", "-n", namespace)
+        assert not can(node, "deletecollection", "agentdetections.agentdetect.io", "-n", namespace)
+        assert not can(node, "get", "pods", "--subresource=log", "-n", namespace)
+        assert not can(node, "create", "tracingpolicies.cilium.io")
+        assert not can(node, "list", "tracingpoliciesnamespaced.cilium.io", "-A")
+        assert not can(node, "get", "secrets", "-A")
+        assert not can(node, "create", "pods", "-n", namespace)
+        assert not can(node, "create", "events", "-n", namespace)
+        # The operator in node mode: watches the records, follows no logs, reads no pods.
+        assert can(name, "watch", "agentdetections.agentdetect.io", "-A")
+        assert can(name, "deletecollection", "agentdetections.agentdetect.io", "-n", namespace)
+        assert not can(name, "create", "agentdetections.agentdetect.io", "-n", namespace)
+        assert not can(name, "get", "pods", "--subresource=log", "-A")
+        assert not can(name, "list", "pods", "-A")
+    finally:
+        control_plane.kubectl(
+            "delete",
+            "--ignore-not-found",
+            "--wait=false",
+            "-f",
+            "-",
+            input=yaml.safe_dump_all(objects),
+            check=False,
+        )

@@ -58,3 +58,29 @@ app.kubernetes.io/component: operator
 {{- define "agentdetect.peering" -}}
 {{- include "agentdetect.fullname" . -}}
 {{- end -}}
+
+{{/* The node agents (detection.mode=node): their own name, so no selector of the operator's
+(Deployment, Service, PodDisruptionBudget) ever matches their pods. */}}
+{{- define "agentdetect.nodeSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "agentdetect.name" . }}-node
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "agentdetect.nodeLabels" -}}
+helm.sh/chart: {{ include "agentdetect.chart" . }}
+{{ include "agentdetect.nodeSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: node-agent
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "agentdetect.nodeServiceAccountName" -}}
+{{- printf "%s-node" (include "agentdetect.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "agentdetect.nodeMode" -}}
+{{- if and .Values.detection.enabled (eq .Values.detection.mode "node") -}}true{{- end -}}
+{{- end -}}
