@@ -133,8 +133,9 @@ class Segments:
         return FilePosition(fp, stamp & ((1 << OFFSET_BITS) - 1))
 
 
-#: (line without its newline, stamp) for each complete line.
-LineSink = Callable[[bytes, int], None]
+#: (line without its newline, stamp) for each complete line of one read, in order: one call
+#: per read (up to 64 KiB), so the pipeline takes its lock once per batch, not per line.
+LineSink = Callable[[list[tuple[bytes, int]]], None]
 
 
 class ExportFileFollower:
@@ -250,6 +251,7 @@ class ExportFileFollower:
         tail and the offset just after the data."""
         ordinal = self.segments.ordinal(fp) << OFFSET_BITS
         start = 0
+        batch: list[tuple[bytes, int]] = []
         while True:
             end = data.find(b"\n", start)
             if end < 0:
@@ -259,8 +261,10 @@ class ExportFileFollower:
             if len(line) > MAX_LINE:
                 self.skipped_long += 1
                 continue
-            self.lines += 1
-            self.sink(line, ordinal | (base + start))
+            batch.append((line, ordinal | (base + start)))
+        if batch:
+            self.lines += len(batch)
+            self.sink(batch)
         tail = data[start:]
         if len(tail) > MAX_LINE:
             self.skipped_long += 1
@@ -271,7 +275,7 @@ class ExportFileFollower:
 def read_all(current: Path) -> tuple[list[tuple[bytes, int]], Segments]:
     """Every complete line of every file on disk now, oldest first, with its stamp."""
     out: list[tuple[bytes, int]] = []
-    follower = ExportFileFollower(current, lambda line, stamp: out.append((line, stamp)))
+    follower = ExportFileFollower(current, out.extend)
     done: set[str] = set()
     follower.drain_backups(done)
     first = Segment(current, "~current", False).first_line() if current.exists() else None

@@ -115,8 +115,8 @@ class NodeAgent:
 
     # ---- watched state ---------------------------------------------------------------------
 
-    def _line(self, line: bytes, stamp: int) -> None:
-        self.pipeline.feed(line, self.stream, stamp)
+    def _line(self, batch: list[tuple[bytes, int]]) -> None:
+        self.pipeline.feed_stream(batch, self.stream)
 
     def _pod_uid(self, namespace: str, name: str) -> str | None:
         with self._lock:

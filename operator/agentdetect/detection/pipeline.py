@@ -75,3 +75,16 @@ class Pipeline:
                     m = match(event)
                     if m is not None:
                         add(event, m)
+
+    def feed_stream(self, batch: Iterable[tuple[bytes, int]], stream: str) -> None:
+        """:meth:`feed` for a batch of one stream's lines with their positions (the node
+        agent's reads of the export file): one lock and one matcher check per batch."""
+        with self.lock:
+            matcher = self._current_matcher()
+            stats, add_at, match = self.stats, self.aggregator.add_at, matcher.match
+            for line, stamp in batch:
+                event = parse_line(line, stats)
+                if event is not None:
+                    m = match(event)
+                    if m is not None:
+                        add_at(event, m, stream, stamp)

@@ -30,9 +30,10 @@ def test_the_follower_sees_every_line_once_while_the_file_rotates(tmp_path: Path
     seen: list[bytes] = []
     stamps: list[int] = []
 
-    def sink(line: bytes, stamp: int) -> None:
-        seen.append(line)
-        stamps.append(stamp)
+    def sink(batch: list[tuple[bytes, int]]) -> None:
+        for line, stamp in batch:
+            seen.append(line)
+            stamps.append(stamp)
 
     follower = ExportFileFollower(lj.path, sink, poll=0.01)
     thread = threading.Thread(target=follower.run, daemon=True)
