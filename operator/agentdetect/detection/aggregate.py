@@ -138,7 +138,14 @@ class Aggregator:
         key = (match.profile, event.namespace, event.pod)
         pod = self.pods.get(key)
         if pod is not None:
-            if pod.legacy and stream not in pod.streams and event.time <= pod.last:
+            mark = pod.streams.get(stream)
+            if mark is not None and stamp_ns > mark.through:
+                # The common case, a line after everything the record counts: in line here,
+                # as this runs once per matched event.
+                self.add(event, match)
+                mark.through, mark.at_through, mark.to_skip = stamp_ns, 1, 0
+                return
+            if pod.legacy and mark is None and event.time <= pod.last:
                 self.stats.already_counted += 1
                 return
             if _counted(pod.streams, stream, stamp_ns):

@@ -250,22 +250,18 @@ class ExportFileFollower:
         """Emit each complete line of ``data`` (which starts at ``base``); returns the partial
         tail and the offset just after the data."""
         ordinal = self.segments.ordinal(fp) << OFFSET_BITS
-        start = 0
+        *lines, tail = data.split(b"\n")
         batch: list[tuple[bytes, int]] = []
-        while True:
-            end = data.find(b"\n", start)
-            if end < 0:
-                break
-            line = data[start:end]
-            start = end + 1
+        position = ordinal | base
+        for line in lines:
+            position += len(line) + 1  # just after its newline
             if len(line) > MAX_LINE:
                 self.skipped_long += 1
                 continue
-            batch.append((line, ordinal | (base + start)))
+            batch.append((line, position))
         if batch:
             self.lines += len(batch)
             self.sink(batch)
-        tail = data[start:]
         if len(tail) > MAX_LINE:
             self.skipped_long += 1
             tail = b""
