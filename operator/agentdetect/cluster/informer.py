@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,7 @@ class Informer:
         self.errors = 0
         self._stop = threading.Event()
         self._resp: Any = None
+        self._warned_at = float("-inf")
         self._thread = threading.Thread(target=self._run, name=f"informer-{name}", daemon=True)
 
     def start(self) -> Informer:
@@ -160,5 +162,11 @@ class Informer:
                 self.errors += 1
                 if isinstance(exc, ApiException) and exc.status == 410:
                     version = None
-                log.debug("%s: list/watch failed (%s); again in %.1fs", self.name, exc, self.retry)
+                # Once a minute at most: during an API server outage every retry fails.
+                now = time.monotonic()
+                if now - self._warned_at >= 60.0:
+                    self._warned_at = now
+                    log.warning(
+                        "%s: list/watch failed (%s); retrying every %.0fs", self.name, exc, self.retry
+                    )
                 self._stop.wait(self.retry)

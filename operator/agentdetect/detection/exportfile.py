@@ -192,6 +192,8 @@ class ExportFileFollower:
             self._stop.wait(self.poll)
             return
         with fh:
+            if self._pending(fh, done):
+                return  # backups older than this file came meanwhile: they are read first
             first = self._wait_first_line(fh)
             if first is None:
                 return
@@ -216,6 +218,23 @@ class ExportFileFollower:
                     done.add(fp)
                     return
                 self._stop.wait(self.poll)
+
+    def _pending(self, fh: BinaryIO, done: set[str]) -> bool:
+        """Whether a backup not read yet is on disk, other than the file ``fh`` has open: the
+        files rotated between the last pass over the backups and opening the current one.
+        Reading the current file first would put their lines after its own, and a position
+        past them would then pass them over as counted."""
+        inode = os.fstat(fh.fileno()).st_ino
+        for seg, fp in self.index():
+            if seg.path == self.current or fp in done:
+                continue
+            try:
+                if seg.path.stat().st_ino == inode:
+                    continue  # the open file itself, renamed since
+            except FileNotFoundError:
+                continue
+            return True
+        return False
 
     def _open_current(self) -> BinaryIO | None:
         try:
