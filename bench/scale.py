@@ -296,9 +296,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--count-refresh", type=float, default=6.0)
     parser.add_argument("--no-cluster", action="store_true", help="skip the API-writes part")
+    parser.add_argument("--no-read", action="store_true", help="skip the read-rate part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="agentdetect-scale-") as tmp:
-        rows = read_rate(args.events, args.pods, Path(tmp))
+        rows = [] if args.no_read else read_rate(args.events, args.pods, Path(tmp))
         if not args.no_cluster:
             rows += writes_per_minute([10, 1_000, 10_000], args.seconds, args.count_refresh, Path(tmp))
     print(f"node mode: {args.events:,} events over {args.pods:,} pods; {args.seconds:g} s per rate\n")

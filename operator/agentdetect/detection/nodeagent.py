@@ -64,7 +64,7 @@ def stream_of(node: str) -> str:
 
 class NodeAgent:
     def __init__(
-        self, cluster: Cluster, settings: NodeSettings, clock: Callable[[], float] = time.monotonic
+        self, cluster: Cluster, settings: NodeSettings, clock: Callable[[], float] = time.time
     ) -> None:
         self.cluster = cluster
         self.settings = settings

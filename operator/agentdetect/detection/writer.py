@@ -69,14 +69,15 @@ class DetectionWriter:
         #: the operator builds status from the AgentDetections of every node.
         self.statuses = statuses
         #: etcd is not a counter store: a record whose rules, targets and actions are what was
-        #: last written is rewritten for its counts at most every this many seconds (0: at
-        #: every flush, as the operator following logs does).
+        #: last written is rewritten for its counts at most once per window of this many
+        #: seconds of ``clock`` (0: at every flush, as the operator following logs does).
         self.count_refresh = count_refresh
         self.positions = positions
         self._clock = clock
         #: Per record: what it says apart from counts, times and positions, and when written.
         self._shape: dict[PodKey, bytes] = {}
-        self._written_at: dict[PodKey, float] = {}
+        #: Per record, the count-refresh window it was last written in.
+        self._written_at: dict[PodKey, int] = {}
         #: Consulted before a GET: the pods are watched already, so their uids are known.
         self.pod_uids = pod_uids
         #: GETs of pods made for an owner reference (what the index did not answer).
@@ -117,7 +118,7 @@ class DetectionWriter:
             if (
                 self.count_refresh > 0
                 and self._shape.get(key) == shape
-                and self._clock() - self._written_at.get(key, float("-inf")) < self.count_refresh
+                and self._window() == self._written_at.get(key)
             ):
                 # Only counts moved: they wait for the refresh; the record stays owed.
                 with self.pipeline.lock:
@@ -156,7 +157,7 @@ class DetectionWriter:
                 continue
             self._written[key] = digest
             self._shape[key] = shape
-            self._written_at[key] = self._clock()
+            self._written_at[key] = self._window()
             result.detections_written += 1
         self.deferred_total += result.deferred
         if not self.statuses:
@@ -185,6 +186,13 @@ class DetectionWriter:
         self.detection_writes += result.detections_written
         self.status_writes += result.statuses_written
         return result
+
+    def _window(self) -> int:
+        """Count refreshes happen once per window of ``count_refresh`` seconds of the clock:
+        with the wall clock, every record of every node refreshes in the same window, so the
+        operator's status rollup sees them together and patches each profile once, however the
+        events were spread."""
+        return int(self._clock() // self.count_refresh) if self.count_refresh > 0 else 0
 
     def _pod_uid(self, namespace: str, name: str) -> str | None:
         uid = self._pod_uids.get((namespace, name))
