@@ -42,11 +42,12 @@ from agentdetect.detection.exportfile import ExportFileFollower
 from agentdetect.detection.nodeagent import NodeAgent, NodeSettings
 from agentdetect.detection.pipeline import Pipeline, tune_gc
 from agentdetect.detection.sources import StreamState, TetragonLogSource
-from agentdetect.local import binaries, tetragon_crds
+from agentdetect.local import binaries
 from agentdetect.local.controlplane import ControlPlane, load_yaml_documents
 from agentdetect.local.samples import kprobe_event, stream
 from agentdetect.policy.resolve import StaticResolver
 from bench.events import HOSTS, PROFILE, TARGETS, board_and_scenarios, rss_mib
+from bench.profiles import install_tetragon_crds
 
 REPO = Path(__file__).resolve().parent.parent
 ROTATE_EVERY = 100_000
@@ -210,7 +211,8 @@ def writes_per_minute(rates: list[int], seconds: float, count_refresh: float, wo
     ns, pods = "bench", [f"agent-{i}" for i in range(10)]
     with ControlPlane(binaries.ensure()) as cp:
         cp.install_crds(load_yaml_documents(sorted((REPO / "crds").glob("*.yaml"))))
-        cp.install_crds(tetragon_crds.load())
+        which, _ = install_tetragon_crds(cp)
+        print(f"Tetragon CRDs: {which}")
         api = cp.api_client()
         client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
         node = KwokNode(cp, find_kwok_binary(), name="scale-node", source=find_kwok_source())
@@ -252,13 +254,16 @@ def writes_per_minute(rates: list[int], seconds: float, count_refresh: float, wo
                 # Warm-up: every record exists and its rules are known before the window.
                 lj.write_lines(itertools.islice(lines, max(rate, 100)))
                 time.sleep(count_refresh + 2)
+                # Whole refresh windows (they follow the wall clock), from just after one
+                # starts: a part window would count one refresh more or less.
+                windows = max(1, round(seconds / count_refresh))
+                began = (time.time() // count_refresh + 1) * count_refresh + settings.flush_interval / 2
+                time.sleep(began - time.time())
                 w0, s0, l0 = agent.writer.detection_writes, rollup.status_writes, agent.follower.lines
-                began = time.monotonic()
-                ticks = int(seconds * 10)
-                for tick in range(ticks):
+                for tick in range(int(windows * count_refresh * 10)):
                     lj.write_lines(itertools.islice(lines, rate // 10))  # rates are multiples of 10
-                    time.sleep(max(0.0, began + (tick + 1) * 0.1 - time.monotonic()))
-                elapsed = time.monotonic() - began
+                    time.sleep(max(0.0, began + (tick + 1) * 0.1 - time.time()))
+                elapsed = windows * count_refresh
                 agent_wpm = (agent.writer.detection_writes - w0) * 60 / elapsed
                 central_wpm = (rollup.status_writes - s0) * 60 / elapsed
                 per_rate.append(agent_wpm)
