@@ -251,13 +251,15 @@ def writes_per_minute(rates: list[int], seconds: float, count_refresh: float, wo
             rows: list[Row] = []
             per_rate: list[float] = []
             for rate in rates:
-                # Warm-up: every record exists and its rules are known before the window.
-                lj.write_lines(itertools.islice(lines, max(rate, 100)))
+                # Warm-up: every record exists and has seen each of its rules before the
+                # windows measured (a new rule is written at once, by design).
+                lj.write_lines(itertools.islice(lines, 2_000))
                 time.sleep(count_refresh + 2)
-                # Whole refresh windows (they follow the wall clock), from just after one
-                # starts: a part window would count one refresh more or less.
+                # Whole refresh windows (they follow the wall clock), from the middle of one to
+                # the middle of another: each window's refresh (the first flush after it
+                # starts, within a flush interval) falls inside exactly once.
                 windows = max(1, round(seconds / count_refresh))
-                began = (time.time() // count_refresh + 1) * count_refresh + settings.flush_interval / 2
+                began = (time.time() // count_refresh + 1.5) * count_refresh
                 time.sleep(began - time.time())
                 w0, s0, l0 = agent.writer.detection_writes, rollup.status_writes, agent.follower.lines
                 for tick in range(int(windows * count_refresh * 10)):
