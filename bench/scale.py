@@ -22,6 +22,8 @@ import functools
 import gc
 import itertools
 import multiprocessing
+import os
+import subprocess
 import tempfile
 import threading
 import time
@@ -31,8 +33,9 @@ from typing import Any
 
 import orjson
 from kubernetes import client
-from tests.kwoknode import KwokNode, find_kwok_binary, find_kwok_source
+from tests.kwoknode import KwokNode, append_log_lines, find_kwok_binary, find_kwok_source
 from tests.lumberjack import Lumberjack
+from tests.operator_process import OperatorProcess, http_get
 
 from agentdetect.app.runner import OperatorThread, api_client
 from agentdetect.cluster.kube import Cluster
@@ -43,10 +46,11 @@ from agentdetect.detection.nodeagent import NodeAgent, NodeSettings
 from agentdetect.detection.pipeline import Pipeline, tune_gc
 from agentdetect.detection.sources import StreamState, TetragonLogSource
 from agentdetect.local import binaries
-from agentdetect.local.controlplane import ControlPlane, load_yaml_documents
+from agentdetect.local.controlplane import ControlPlane, free_port, load_yaml_documents
 from agentdetect.local.samples import kprobe_event, stream
 from agentdetect.policy.resolve import StaticResolver
 from bench.events import HOSTS, PROFILE, TARGETS, board_and_scenarios, rss_mib
+from bench.faults import AGENTDETECT
 from bench.profiles import install_tetragon_crds
 
 REPO = Path(__file__).resolve().parent.parent
@@ -252,19 +256,23 @@ def writes_per_minute(rates: list[int], seconds: float, count_refresh: float, wo
             per_rate: list[float] = []
             for rate in rates:
                 # Warm-up: every record exists and has seen each of its rules before the
-                # windows measured (a new rule is written at once, by design).
+                # windows measured (a new rule is written at once, by design); then events at
+                # the rate, through whole refresh windows (they follow the wall clock) from the
+                # middle of one to the middle of another: each window's refresh (the first
+                # flush after it starts) falls inside exactly once.
                 lj.write_lines(itertools.islice(lines, 2_000))
-                time.sleep(count_refresh + 2)
-                # Whole refresh windows (they follow the wall clock), from the middle of one to
-                # the middle of another: each window's refresh (the first flush after it
-                # starts, within a flush interval) falls inside exactly once.
                 windows = max(1, round(seconds / count_refresh))
-                began = (time.time() // count_refresh + 1.5) * count_refresh
-                time.sleep(began - time.time())
-                w0, s0, l0 = agent.writer.detection_writes, rollup.status_writes, agent.follower.lines
-                for tick in range(int(windows * count_refresh * 10)):
+                began = (time.time() // count_refresh + 2.5) * count_refresh
+                start = time.time()
+                w0 = s0 = l0 = -1
+                for tick in itertools.count():
+                    at = start + tick * 0.1
+                    if at >= began + windows * count_refresh:
+                        break
+                    if w0 < 0 and at >= began:
+                        w0, s0, l0 = agent.writer.detection_writes, rollup.status_writes, agent.follower.lines
                     lj.write_lines(itertools.islice(lines, rate // 10))  # rates are multiples of 10
-                    time.sleep(max(0.0, began + (tick + 1) * 0.1 - time.time()))
+                    time.sleep(max(0.0, at + 0.1 - time.time()))
                 elapsed = windows * count_refresh
                 agent_wpm = (agent.writer.detection_writes - w0) * 60 / elapsed
                 central_wpm = (rollup.status_writes - s0) * 60 / elapsed
@@ -296,6 +304,158 @@ def writes_per_minute(rates: list[int], seconds: float, count_refresh: float, wo
     return rows
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rchar(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise RuntimeError("no rchar")
+
+
+def _writes(metrics_text: str) -> float:
+    """agentdetect_api_writes_total, summed over its kinds."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith("agentdetect_api_writes_total{")
+    )
+
+
+def compare_modes(rate: int, seconds: float, workdir: Path) -> list[Row]:
+    """The same cluster and the same events, followed in stream mode, then read in node mode:
+    what each costs the API server, what the operator reads, and the writes per minute."""
+    ns, tetragon_ns, pods = "cmp", "tetragon", [f"agent-{i}" for i in range(10)]
+    results: dict[str, dict[str, float]] = {}
+    with ControlPlane(binaries.ensure()) as cp:
+        cp.install_crds(load_yaml_documents(sorted((REPO / "crds").glob("*.yaml"))))
+        install_tetragon_crds(cp)
+        api = cp.api_client()
+        core = client.CoreV1Api(api)
+        for name in (ns, tetragon_ns):
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        node = KwokNode(cp, find_kwok_binary(), name="cmp-node", source=find_kwok_source())
+        node.start()
+        apiserver = next(p.pid for p in cp.processes if p.name == "kube-apiserver" and p.pid)
+        cri_log = workdir / "tetragon-export-stdout.log"
+        node.create_pod(
+            tetragon_ns,
+            "tetragon-cmp",
+            ["export-stdout"],
+            {"export-stdout": cri_log},
+            labels={"app.kubernetes.io/name": "tetragon"},
+        )
+        for pod in pods:
+            node.create_pod(ns, pod, ["app"], {})
+        export = Lumberjack(workdir / "cmp-export", keep=False)
+        cp.kubectl("apply", "-f", "-", input=PROFILE.format(ns=ns))
+        custom = client.CustomObjectsApi(api)
+        try:
+            for mode in ("stream", "node"):
+                op = OperatorProcess(
+                    AGENTDETECT,
+                    cp.kubeconfig,
+                    workdir / f"operator-{mode}.log",
+                    f"--detection-mode={mode}",
+                    f"--tetragon-namespace={tetragon_ns}",
+                    "--flush-interval=1",
+                    "--static-hosts=" + str(_static_hosts(workdir)),
+                ).start()
+                agent: subprocess.Popen[bytes] | None = None
+                agent_metrics = 0
+                if mode == "node":
+                    agent_metrics = free_port()
+                    agent = subprocess.Popen(
+                        [
+                            str(AGENTDETECT),
+                            "node",
+                            "--node-name=cmp-node",
+                            f"--export-file={export.path}",
+                            f"--kubeconfig={cp.kubeconfig}",
+                            "--flush-interval=1",
+                            f"--metrics-port={agent_metrics}",
+                            "--health-port=0",
+                            "--bind=127.0.0.1",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+
+                def policies() -> dict[str, str] | None:
+                    body = custom.get_namespaced_custom_object(
+                        "agentdetect.io", "v1alpha1", ns, "agentdetectionprofiles", "agents"
+                    )
+                    assert isinstance(body, dict)
+                    refs = (body.get("status") or {}).get("policies") or []
+                    return {r["hook"]: r["name"] for r in refs} or None
+
+                _wait(policies, 60, "the profile's policies")
+                pool = _line_pool(policies() or {}, ns, pods, 20_000)
+                lines = itertools.cycle(pool)
+
+                def emit(n: int, mode: str = mode, lines: Iterator[bytes] = lines) -> None:
+                    batch = list(itertools.islice(lines, n))
+                    if mode == "stream":
+                        append_log_lines(cri_log, batch)
+                    else:
+                        export.write_lines(batch)
+
+                def agent_writes(port: int = agent_metrics) -> float:
+                    if not port:
+                        return 0.0
+                    status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+                    return _writes(body) if status == 200 else 0.0
+
+                emit(2_000)
+                time.sleep(5.0)  # warm: every record written, streams followed
+                cpu0, rchar0, opcpu0 = _cpu_seconds(apiserver), _rchar(op.proc.pid), _cpu_seconds(op.proc.pid)  # type: ignore[union-attr]
+                w0 = _writes(op.metrics()) + agent_writes()
+                began = time.monotonic()
+                for tick in range(int(seconds * 10)):
+                    emit(rate // 10)
+                    time.sleep(max(0.0, began + (tick + 1) * 0.1 - time.monotonic()))
+                time.sleep(2.0)  # what was read is written
+                elapsed = time.monotonic() - began
+                pid = op.proc.pid  # type: ignore[union-attr]
+                results[mode] = {
+                    "apiserver_cpu": _cpu_seconds(apiserver) - cpu0,
+                    "operator_cpu": _cpu_seconds(pid) - opcpu0,
+                    "operator_read_mib": (_rchar(pid) - rchar0) / 2**20,
+                    "writes_per_min": (_writes(op.metrics()) + agent_writes() - w0) * 60 / elapsed,
+                }
+                if agent is not None:
+                    agent.terminate()
+                    agent.wait(30)
+                op.stop()
+        finally:
+            node.stop()
+    rows: list[Row] = []
+    for label, key, unit in (
+        ("kube-apiserver CPU seconds", "apiserver_cpu", "s"),
+        ("operator CPU seconds", "operator_cpu", "s"),
+        ("bytes read by the operator", "operator_read_mib", "MiB"),
+        ("API writes per minute (operator and node agent)", "writes_per_min", ""),
+    ):
+        stream, nodem = results["stream"][key], results["node"][key]
+        rows.append(
+            (
+                f"{rate:,} events/s for {seconds:g} s, stream mode / node mode: {label}",
+                f"{stream:.2f} / {nodem:.2f} {unit}".rstrip(),
+                "node mode lower" if key != "writes_per_min" else "",
+            )
+        )
+    return rows
+
+
+def _static_hosts(workdir: Path) -> Path:
+    path = workdir / "static-hosts.yaml"
+    path.write_text("".join(f"{h}: [{', '.join(a)}]\n" for h, a in HOSTS.items()))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -304,11 +464,15 @@ def main() -> None:
     parser.add_argument("--count-refresh", type=float, default=6.0)
     parser.add_argument("--no-cluster", action="store_true", help="skip the API-writes part")
     parser.add_argument("--no-read", action="store_true", help="skip the read-rate part")
+    parser.add_argument("--no-compare", action="store_true", help="skip stream mode against node mode")
+    parser.add_argument("--compare-rate", type=int, default=1_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="agentdetect-scale-") as tmp:
         rows = [] if args.no_read else read_rate(args.events, args.pods, Path(tmp))
         if not args.no_cluster:
             rows += writes_per_minute([10, 1_000, 10_000], args.seconds, args.count_refresh, Path(tmp))
+        if not args.no_compare:
+            rows += compare_modes(args.compare_rate, args.seconds, Path(tmp))
     print(f"node mode: {args.events:,} events over {args.pods:,} pods; {args.seconds:g} s per rate\n")
     print("| measure | result | goal |")
     print("|---|---|---|")

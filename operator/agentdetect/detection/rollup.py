@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,10 @@ class DetectionRollup:
         self._written: dict[ProfileKey, bytes] = {}
         self.status_writes = 0
         self.record_events = 0
+        #: When the last record change came: a flush waits (once) while a node agent's
+        #: refresh is still arriving, so it becomes one patch rather than two.
+        self._last_event = float("-inf")
+        self._waited = False
         self.informer: Informer | None = None
         self.active = False
         self._stop = threading.Event()
@@ -66,6 +71,7 @@ class DetectionRollup:
         (profile, namespace, pod), detections = found
         with self._lock:
             self.record_events += 1
+            self._last_event = time.monotonic()
             records = self._records.setdefault(profile, {})
             if type_ == "DELETED":
                 if records.pop((namespace, pod), None) is None:
@@ -114,6 +120,11 @@ class DetectionRollup:
         while not self._stop.wait(self.flush_interval):
             self._follow_gate()
             if self.active and self.informer is not None and self.informer.synced.is_set():
+                quiet = min(1.0, self.flush_interval / 4)
+                if not self._waited and time.monotonic() - self._last_event < quiet:
+                    self._waited = True  # at most one interval late
+                    continue
+                self._waited = False
                 self.flush()
 
     def forget_profile(self, profile: ProfileKey) -> None:
