@@ -32,6 +32,10 @@ Handler = Callable[[str, dict[str, Any]], None]
 ListCall = Callable[..., Any]
 
 
+def _uid(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
 def _name_of(obj: dict[str, Any]) -> ObjectName:
     meta = obj.get("metadata") or {}
     return (meta.get("namespace") or "", meta.get("name") or "")
@@ -46,6 +50,7 @@ class Informer:
         kind: str | None = None,
         retry: float = 1.0,
         watch_timeout: int = 300,
+        request_timeout: float = 60.0,
     ) -> None:
         self.name = name
         self.list_call = list_call
@@ -54,6 +59,10 @@ class Informer:
         self.kind = kind
         self.retry = retry
         self.watch_timeout = watch_timeout
+        #: Seconds to connect, and to wait for a list's answer.
+        self.request_timeout = request_timeout
+        #: The resourceVersion of the last event handled.
+        self.version = ""
         #: Set once the first list was handed over: the local copy is complete.
         self.synced = threading.Event()
         self.objects: dict[ObjectName, dict[str, Any]] = {}
@@ -87,7 +96,11 @@ class Informer:
             log.exception("%s: handling %s %s failed", self.name, type_, _name_of(obj))
 
     def _list(self) -> str:
-        resp = self.list_call(_preload_content=False)
+        # From the API server's watch cache (resourceVersion "0", as client-go's reflector
+        # lists): every agent relisting at once after an API server restart does not reach etcd.
+        resp = self.list_call(
+            resource_version="0", _preload_content=False, _request_timeout=self.request_timeout
+        )
         try:
             doc = orjson.loads(resp.data)
         finally:
@@ -99,6 +112,10 @@ class Informer:
         for name, obj in fresh.items():
             before = self.objects.get(name)
             self.objects[name] = obj
+            if before is not None and _uid(before) != _uid(obj):
+                # Deleted and created again under its name while the watch was away.
+                self._emit("DELETED", before)
+                before = None
             if before is None:
                 self._emit("ADDED", obj)
             elif (before.get("metadata") or {}).get("resourceVersion") != (obj.get("metadata") or {}).get(
@@ -109,13 +126,19 @@ class Informer:
         return str((doc.get("metadata") or {}).get("resourceVersion") or "")
 
     def _watch(self, version: str) -> str | None:
-        """Until the watch ends; the last version seen, or None when it has expired (410)."""
+        """Until the watch ends; the last version seen, or None when it has expired (410).
+        The last version seen is kept in :attr:`version` as events come, so a watch cut off
+        mid-stream resumes after them rather than replaying them."""
+        self.version = version
         resp = self.list_call(
             watch=True,
             resource_version=version,
             allow_watch_bookmarks=True,
             timeout_seconds=self.watch_timeout,
             _preload_content=False,
+            # A half-open connection ends here, not when TCP gives up hours later; the server
+            # sends a bookmark about every minute, and ends the watch at watch_timeout.
+            _request_timeout=(self.request_timeout, self.watch_timeout + 30),
         )
         self._resp = resp
         self.watches += 1
@@ -136,6 +159,7 @@ class Informer:
                             return None
                         raise ApiException(status=obj.get("code"), reason=obj.get("message"))
                     version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    self.version = version
                     if type_ == "BOOKMARK":
                         continue
                     name = _name_of(obj)
@@ -162,6 +186,8 @@ class Informer:
                 self.errors += 1
                 if isinstance(exc, ApiException) and exc.status == 410:
                     version = None
+                elif version is not None:
+                    version = self.version  # resume after the last event handled
                 # Once a minute at most: during an API server outage every retry fails.
                 now = time.monotonic()
                 if now - self._warned_at >= 60.0:

@@ -111,8 +111,11 @@ class AggregateStats:
 
 
 class Aggregator:
-    def __init__(self, max_pods: int = 10_000, max_rules_per_pod: int = 64) -> None:
+    def __init__(self, max_pods: int = 10_000, max_rules_per_pod: int = 64, node: str = "") -> None:
         self.max_pods = max_pods
+        #: A node agent's node: its records are labelled with it (and listed back by it),
+        #: whatever node name Tetragon's events carry.
+        self.node = node
         self.max_rules_per_pod = max_rules_per_pod
         self.pods: dict[PodKey, PodDetections] = {}
         self.dirty: set[PodKey] = set()
@@ -190,7 +193,7 @@ class Aggregator:
             if len(self.pods) >= self.max_pods:
                 self.stats.dropped_over_pod_cap += 1
                 return
-            pod = self.pods[key] = PodDetections(event.workload, node=event.node)
+            pod = self.pods[key] = PodDetections(event.workload, node=self.node or event.node)
         rule = pod.rules.get(match.rule)
         if rule is None:
             if len(pod.rules) >= self.max_rules_per_pod:

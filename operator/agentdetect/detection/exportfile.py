@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -28,12 +29,19 @@ from typing import BinaryIO
 
 from agentdetect.api.models import StreamPosition
 
+log = logging.getLogger(__name__)
+
 #: Offsets fit below this; a segment's ordinal sits above it.
 OFFSET_BITS = 40
-#: Bytes of the first line that identify a file (lines are far longer than a hash needs).
-FINGERPRINT_BYTES = 4096
 #: A line longer than this is skipped (it would be an oversized event anyway).
 MAX_LINE = 1 << 20
+#: Bytes of the first line that identify a file: all of it. Tetragon writes ``node_name`` and
+#: ``time`` (nanoseconds) last, after the process and parent, which can fill kilobytes: two
+#: files starting with events of one process differ only there.
+FINGERPRINT_BYTES = MAX_LINE
+#: Passes over the directory after which a backup whose first line cannot be read (a corrupt
+#: or truncated .gz) is given up on, rather than holding every newer file back.
+UNREADABLE_AFTER = 25
 
 
 def fingerprint(first_line: bytes) -> str:
@@ -151,19 +159,49 @@ class ExportFileFollower:
         self._stop = threading.Event()
         self.lines = 0
         self.skipped_long = 0
+        #: Backups given up on (unreadable), and failed reads per backup so far.
+        self.unreadable = 0
+        self._failures: dict[Path, int] = {}
+        #: Whether the last :meth:`index` registered every file on disk.
+        self.complete = True
 
     def index(self) -> list[tuple[Segment, str]]:
-        """The files on disk now, with their fingerprints registered in order (those without a
-        complete first line yet are left for later)."""
+        """The files on disk now, oldest first, with their fingerprints registered in that
+        order. A backup whose first line cannot be read now (renamed to .gz, or deleted,
+        between the listing and the read) ends the pass: a file registered after a newer one
+        would sort after it. :attr:`complete` says whether the pass reached the end."""
         out = []
+        self.complete = True
         for seg in list_segments(self.current):
             first = seg.first_line()
             if first is None:
-                continue
+                if seg.path == self.current:
+                    break  # empty so far: nothing after it
+                failures = self._failures.get(seg.path, 0) + 1
+                self._failures[seg.path] = failures
+                if failures == UNREADABLE_AFTER:
+                    self.unreadable += 1
+                    log.warning("%s: its first line cannot be read; its lines are not counted", seg.path)
+                if failures >= UNREADABLE_AFTER:
+                    continue
+                self.complete = False
+                break
+            self._failures.pop(seg.path, None)
             fp = fingerprint(first)
             self.segments.ordinal(fp)
             out.append((seg, fp))
         return out
+
+    def index_settled(self, attempts: int = 50) -> list[tuple[Segment, str]]:
+        """:meth:`index` until a pass registers every file on disk (at start, before positions
+        are decoded: a file missing from the index would read as deleted)."""
+        found = self.index()
+        for _ in range(attempts):
+            if self.complete or self._stop.is_set():
+                break
+            self._stop.wait(self.poll)
+            found = self.index()
+        return found
 
     def stop(self) -> None:
         self._stop.set()
@@ -184,7 +222,15 @@ class ExportFileFollower:
                 with seg.open() as fh:
                     self._drain(fh, fp, 0, done)
             except (OSError, EOFError):  # deleted or being compressed: its other name is next
-                continue
+                failures = self._failures.get(seg.path, 0) + 1
+                self._failures[seg.path] = failures
+                if failures >= UNREADABLE_AFTER:  # a corrupt .gz: do not hold the rest back
+                    self.unreadable += 1
+                    log.warning("%s cannot be read to its end; the rest of it is not counted", seg.path)
+                    done.add(fp)
+                    continue
+                self._stop.wait(self.poll)
+                return  # the newer files wait for it: the next pass tries again
 
     def _follow_current(self, done: set[str]) -> None:
         fh = self._open_current()
@@ -193,6 +239,7 @@ class ExportFileFollower:
             return
         with fh:
             if self._pending(fh, done):
+                self._stop.wait(self.poll / 4)
                 return  # backups older than this file came meanwhile: they are read first
             first = self._wait_first_line(fh)
             if first is None:
@@ -225,7 +272,10 @@ class ExportFileFollower:
         Reading the current file first would put their lines after its own, and a position
         past them would then pass them over as counted."""
         inode = os.fstat(fh.fileno()).st_ino
-        for seg, fp in self.index():
+        found = self.index()
+        if not self.complete:
+            return True
+        for seg, fp in found:
             if seg.path == self.current or fp in done:
                 continue
             try:

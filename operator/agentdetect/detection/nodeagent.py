@@ -70,7 +70,9 @@ class NodeAgent:
         self.settings = settings
         self.stream = stream_of(settings.node)
         self.board = ProfileBoard()
-        self.pipeline = Pipeline(self.board, Aggregator(settings.max_pods, settings.max_rules_per_pod))
+        self.pipeline = Pipeline(
+            self.board, Aggregator(settings.max_pods, settings.max_rules_per_pod, node=settings.node)
+        )
         self.follower = ExportFileFollower(settings.export_file, self._line, poll=settings.poll)
         self.positions = FilePositions(self.follower.segments)
         self.writer = DetectionWriter(
@@ -125,15 +127,18 @@ class NodeAgent:
     def _pod_event(self, type_: str, pod: dict[str, Any]) -> None:
         meta = pod.get("metadata") or {}
         key = (meta.get("namespace") or "", meta.get("name") or "")
+        uid = meta.get("uid") or ""
         if type_ == "DELETED":
             with self._lock:
+                if self._pods.get(key, uid) != uid:
+                    return  # an earlier pod of that name: the one there now stays
                 self._pods.pop(key, None)
             with self.pipeline.lock:
                 self.pipeline.aggregator.forget_pod(*key)
             self.writer.forget_pod(*key)
             return
         with self._lock:
-            self._pods[key] = meta.get("uid") or ""
+            self._pods[key] = uid
 
     def _profile_event(self, type_: str, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -166,19 +171,20 @@ class NodeAgent:
         """What the operator last rendered for the profile goes on the board. While a new
         generation is not reconciled yet, the policies in place are the old ones: their rules
         stay until the status describes the new spec."""
+        # Under the lock: the profile and the policy informers' threads both publish, and a
+        # state built from what one saw must not overwrite the other's newer one.
         with self._lock:
             body = self._profiles.get(key)
-            namespaces = dict(self._policy_namespaces)
-        if body is None:
-            return
-        if not (body.get("status") or {}).get("policies"):
-            self.board.remove(key)  # nothing rendered (yet, or any more): no events to match
-            return
-        if self.board.has(key) and not current(body):
-            return
-        state = reconciled_state(body, namespaces)
-        if state is not None:
-            self.board.publish(state)
+            if body is None:
+                return
+            if not (body.get("status") or {}).get("policies"):
+                self.board.remove(key)  # nothing rendered (yet, or any more): no events to match
+                return
+            if self.board.has(key) and not current(body):
+                return
+            state = reconciled_state(body, self._policy_namespaces)
+            if state is not None:
+                self.board.publish(state)
 
     # ---- running ---------------------------------------------------------------------------
 
@@ -211,7 +217,7 @@ class NodeAgent:
         else:
             return
         # Fingerprints of the files on disk, in rotation order, before positions are decoded.
-        self.follower.index()
+        self.follower.index_settled()
         aggregator = self.pipeline.aggregator
         with self.pipeline.lock:
             for obj in records:

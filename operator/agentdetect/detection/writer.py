@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from kubernetes.client.exceptions import ApiException
 
+from agentdetect.api.models import AgentDetection
 from agentdetect.cluster.kube import Cluster
 from agentdetect.detection.aggregate import PodKey
 from agentdetect.detection.pipeline import Pipeline
@@ -107,58 +108,19 @@ class DetectionWriter:
             host_dirty = agg.take_host_dirty()
             docs = {k: detection_object(k, agg.pods[k], self.positions) for k in keys if k in agg.pods}
         known = self.pipeline.board.keys()
-        for key, obj in docs.items():
-            if key[0] not in known:
-                continue  # the profile was deleted since: its detections go with it
-            body = obj.dump()
-            digest = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-            if self._written.get(key) == digest:
-                continue
-            shape = _shape(body)
-            if (
-                self.count_refresh > 0
-                and self._shape.get(key) == shape
-                and self._window() == self._written_at.get(key)
-            ):
-                # Only counts moved: they wait for the refresh; the record stays owed.
+        #: Taken from the dirty set but not yet written, deferred or dropped on purpose: owed
+        #: again if this flush ends early (the API server away: the client raises urllib3's
+        #: errors, not ApiException), so no count waits for an event that may never come.
+        unsettled = set(docs)
+        try:
+            for key, obj in docs.items():
+                self._flush_one(key, obj, known, result)
+                unsettled.discard(key)
+        finally:
+            if unsettled:
                 with self.pipeline.lock:
-                    agg.mark_dirty(key)
-                result.deferred += 1
-                continue
-            try:
-                uid = self._pod_uid(key[1], key[2])
-            except ApiException as exc:
-                self._log.warning("pod", "could not look up pod %s/%s: %s", key[1], key[2], exc.reason)
-                with self.pipeline.lock:
-                    agg.mark_dirty(key)  # try again next flush
-                continue
-            if uid is None:
-                with self.pipeline.lock:
-                    agg.forget_pod(key[1], key[2])
-                self._written.pop(key, None)
-                result.pods_gone += 1
-                continue
-            if not self.pipeline.board.has(key[0]):
-                continue  # deleted while this flush ran: do not write its record back
-            try:
-                self.cluster.apply_detection(
-                    body, {"apiVersion": "v1", "kind": "Pod", "name": key[2], "uid": uid}
-                )
-            except ApiException as exc:
-                self._log.warning(
-                    "write",
-                    "could not write AgentDetection %s/%s: %s",
-                    key[1],
-                    body["metadata"]["name"],
-                    exc.reason,
-                )
-                with self.pipeline.lock:
-                    agg.mark_dirty(key)  # try again next flush
-                continue
-            self._written[key] = digest
-            self._shape[key] = shape
-            self._written_at[key] = self._window()
-            result.detections_written += 1
+                    for key in unsettled:
+                        agg.mark_dirty(key)
         self.deferred_total += result.deferred
         if not self.statuses:
             self.detection_writes += result.detections_written
@@ -186,6 +148,66 @@ class DetectionWriter:
         self.detection_writes += result.detections_written
         self.status_writes += result.statuses_written
         return result
+
+    def _flush_one(
+        self, key: PodKey, obj: AgentDetection, known: set[ProfileKey], result: FlushResult
+    ) -> None:
+        agg = self.pipeline.aggregator
+        if key[0] not in known:
+            # Not on the board: deleted (its state is forgotten with it, so this is a no-op),
+            # or off it for a moment (a node agent's profile between renders): owed still.
+            with self.pipeline.lock:
+                agg.mark_dirty(key)
+            return
+        body = obj.dump()
+        digest = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        if self._written.get(key) == digest:
+            return
+        shape = _shape(body)
+        if (
+            self.count_refresh > 0
+            and self._shape.get(key) == shape
+            and self._window() == self._written_at.get(key)
+        ):
+            # Only counts moved: they wait for the refresh; the record stays owed.
+            with self.pipeline.lock:
+                agg.mark_dirty(key)
+            result.deferred += 1
+            return
+        try:
+            uid = self._pod_uid(key[1], key[2])
+        except ApiException as exc:
+            self._log.warning("pod", "could not look up pod %s/%s: %s", key[1], key[2], exc.reason)
+            with self.pipeline.lock:
+                agg.mark_dirty(key)  # try again next flush
+            return
+        if uid is None:
+            with self.pipeline.lock:
+                agg.forget_pod(key[1], key[2])
+            self._written.pop(key, None)
+            result.pods_gone += 1
+            return
+        if not self.pipeline.board.has(key[0]):
+            return  # deleted while this flush ran: do not write its record back
+        try:
+            self.cluster.apply_detection(
+                body, {"apiVersion": "v1", "kind": "Pod", "name": key[2], "uid": uid}
+            )
+        except ApiException as exc:
+            self._log.warning(
+                "write",
+                "could not write AgentDetection %s/%s: %s",
+                key[1],
+                body["metadata"]["name"],
+                exc.reason,
+            )
+            with self.pipeline.lock:
+                agg.mark_dirty(key)  # try again next flush
+            return
+        self._written[key] = digest
+        self._shape[key] = shape
+        self._written_at[key] = self._window()
+        result.detections_written += 1
 
     def _window(self) -> int:
         """Count refreshes happen once per window of ``count_refresh`` seconds of the clock:
@@ -218,7 +240,7 @@ class DetectionWriter:
 
     def forget_pod(self, namespace: str, name: str) -> None:
         self._pod_uids.pop((namespace, name), None)
-        for key in [k for k in self._written if k[1] == namespace and k[2] == name]:
+        for key in [k for k in list(self._written) if k[1] == namespace and k[2] == name]:
             del self._written[key]
             self._shape.pop(key, None)
             self._written_at.pop(key, None)

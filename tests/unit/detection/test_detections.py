@@ -694,3 +694,22 @@ def test_count_refresh_is_an_etcd_write_budget(setup: Setup) -> None:
     doc = setup.cluster.applied[-1][0]
     assert doc["summary"]["events"] == 32  # 30 + the new rule's 1 + 1: none lost
     assert len(setup.cluster.applied) == 3  # in ~90 s of events every second
+
+
+def test_a_flush_cut_short_by_the_transport_leaves_every_record_owed(setup: Setup) -> None:
+    """During an API server outage the client raises urllib3's errors, not ApiException: the
+    records taken for that flush stay owed, so a pod that then goes quiet is still written."""
+    import urllib3
+
+    setup.connect("bot-1")
+    setup.connect("bot-2")
+
+    def refused(doc: dict[str, Any], owner: dict[str, Any]) -> None:
+        raise urllib3.exceptions.MaxRetryError(None, "/apis", "connection refused")  # type: ignore[arg-type]
+
+    setup.cluster.apply_detection = refused  # type: ignore[method-assign]
+    with pytest.raises(urllib3.exceptions.MaxRetryError):
+        setup.writer.flush()
+    del setup.cluster.apply_detection  # the API server is back; no new event comes
+    assert setup.writer.flush().detections_written == 2
+    assert sorted(d["pod"]["name"] for d, _ in setup.cluster.applied) == ["bot-1", "bot-2"]
