@@ -462,6 +462,107 @@ def compare_modes(rate: int, seconds: float, workdir: Path) -> list[Row]:
     return rows
 
 
+def grow_nodes(steps: list[int], seconds: float, count_refresh: float, workdir: Path) -> list[Row]:
+    """The operator in node mode (its own process) as nodes are added: at each step every node
+    has a node agent and a pod, and 10 events/s on its export file; the operator's CPU, the
+    kube-apiserver's, and the status writes per minute, over whole refresh windows."""
+    ns = "grow"
+    rows: list[Row] = []
+    with ControlPlane(binaries.ensure()) as cp:
+        cp.install_crds(load_yaml_documents(sorted((REPO / "crds").glob("*.yaml"))))
+        install_tetragon_crds(cp)
+        api = cp.api_client()
+        core = client.CoreV1Api(api)
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+        core.create_namespaced_service_account(
+            ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="default"))
+        )
+        apiserver = next(p.pid for p in cp.processes if p.name == "kube-apiserver" and p.pid)
+        op = OperatorProcess(
+            AGENTDETECT,
+            cp.kubeconfig,
+            workdir / "operator-grow.log",
+            "--detection-mode=node",
+            "--flush-interval=1",
+            "--static-hosts=" + str(_static_hosts(workdir)),
+        ).start()
+        agents: list[NodeAgent] = []
+        files: list[tuple[Lumberjack, Iterator[bytes]]] = []
+        try:
+            cp.kubectl("apply", "-f", "-", input=PROFILE.format(ns=ns))
+            custom = client.CustomObjectsApi(api)
+
+            def policies() -> dict[str, str] | None:
+                body = custom.get_namespaced_custom_object(
+                    "agentdetect.io", "v1alpha1", ns, "agentdetectionprofiles", "agents"
+                )
+                assert isinstance(body, dict)
+                refs = (body.get("status") or {}).get("policies") or []
+                return {r["hook"]: r["name"] for r in refs} or None
+
+            _wait(policies, 60, "the profile's policies")
+            names = policies() or {}
+            for step in steps:
+                while len(agents) < step:
+                    i = len(agents)
+                    node, pod = f"grow-node-{i:03d}", f"worker-{i:03d}"
+                    # A Node object without a kubelet: its pod exists, bound to it, and
+                    # tolerates the taints the node lifecycle controller puts on it.
+                    core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=node)))
+                    core.create_namespaced_pod(
+                        ns,
+                        client.V1Pod(
+                            metadata=client.V1ObjectMeta(name=pod),
+                            spec=client.V1PodSpec(
+                                node_name=node,
+                                containers=[client.V1Container(name="app", image="app:1")],
+                                tolerations=[client.V1Toleration(operator="Exists")],
+                            ),
+                        ),
+                    )
+                    lj = Lumberjack(workdir / "grow" / node, keep=False)
+                    files.append((lj, itertools.cycle(_line_pool(names, ns, [pod], 300, node))))
+                    settings = NodeSettings(
+                        node=node, export_file=lj.path, flush_interval=1.0, count_refresh=count_refresh
+                    )
+                    agents.append(NodeAgent(Cluster(api_client(cp.kubeconfig)), settings).start())
+                for agent in agents:
+                    assert agent.begun.wait(120)
+                for lj, lines in files:  # warm: every record has seen each of its rules
+                    lj.write_lines(itertools.islice(lines, 300))
+                windows = max(1, round(seconds / count_refresh))
+                began = (time.time() // count_refresh + 2.5) * count_refresh
+                start = time.time()
+                marks: tuple[float, float, float] | None = None
+                for tick in itertools.count():
+                    at = start + tick * 0.1
+                    if at >= began + windows * count_refresh:
+                        break
+                    if marks is None and at >= began:
+                        marks = (_cpu_seconds(op.proc.pid), _cpu_seconds(apiserver), _writes(op.metrics()))  # type: ignore[union-attr]
+                    for lj, lines in files:  # 10 events/s per node
+                        lj.write_lines(itertools.islice(lines, 1))
+                    time.sleep(max(0.0, at + 0.1 - time.time()))
+                assert marks is not None
+                elapsed = windows * count_refresh
+                op_cpu = _cpu_seconds(op.proc.pid) - marks[0]  # type: ignore[union-attr]
+                api_cpu = _cpu_seconds(apiserver) - marks[1]
+                status_wpm = (_writes(op.metrics()) - marks[2]) * 60 / elapsed
+                rows.append(
+                    (
+                        f"{step} nodes, each with a node agent and 10 events/s ({elapsed:.0f} s): operator "
+                        "CPU s per minute, its status writes/min, kube-apiserver CPU s per minute",
+                        f"{op_cpu * 60 / elapsed:.2f}, {status_wpm:.0f}, {api_cpu * 60 / elapsed:.1f}",
+                        "status writes flat",
+                    )
+                )
+        finally:
+            for agent in agents:
+                agent.stop(flush=False)
+            op.stop()
+    return rows
+
+
 def _static_hosts(workdir: Path) -> Path:
     path = workdir / "static-hosts.yaml"
     path.write_text("".join(f"{h}: [{', '.join(a)}]\n" for h, a in HOSTS.items()))
@@ -478,6 +579,8 @@ def main() -> None:
     parser.add_argument("--no-read", action="store_true", help="skip the read-rate part")
     parser.add_argument("--no-compare", action="store_true", help="skip stream mode against node mode")
     parser.add_argument("--compare-rate", type=int, default=1_000)
+    parser.add_argument("--no-grow", action="store_true", help="skip the operator as nodes grow")
+    parser.add_argument("--grow", default="10,50,100", help="node counts of the growth part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="agentdetect-scale-") as tmp:
         rows = [] if args.no_read else read_rate(args.events, args.pods, Path(tmp))
@@ -485,6 +588,9 @@ def main() -> None:
             rows += writes_per_minute([10, 1_000, 10_000], args.seconds, args.count_refresh, Path(tmp))
         if not args.no_compare:
             rows += compare_modes(args.compare_rate, args.seconds, Path(tmp))
+        if not args.no_grow:
+            steps = [int(n) for n in args.grow.split(",")]
+            rows += grow_nodes(steps, args.seconds, args.count_refresh, Path(tmp))
     print(f"node mode: {args.events:,} events over {args.pods:,} pods; {args.seconds:g} s per rate\n")
     print("| measure | result | goal |")
     print("|---|---|---|")
