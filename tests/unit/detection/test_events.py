@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -499,13 +498,13 @@ def test_line_of_exactly_the_limit_is_parsed() -> None:
 def test_oversized_line_is_skipped_unparsed(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
 
-    def loads(raw: bytes | str) -> Any:
-        calls.append(len(raw))
-        return orjson.loads(raw)
+    decode = events._decode
 
-    monkeypatch.setattr(
-        events, "orjson", SimpleNamespace(loads=loads, JSONDecodeError=orjson.JSONDecodeError)
-    )
+    def counting(raw: bytes | str) -> Any:
+        calls.append(len(raw))
+        return decode(raw)
+
+    monkeypatch.setattr(events, "_decode", counting)
     for raw in (_padded(MAX_LINE_BYTES + 1), b"{" * (MAX_LINE_BYTES + 1), b"x" * (4 * MAX_LINE_BYTES)):
         event, stats = _parse(raw)
         assert event is None

@@ -1,0 +1,74 @@
+"""The typed decoder (msgspec) against the parser it replaced (orjson and a hand walk,
+kept as ``parse_line_reference``): the same event and the same counts for every line of the
+test corpora, and for every way of breaking them the parser tests know (truncation at every
+length, wrong types, garbage, oversized lines)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+
+from agentdetect.detection.events import MAX_LINE_BYTES, ParseStats, parse_line, parse_line_reference
+from agentdetect.local.samples import stream
+from tests.unit.detect_helpers import EXAMPLES
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def corpus() -> list[bytes]:
+    shapes = json.loads((REPO / "tests" / "data" / "tetragon_event_shapes.json").read_text())
+    lines = [orjson.dumps(s["event"]) for s in shapes]
+    lines += [line for line in (EXAMPLES / "tetragon-events.jsonl").read_bytes().splitlines() if line]
+    from bench.events import board_and_scenarios
+
+    _, scenarios = board_and_scenarios([f"team-{i}" for i in range(3)])
+    lines += list(stream(scenarios, 5, 2_000))
+    return lines
+
+
+def broken(lines: list[bytes]) -> list[bytes]:
+    """Every corpus line cut at a spread of lengths, retyped, and some garbage."""
+    out: list[bytes] = []
+    for line in lines[:60]:
+        out += [line[:n] for n in range(0, len(line), max(1, len(line) // 40))]
+        out.append(line.replace(b'"dport":', b'"dport":"x', 1))
+        out.append(line.replace(b'"binary":"', b'"binary":7,"x":"', 1))
+        out.append(line.replace(b'"pod":{', b'"pod":{"name":null,', 1))
+        out.append(line.replace(b'"args":[', b'"args":[7,', 1))
+        out.append(line.replace(b'"time":"', b'"time":1,"t":"', 1))
+        out.append(line.replace(b'"policy_name":"', b'"policy_name":5,"p":"', 1))
+        out.append(line.replace(b'"function_name":"', b'"function_name":null,"f":"', 1))
+        out.append(line.replace(b'"binary":"', b'"binary":"\xff', 1))  # invalid UTF-8, read
+        out.append(line.replace(b'"time":"', b'"unread":"\xc0\xaf","time":"', 1))  # and unread
+        out.append(line.replace(b'"binary":"', b'"binary":"caf\xc3\xa9 ', 1))  # valid, not ASCII
+    out += [
+        b"",
+        b"   ",
+        b"null",
+        b"[]",
+        b"[1,2]",
+        b'"text"',
+        b"42",
+        b"{",
+        b"{}",
+        b"}{",
+        b"\xff\xfe",
+        b"{'a': 1}",
+    ]
+    out += [b'{"process_kprobe": null}', b'{"process_kprobe": {}}', b'{"process_exec": {}}', b'{"x": 1}']
+    out.append(b'{"process_exec": {"pad": "' + b"x" * MAX_LINE_BYTES + b'"}}')
+    return out
+
+
+def test_the_typed_decoder_answers_as_the_reference_parser_on_every_line() -> None:
+    lines = corpus()
+    lines += broken(lines)
+    assert len(lines) > 5_000
+    texts = [line.decode("utf-8", "replace") for line in lines[:200]]
+    every: list[bytes | str] = [*lines, *texts]
+    for line in every:
+        mine, theirs = ParseStats(), ParseStats()
+        assert parse_line(line, mine) == parse_line_reference(line, theirs), line[:300]
+        assert mine == theirs, (line[:300], mine, theirs)
