@@ -231,13 +231,7 @@ def writes_per_minute(rates: list[int], seconds: float, count_refresh: float, wo
             cp.kubectl("apply", "-f", "-", input=PROFILE.format(ns=ns))
             custom = client.CustomObjectsApi(api)
 
-            def policies() -> dict[str, str] | None:
-                body = custom.get_namespaced_custom_object(
-                    "agentdetect.io", "v1alpha1", ns, "agentdetectionprofiles", "agents"
-                )
-                assert isinstance(body, dict)
-                refs = (body.get("status") or {}).get("policies") or []
-                return {r["hook"]: r["name"] for r in refs} or None
+            policies = functools.partial(profile_policies, custom, ns)
 
             _wait(policies, 60, "the profile's policies")
             pool = _line_pool(policies() or {}, ns, pods, 20_000)
@@ -304,6 +298,16 @@ def writes_per_minute(rates: list[int], seconds: float, count_refresh: float, wo
             operator.stop()
             node.stop()
     return rows
+
+
+def profile_policies(custom: client.CustomObjectsApi, ns: str) -> dict[str, str] | None:
+    """The benchmark profile's policy names by hook, once the operator has rendered them."""
+    body = custom.get_namespaced_custom_object(
+        "agentdetect.io", "v1alpha1", ns, "agentdetectionprofiles", "agents"
+    )
+    assert isinstance(body, dict)
+    refs = (body.get("status") or {}).get("policies") or []
+    return {r["hook"]: r["name"] for r in refs} or None
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -389,13 +393,7 @@ def compare_modes(rate: int, seconds: float, workdir: Path) -> list[Row]:
                         stderr=subprocess.DEVNULL,
                     )
 
-                def policies() -> dict[str, str] | None:
-                    body = custom.get_namespaced_custom_object(
-                        "agentdetect.io", "v1alpha1", ns, "agentdetectionprofiles", "agents"
-                    )
-                    assert isinstance(body, dict)
-                    refs = (body.get("status") or {}).get("policies") or []
-                    return {r["hook"]: r["name"] for r in refs} or None
+                policies = functools.partial(profile_policies, custom, ns)
 
                 _wait(policies, 60, "the profile's policies")
                 # Later event times in node mode: the agent passes over what the stream mode's
@@ -492,13 +490,7 @@ def grow_nodes(steps: list[int], seconds: float, count_refresh: float, workdir: 
             cp.kubectl("apply", "-f", "-", input=PROFILE.format(ns=ns))
             custom = client.CustomObjectsApi(api)
 
-            def policies() -> dict[str, str] | None:
-                body = custom.get_namespaced_custom_object(
-                    "agentdetect.io", "v1alpha1", ns, "agentdetectionprofiles", "agents"
-                )
-                assert isinstance(body, dict)
-                refs = (body.get("status") or {}).get("policies") or []
-                return {r["hook"]: r["name"] for r in refs} or None
+            policies = functools.partial(profile_policies, custom, ns)
 
             _wait(policies, 60, "the profile's policies")
             names = policies() or {}

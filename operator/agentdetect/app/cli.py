@@ -506,6 +506,64 @@ KUBERNETES_VERSION_HELP = (
 )
 
 
+def _kubeconfig_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        help="kubeconfig file (KUBECONFIG; default: in-cluster in a pod, else ~/.kube/config)",
+    )
+
+
+def _cap_options(p: argparse.ArgumentParser) -> None:
+    """The aggregator's bounds, for the operator (stream mode) and the node agent alike."""
+    p.add_argument(
+        "--max-pods",
+        type=int,
+        default=_env_int("AGENTDETECT_MAX_PODS", 10_000),
+        help="cap on (profile, pod) entries in memory (AGENTDETECT_MAX_PODS)",
+    )
+    p.add_argument(
+        "--max-rules-per-pod",
+        type=int,
+        default=_env_int("AGENTDETECT_MAX_RULES_PER_POD", 64),
+        help="cap on rules kept per (profile, pod) entry (AGENTDETECT_MAX_RULES_PER_POD)",
+    )
+
+
+def _serving_options(p: argparse.ArgumentParser) -> None:
+    """/metrics, /healthz and logs: the same for the operator and the node agent."""
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env_int("AGENTDETECT_METRICS_PORT", 8080),
+        help="serve Prometheus /metrics here; 0 turns it off (AGENTDETECT_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=_env_int("AGENTDETECT_HEALTH_PORT", 8081),
+        help="serve /healthz for liveness and readiness probes; 0 turns it off (AGENTDETECT_HEALTH_PORT)",
+    )
+    p.add_argument(
+        "--bind",
+        default=os.environ.get("AGENTDETECT_BIND", "0.0.0.0"),
+        help="address of both ports (AGENTDETECT_BIND)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("AGENTDETECT_LOG_FORMAT", "text"),
+        help="json for production log pipelines (AGENTDETECT_LOG_FORMAT)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        default=os.environ.get("AGENTDETECT_LOG_LEVEL", "INFO").upper(),
+        help="(AGENTDETECT_LOG_LEVEL)",
+    )
+
+
 def _kubernetes_version_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubernetes-version", default=None, help=KUBERNETES_VERSION_HELP)
 
@@ -587,11 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the operator against the cluster in KUBECONFIG or in-cluster",
         description="Every option also reads an environment variable (shown in brackets), for the chart.",
     )
-    p.add_argument(
-        "--kubeconfig",
-        default=os.environ.get("KUBECONFIG"),
-        help="kubeconfig file (KUBECONFIG; default: in-cluster in a pod, else ~/.kube/config)",
-    )
+    _kubeconfig_option(p)
     p.add_argument(
         "--namespace",
         action="append",
@@ -655,18 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_float("AGENTDETECT_FLUSH_INTERVAL", 10.0),
         help="seconds between detection writes: one per object at most (AGENTDETECT_FLUSH_INTERVAL)",
     )
-    p.add_argument(
-        "--max-pods",
-        type=int,
-        default=_env_int("AGENTDETECT_MAX_PODS", 10_000),
-        help="cap on (profile, pod) entries in memory (AGENTDETECT_MAX_PODS)",
-    )
-    p.add_argument(
-        "--max-rules-per-pod",
-        type=int,
-        default=_env_int("AGENTDETECT_MAX_RULES_PER_POD", 64),
-        help="cap on rules kept per (profile, pod) entry (AGENTDETECT_MAX_RULES_PER_POD)",
-    )
+    _cap_options(p)
     p.add_argument(
         "--policy-filter-budget",
         type=int,
@@ -692,36 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a replica that stopped renewing its peering entry (killed, partitioned) still "
         "counts as live: the longest a failover waits (AGENTDETECT_PEERING_LIFETIME; default 20)",
     )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=_env_int("AGENTDETECT_METRICS_PORT", 8080),
-        help="serve Prometheus /metrics here; 0 turns it off (AGENTDETECT_METRICS_PORT)",
-    )
-    p.add_argument(
-        "--health-port",
-        type=int,
-        default=_env_int("AGENTDETECT_HEALTH_PORT", 8081),
-        help="serve /healthz for liveness and readiness probes; 0 turns it off (AGENTDETECT_HEALTH_PORT)",
-    )
-    p.add_argument(
-        "--bind",
-        default=os.environ.get("AGENTDETECT_BIND", "0.0.0.0"),
-        help="address of both ports (AGENTDETECT_BIND)",
-    )
-    p.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default=os.environ.get("AGENTDETECT_LOG_FORMAT", "text"),
-        help="json for production log pipelines (AGENTDETECT_LOG_FORMAT)",
-    )
-    p.add_argument(
-        "--log-level",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        type=str.upper,
-        default=os.environ.get("AGENTDETECT_LOG_LEVEL", "INFO").upper(),
-        help="(AGENTDETECT_LOG_LEVEL)",
-    )
+    _serving_options(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
@@ -730,11 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The DaemonSet of detection.mode=node. Every option also reads an environment "
         "variable (shown in brackets).",
     )
-    p.add_argument(
-        "--kubeconfig",
-        default=os.environ.get("KUBECONFIG"),
-        help="kubeconfig file (KUBECONFIG; default: in-cluster in a pod, else ~/.kube/config)",
-    )
+    _kubeconfig_option(p)
     p.add_argument(
         "--node-name",
         default=os.environ.get("NODE_NAME") or None,
@@ -759,48 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="etcd write budget: seconds between rewrites of a record whose counts alone changed "
         "(AGENTDETECT_COUNT_REFRESH; default 60)",
     )
-    p.add_argument(
-        "--max-pods",
-        type=int,
-        default=_env_int("AGENTDETECT_MAX_PODS", 10_000),
-        help="cap on (profile, pod) entries in memory (AGENTDETECT_MAX_PODS)",
-    )
-    p.add_argument(
-        "--max-rules-per-pod",
-        type=int,
-        default=_env_int("AGENTDETECT_MAX_RULES_PER_POD", 64),
-        help="cap on rules kept per (profile, pod) entry (AGENTDETECT_MAX_RULES_PER_POD)",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=_env_int("AGENTDETECT_METRICS_PORT", 8080),
-        help="serve Prometheus /metrics here; 0 turns it off (AGENTDETECT_METRICS_PORT)",
-    )
-    p.add_argument(
-        "--health-port",
-        type=int,
-        default=_env_int("AGENTDETECT_HEALTH_PORT", 8081),
-        help="serve /healthz for liveness and readiness probes; 0 turns it off (AGENTDETECT_HEALTH_PORT)",
-    )
-    p.add_argument(
-        "--bind",
-        default=os.environ.get("AGENTDETECT_BIND", "0.0.0.0"),
-        help="address of both ports (AGENTDETECT_BIND)",
-    )
-    p.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default=os.environ.get("AGENTDETECT_LOG_FORMAT", "text"),
-        help="(AGENTDETECT_LOG_FORMAT)",
-    )
-    p.add_argument(
-        "--log-level",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        type=str.upper,
-        default=os.environ.get("AGENTDETECT_LOG_LEVEL", "INFO").upper(),
-        help="(AGENTDETECT_LOG_LEVEL)",
-    )
+    _cap_options(p)
+    _serving_options(p)
     p.set_defaults(func=_cmd_node)
 
     p = sub.add_parser(
