@@ -49,7 +49,7 @@ from agentdetect.local import binaries
 from agentdetect.local.controlplane import ControlPlane, free_port, load_yaml_documents
 from agentdetect.local.samples import kprobe_event, stream
 from agentdetect.policy.resolve import StaticResolver
-from bench.events import HOSTS, PROFILE, TARGETS, board_and_scenarios, rss_mib
+from bench.events import HOSTS, PROFILE, TARGETS, board_and_scenarios, print_rows, rss_mib
 from bench.faults import AGENTDETECT
 from bench.profiles import install_tetragon_crds
 
@@ -584,10 +584,7 @@ def main() -> None:
             steps = [int(n) for n in args.grow.split(",")]
             rows += grow_nodes(steps, args.seconds, args.count_refresh, Path(tmp))
     print(f"node mode: {args.events:,} events over {args.pods:,} pods; {args.seconds:g} s per rate\n")
-    print("| measure | result | goal |")
-    print("|---|---|---|")
-    for name, value, goal in rows:
-        print(f"| {name} | {value} | {goal} |")
+    print_rows(rows)
 
 
 if __name__ == "__main__":

@@ -31,21 +31,12 @@ from agentdetect.local.samples import kprobe_event
 from agentdetect.policy.resolve import StaticResolver
 from tests.integration.conftest import TEST_HOSTS
 from tests.integration.helpers import temporary_namespace, wait_condition
+from tests.integration.test_detections import PROFILE  # the same profile, here on three nodes
 from tests.kwoknode import KwokNode, find_kwok_binary, find_kwok_source
 from tests.lumberjack import Lumberjack
 from tests.waiting import eventually
 
 NODES = ("nm-node-a", "nm-node-b", "nm-node-c")
-PROFILE = """
-apiVersion: agentdetect.io/v1alpha1
-kind: AgentDetectionProfile
-metadata: {{name: chatbot, namespace: {ns}}}
-spec:
-  selector: {{matchLabels: {{app: chatbot}}}}
-  network: {{providers: [openai, anthropic]}}
-  files: {{presets: [serviceaccount-token]}}
-  processes: {{presets: [shells]}}
-"""
 #: Which rule each target is, as the ground truth counts it.
 TARGETS = {
     ("tcp_connect", "104.18.6.192"): "openai",

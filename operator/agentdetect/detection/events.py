@@ -27,28 +27,6 @@ HOOK_OF_FUNCTION = {
     "__arm64_sys_execve": "execve",
 }
 KILLED_ACTIONS = frozenset({"KPROBE_ACTION_SIGKILL", "KPROBE_ACTION_OVERRIDE"})
-#: Event kinds Tetragon exports that are not ours: counted as ignored, not as unknown. The
-#: oneof of GetEventsResponse (api/v1/tetragon/events.proto, v1.7.0), and the network events
-#: of older and enterprise builds (process_connect, process_close, process_listen: samples in
-#: docs/security-observability-with-ebpf/03_chapter/).
-OTHER_KINDS = frozenset(
-    {
-        "process_exec",
-        "process_exit",
-        "process_tracepoint",
-        "process_uprobe",
-        "process_lsm",
-        "process_loader",
-        "process_throttle",
-        "process_usdt",
-        "rate_limit_info",
-        "test",
-        "process_connect",
-        "process_close",
-        "process_listen",
-        "process_accept",
-    }
-)
 
 
 @dataclass(slots=True)
@@ -242,9 +220,16 @@ _Skip = msgspec.Raw | None
 
 
 class _Line(msgspec.Struct):
+    """One line of the export, as far as detection reads it. Besides ours, the event kinds
+    Tetragon exports that are not ours, counted as ignored, not as unknown (OTHER_KINDS is
+    these fields): the oneof of GetEventsResponse (api/v1/tetragon/events.proto, v1.7.0), and
+    the network events of older and enterprise builds (process_connect, process_close,
+    process_listen: samples in docs/security-observability-with-ebpf/03_chapter/)."""
+
     process_kprobe: _Kprobe | None = None
     time: str | None = None
     node_name: str | None = None
+    # Every other kind, left unparsed:
     process_exec: _Skip = None
     process_exit: _Skip = None
     process_tracepoint: _Skip = None
@@ -261,6 +246,7 @@ class _Line(msgspec.Struct):
     process_accept: _Skip = None
 
 
+OTHER_KINDS = frozenset(_Line.__struct_fields__) - {"process_kprobe", "time", "node_name"}
 _decode = msgspec.json.Decoder(_Line).decode
 _NO_POD_TYPED = _Pod("", "")
 _COUNTED = ("events", "ignored", "malformed", "truncated", "unknown", "oversized")

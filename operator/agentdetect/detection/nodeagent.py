@@ -22,16 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import urllib3
-from kubernetes.client.exceptions import ApiException
-
 from agentdetect.cluster.informer import Informer
 from agentdetect.cluster.kube import PROFILE_PLURALS, Cluster
 from agentdetect.detection.aggregate import Aggregator
 from agentdetect.detection.exportfile import ExportFileFollower, FilePositions
 from agentdetect.detection.pipeline import Pipeline
 from agentdetect.detection.records import LABEL_NODE, record_of
-from agentdetect.detection.sources import RateLimitedLog
+from agentdetect.detection.sources import TRANSPORT_ERRORS, RateLimitedLog, failure_reason
 from agentdetect.detection.writer import DetectionWriter, FlushResult
 from agentdetect.policy.board import ProfileBoard, ProfileKey
 from agentdetect.policy.profiles import current, reconciled_state, selected_namespaces
@@ -209,9 +206,9 @@ class NodeAgent:
             try:
                 records = self._records()
                 break
-            except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            except TRANSPORT_ERRORS as exc:
                 # Counting from zero would overwrite the records: wait for them.
-                reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
+                reason = failure_reason(exc)
                 self._failures.warning("records", "reading AgentDetections failed (%s); retrying", reason)
                 self._stop.wait(self.settings.retry_delay)
         else:
@@ -257,14 +254,7 @@ class NodeAgent:
         return mine
 
     def flush(self) -> FlushResult:
-        try:
-            self.last_flush = self.writer.flush()
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
-            self._failures.warning("flush", "writing detections failed (%s); retrying each flush", reason)
-        except Exception:  # a bug: the next flush retries
-            if self._failures.allow("flush-bug"):
-                log.exception("flushing detections failed")
+        self.last_flush = self.writer.flush_logged(self._failures) or self.last_flush
         return self.last_flush
 
     def _flush_loop(self) -> None:

@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from agentdetect.detection.sources import RateLimitedLog
+from agentdetect.detection.sources import RateLimitedLog, failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ class PeeringGate:
                     "kopf.dev", "v1", self.namespace, "kopfpeerings", self.name
                 )
         except Exception as exc:  # an API server away (refused, 5xx): keep the role we have
-            reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
+            reason = failure_reason(exc)
             self._failures.warning(
                 "peering", "reading peering %s failed: %s; staying %s", self.name, reason, self._state()
             )

@@ -13,14 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from agentdetect.cluster.informer import Informer
 from agentdetect.cluster.kube import Cluster
 from agentdetect.detection.aggregate import PodDetections
 from agentdetect.detection.records import profile_detections, record_of
-from agentdetect.detection.sources import RateLimitedLog
+from agentdetect.detection.sources import TRANSPORT_ERRORS, RateLimitedLog, failure_reason
 from agentdetect.policy.board import ProfileKey
 from agentdetect.policy.render import LABEL_MANAGED_BY, MANAGED_BY
 
@@ -153,10 +152,10 @@ class DetectionRollup:
             kind, namespace, name = profile
             try:
                 self.cluster.patch_status(kind, name, namespace, {"detections": summary})
-            except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            except TRANSPORT_ERRORS as exc:
                 if isinstance(exc, ApiException) and exc.status == 404:
                     continue  # the profile is gone; its records follow it
-                reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
+                reason = failure_reason(exc)
                 self._failures.warning(
                     "status", "patching the status of %s %s failed: %s", kind, name, reason
                 )

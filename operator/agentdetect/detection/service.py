@@ -8,15 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-import urllib3
-from kubernetes.client.exceptions import ApiException
-
 from agentdetect.api.conditions import Reason
 from agentdetect.cluster.kube import Cluster, ProfileVersion, profile_version
 from agentdetect.detection.aggregate import Aggregator, HostDetections, PodDetections, PodKey
 from agentdetect.detection.pipeline import Pipeline
 from agentdetect.detection.records import host_record_of, record_of
-from agentdetect.detection.sources import RateLimitedLog, TetragonLogSource
+from agentdetect.detection.sources import RateLimitedLog, TetragonLogSource, failure_reason
 from agentdetect.detection.writer import DetectionWriter, FlushResult, PodUidLookup
 from agentdetect.policy.board import ProfileBoard, ProfileKey
 
@@ -149,7 +146,7 @@ class DetectionService:
             records = [r for r in (record_of(d) for d in self.cluster.list_detections()) if r is not None]
             hosts = [h for h in (host_record_of(p) for p in profiles) if h is not None]
         except Exception as exc:  # without the records, counting from zero would overwrite them
-            reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
+            reason = failure_reason(exc)
             self._failures.warning(
                 "records", "reading AgentDetections failed (%s); detection waits and tries again", reason
             )
@@ -263,15 +260,7 @@ class DetectionService:
                 self.on_detecting_change()
 
     def flush(self) -> FlushResult:
-        try:
-            self.last_flush = self.writer.flush()
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            # The API server is away: the next flush retries. Once a minute, without a traceback.
-            reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
-            self._failures.warning("flush", "writing detections failed (%s); retrying each flush", reason)
-        except Exception:  # a bug: the next flush retries; a failed flush must not end the loop
-            if self._failures.allow("flush-bug"):
-                log.exception("flushing detections failed")
+        self.last_flush = self.writer.flush_logged(self._failures) or self.last_flush
         return self.last_flush
 
     def _flush_loop(self) -> None:

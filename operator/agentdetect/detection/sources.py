@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -117,6 +118,17 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+#: What a call raises when the API server is away or refuses: the client's own error, and
+#: the transport's (urllib3's, and the socket's) that the generated client lets through.
+TRANSPORT_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A failed API call, in a word or two for a log line: the API server's reason, else the
+    transport error's type."""
+    return str(exc.reason) if isinstance(exc, ApiException) else type(exc).__name__
 
 
 class RateLimitedLog:

@@ -22,7 +22,7 @@ from agentdetect.cluster.kube import Cluster
 from agentdetect.detection.aggregate import PodKey
 from agentdetect.detection.pipeline import Pipeline
 from agentdetect.detection.records import KUBELET, Positions, detection_object, profile_detections
-from agentdetect.detection.sources import RateLimitedLog
+from agentdetect.detection.sources import TRANSPORT_ERRORS, RateLimitedLog, failure_reason
 from agentdetect.policy.board import ProfileKey
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class DetectionWriter:
         #: Per record: what it says apart from counts, times and positions, and when written.
         self._shape: dict[PodKey, bytes] = {}
         #: Per record, the count-refresh window it was last written in.
-        self._written_at: dict[PodKey, int] = {}
+        self._written_window: dict[PodKey, int] = {}
         #: Consulted before a GET: the pods are watched already, so their uids are known.
         self.pod_uids = pod_uids
         #: GETs of pods made for an owner reference (what the index did not answer).
@@ -149,6 +149,21 @@ class DetectionWriter:
         self.status_writes += result.statuses_written
         return result
 
+    def flush_logged(self, failures: RateLimitedLog) -> FlushResult | None:
+        """:meth:`flush` for a flush loop: the API server away is logged once a minute without
+        a traceback, a bug once a minute with one, and neither ends the loop (what was not
+        written stays owed). None when the flush failed."""
+        try:
+            return self.flush()
+        except TRANSPORT_ERRORS as exc:
+            failures.warning(
+                "flush", "writing detections failed (%s); retrying each flush", failure_reason(exc)
+            )
+        except Exception:
+            if failures.allow("flush-bug"):
+                log.exception("flushing detections failed")
+        return None
+
     def _flush_one(
         self, key: PodKey, obj: AgentDetection, known: set[ProfileKey], result: FlushResult
     ) -> None:
@@ -167,7 +182,7 @@ class DetectionWriter:
         if (
             self.count_refresh > 0
             and self._shape.get(key) == shape
-            and self._window() == self._written_at.get(key)
+            and self._window() == self._written_window.get(key)
         ):
             # Only counts moved: they wait for the refresh; the record stays owed.
             with self.pipeline.lock:
@@ -206,7 +221,7 @@ class DetectionWriter:
             return
         self._written[key] = digest
         self._shape[key] = shape
-        self._written_at[key] = self._window()
+        self._written_window[key] = self._window()
         result.detections_written += 1
 
     def _window(self) -> int:
@@ -234,7 +249,7 @@ class DetectionWriter:
         for key in [k for k in list(self._written) if k[0] == profile]:
             self._written.pop(key, None)
             self._shape.pop(key, None)
-            self._written_at.pop(key, None)
+            self._written_window.pop(key, None)
         self._status_written.pop(profile, None)
         self._status_owed.discard(profile)
 
@@ -243,4 +258,4 @@ class DetectionWriter:
         for key in [k for k in list(self._written) if k[1] == namespace and k[2] == name]:
             del self._written[key]
             self._shape.pop(key, None)
-            self._written_at.pop(key, None)
+            self._written_window.pop(key, None)

@@ -87,11 +87,11 @@ def reconciled_state(
         assert isinstance(spec, ClusterProfileSpec)
         narrowed = spec.namespace_selector is not None and not spec.namespace_selector.selects_all()
         namespaces: tuple[str, ...] | None = None
-        seen = [policy_namespaces.get(ref.get("name", ""), ()) for ref in refs]
-        if narrowed and all(found != () for found in seen):
-            # A policy not seen yet (its watch event may come after the status's): Tetragon's
-            # policy filter narrows its events anyway, so none are turned away meanwhile.
-            namespaces = tuple(sorted({ns for found in seen for ns in found or ()}))
+        names = [ref.get("name", "") for ref in refs]
+        # Until every policy is seen (its watch event may come after the status's), none is
+        # narrowed here: Tetragon's policy filter narrows its events anyway.
+        if narrowed and all(name in policy_namespaces for name in names):
+            namespaces = tuple(sorted({ns for name in names for ns in policy_namespaces[name] or ()}))
         targets = (Target("TracingPolicy", None, namespaces),)
     return ProfileState(profile, targets, previous_resolutions(status))
 
