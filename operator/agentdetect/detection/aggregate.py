@@ -8,7 +8,7 @@ writer touches only those.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from agentdetect.detection.events import Event
@@ -218,6 +218,36 @@ class Aggregator:
         if not pod.dirty:
             pod.dirty = True
             self.dirty.add(key)
+
+    def add_all(self, events: Iterable[Event], matches: Iterable[Match | None]) -> None:
+        """:meth:`add` for a batch, the match of each event beside it (None: not counted). The
+        common case, another event of a rule the (profile, pod) entry already has, is in line
+        here: this runs once per matched event."""
+        pods = self.pods
+        for event, match in zip(events, matches, strict=True):
+            if match is None:
+                continue
+            if event.pod:
+                pod = pods.get((match.profile, event.namespace, event.pod))
+                if pod is not None:
+                    rule = pod.rules.get(match.rule)
+                    if rule is not None:
+                        time = event.time
+                        rule.count += 1
+                        if time > rule.last:
+                            rule.last = time
+                        elif time < rule.first:
+                            rule.first = time
+                        if event.killed:
+                            rule.killed += 1
+                        pod.events += 1
+                        if time > pod.last:
+                            pod.last = time
+                        if not pod.dirty:
+                            pod.dirty = True
+                            self.dirty.add((match.profile, event.namespace, event.pod))
+                        continue
+            self.add(event, match)
 
     def mark_dirty(self, key: PodKey) -> None:
         """Write this entry at the next flush (again: the last write failed)."""

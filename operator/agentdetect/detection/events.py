@@ -10,6 +10,7 @@ every event and walking it was most of the cost per event.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +30,11 @@ HOOK_OF_FUNCTION = {
 KILLED_ACTIONS = frozenset({"KPROBE_ACTION_SIGKILL", "KPROBE_ACTION_OVERRIDE"})
 
 
-@dataclass(slots=True)
-class Event:
+class Event(msgspec.Struct, gc=False):
+    """One detection-relevant kprobe event. A Struct, not a dataclass: built once per event in
+    C (a dataclass's __init__ is Python code, twice the cost), and outside the cyclic
+    collector's bookkeeping (strings, an int and a bool cannot form a cycle)."""
+
     policy: str
     hook: str
     #: Both empty for a process outside any pod (a ClusterAgentDetectionProfile with
@@ -179,35 +183,38 @@ def parse_line_reference(line: bytes | str, stats: ParseStats) -> Event | None:
 
 
 # ---- typed decoding: only what detection reads ---------------------------------------------
+# Every Struct here is gc=False: decoded JSON is a tree (strings, numbers, nested Structs and
+# lists of them), so none can be part of a reference cycle, and leaving them out of the cyclic
+# collector's bookkeeping saves an allocation-time cost on each of the several per line.
 
 
-class _Pod(msgspec.Struct):
+class _Pod(msgspec.Struct, gc=False):
     namespace: str
     name: str
     workload: str = ""
 
 
-class _Process(msgspec.Struct):
+class _Process(msgspec.Struct, gc=False):
     binary: str
     pod: _Pod | None = None
 
 
-class _Sock(msgspec.Struct):
+class _Sock(msgspec.Struct, gc=False):
     daddr: str = ""
     dport: int = 0
 
 
-class _File(msgspec.Struct):
+class _File(msgspec.Struct, gc=False):
     path: str = ""
 
 
-class _Arg(msgspec.Struct):
+class _Arg(msgspec.Struct, gc=False):
     sock_arg: _Sock | None = None
     file_arg: _File | None = None
     string_arg: str | None = None
 
 
-class _Kprobe(msgspec.Struct):
+class _Kprobe(msgspec.Struct, gc=False):
     function_name: str
     process: _Process
     policy_name: str | None = None
@@ -219,7 +226,7 @@ class _Kprobe(msgspec.Struct):
 _Skip = msgspec.Raw | None
 
 
-class _Line(msgspec.Struct):
+class _Line(msgspec.Struct, gc=False):
     """One line of the export, as far as detection reads it. Besides ours, the event kinds
     Tetragon exports that are not ours, counted as ignored, not as unknown (OTHER_KINDS is
     these fields): the oneof of GetEventsResponse (api/v1/tetragon/events.proto, v1.7.0), and
@@ -266,9 +273,8 @@ def _is_other_kind(doc: _Line) -> bool:
     return any(getattr(doc, kind) is not None for kind in OTHER_KINDS)
 
 
-def parse_line(line: bytes | str, stats: ParseStats) -> Event | None:
-    """One line in, an :class:`Event` or ``None`` out; ``stats`` says why not."""
-    stats.lines += 1
+def _parse_one(line: bytes | str, stats: ParseStats) -> Event | None:
+    """The whole of the checks for one line (its count in ``stats.lines`` is the caller's)."""
     if len(line) > MAX_LINE_BYTES:
         stats.oversized += 1
         return None
@@ -296,6 +302,11 @@ def parse_line(line: bytes | str, stats: ParseStats) -> Event | None:
             # line cut inside a string or a number as truncated: ask it.
             return _by_reference(line, stats)
         return None
+    return _event_of(doc, stats)
+
+
+def _event_of(doc: _Line, stats: ParseStats) -> Event | None:
+    """A decoded line, whatever its shape, to an event or a count of why not."""
     kprobe = doc.process_kprobe
     if kprobe is None:
         if _is_other_kind(doc):
@@ -333,7 +344,8 @@ def parse_line(line: bytes | str, stats: ParseStats) -> Event | None:
         stats.malformed += 1
         return None
     pod = process.pod or _NO_POD_TYPED
-    event = Event(
+    stats.events += 1
+    return Event(
         policy,
         hook,
         pod.namespace,
@@ -346,5 +358,87 @@ def parse_line(line: bytes | str, stats: ParseStats) -> Event | None:
         time if len(time) == 30 else normalize_time(time),
         doc.node_name or "",
     )
-    stats.events += 1
-    return event
+
+
+def parse_lines(
+    lines: Iterable[bytes | str], stats: ParseStats, where: list[int] | None = None
+) -> list[Event]:
+    """The events of a batch of lines, in order; ``stats`` says why the other lines gave none,
+    and ``where``, if given, receives the index of each event's line.
+
+    A loop over the batch rather than a call per line: the common line (an ASCII kprobe of
+    our hooks with its argument where Tetragon puts it) takes the short path below, inline,
+    with its counts kept in locals; any other line, malformed, of another kind or with its
+    arguments elsewhere, goes through the whole of the checks (_parse_one, _event_of), so
+    that both answer alike on every line (tests/unit/detection/test_typed_decoder.py)."""
+    events: list[Event] = []
+    append = events.append
+    decode, hooks, killed_actions, no_pod = _decode, HOOK_OF_FUNCTION, KILLED_ACTIONS, _NO_POD_TYPED
+    index = -1
+    short = 0
+    for line in lines:
+        index += 1
+        if len(line) <= MAX_LINE_BYTES and line.isascii():
+            try:
+                doc = decode(line)
+            except msgspec.MsgspecError:
+                event = _parse_one(line, stats)
+            else:
+                kprobe = doc.process_kprobe
+                time = doc.time
+                if kprobe is not None and time is not None:
+                    hook = hooks.get(kprobe.function_name)
+                    args = kprobe.args
+                    policy = kprobe.policy_name
+                    if hook is not None and args and policy:
+                        target = ""
+                        port = 0
+                        if hook == "tcp_connect":
+                            sock = args[0].sock_arg
+                            if sock is not None:
+                                target, port = sock.daddr, sock.dport
+                        elif hook == "fd_install":
+                            file = args[1].file_arg if len(args) > 1 else None
+                            if file is not None:
+                                target = file.path
+                        else:
+                            target = args[0].string_arg or ""
+                        if target:
+                            process = kprobe.process
+                            pod = process.pod or no_pod
+                            # Positional: cheaper than keywords, once per event.
+                            append(
+                                Event(
+                                    policy,
+                                    hook,
+                                    pod.namespace,
+                                    pod.name,
+                                    pod.workload,
+                                    process.binary,
+                                    target,
+                                    port,
+                                    kprobe.action in killed_actions,
+                                    time if len(time) == 30 else normalize_time(time),
+                                    doc.node_name or "",
+                                )
+                            )
+                            short += 1
+                            if where is not None:
+                                where.append(index)
+                            continue
+                event = _event_of(doc, stats)
+        else:
+            event = _parse_one(line, stats)
+        if event is not None:
+            append(event)
+            if where is not None:
+                where.append(index)
+    stats.lines += index + 1
+    stats.events += short
+    return events
+
+
+def parse_line(line: bytes | str, stats: ParseStats) -> Event | None:
+    """One line in, an :class:`Event` or ``None`` out; ``stats`` says why not."""
+    events = parse_lines((line,), stats)
+    return events[0] if events else None

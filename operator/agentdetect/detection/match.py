@@ -160,37 +160,53 @@ class Matcher:
                     allowed = None if target.namespace is None else frozenset([target.namespace])
                 for name, hook in policy_names(state.profile, target, state.resolved):
                     self._by_policy[name] = (rules, hook, allowed)
-        # Results, Match objects included, are cached per (policy, target, port): a stream repeats
-        # the same few destinations, paths and binaries, and building objects per event costs.
-        self._cache: dict[tuple[str, str, int], Match | None] = {}
+        # Answers, Match objects included, are cached per everything they depend on (policy,
+        # hook, pod namespace, target, port): a stream repeats the same few destinations, paths
+        # and binaries, so most events take one dict lookup, and no object is built per event.
+        self._cache: dict[tuple[str, str, str, str, int], Match | None] = {}
         self.unmatched = 0
 
     def policies(self) -> set[str]:
         return set(self._by_policy)
 
-    def match(self, event: Event) -> Match | None:
+    def _answer(self, event: Event) -> Match | None:
         entry = self._by_policy.get(event.policy)
         if entry is None or entry[1] != event.hook:
-            self.unmatched += 1
             return None
         rules, hook, allowed = entry
         if allowed is not None and event.namespace not in allowed:
-            self.unmatched += 1  # the policy's pod selector never lets such an event through
-            return None
-        key = (event.policy, event.target, event.port)
-        try:
-            found = self._cache[key]
-        except KeyError:
-            if hook == "tcp_connect":
-                rule = rules.network.lookup(event.target, event.port)
-            elif hook == "fd_install":
-                rule = rules.files.lookup(event.target)
-            else:
-                rule = rules.processes.lookup(event.target)
-            found = None if rule is None else Match(rules.key, rule)
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = found
-        if found is None:
-            self.unmatched += 1
+            return None  # the policy's pod selector never lets such an event through
+        if hook == "tcp_connect":
+            rule = rules.network.lookup(event.target, event.port)
+        elif hook == "fd_install":
+            rule = rules.files.lookup(event.target)
+        else:
+            rule = rules.processes.lookup(event.target)
+        return None if rule is None else Match(rules.key, rule)
+
+    def _remember(self, key: tuple[str, str, str, str, int], event: Event) -> Match | None:
+        found = self._answer(event)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = found
         return found
+
+    def match(self, event: Event) -> Match | None:
+        return self.match_all((event,))[0]
+
+    def match_all(self, events: Iterable[Event]) -> list[Match | None]:
+        """Each event's match, in order: a loop over the batch rather than a call per event."""
+        out: list[Match | None] = []
+        append, cache, remember = out.append, self._cache, self._remember
+        missed = 0
+        for event in events:
+            key = (event.policy, event.hook, event.namespace, event.target, event.port)
+            try:
+                found = cache[key]
+            except KeyError:
+                found = remember(key, event)
+            if found is None:
+                missed += 1
+            append(found)
+        self.unmatched += missed
+        return out

@@ -548,3 +548,64 @@ def test_host_process_counts_are_a_record_too() -> None:
     assert (host.events, host.first, host.last) == (4, ts(10), ts(30))
     assert host_detections(host) is not None
     assert host_record_of({"kind": P2[0], "metadata": {"name": "x"}, "status": {}}) is None
+
+
+def _busy_stream() -> tuple[ProfileBoard, list[bytes]]:
+    """The benchmark's ten profiles and a stream over them, shuffled so that times go back and
+    forth, with some kills, lines of the small board's profiles, and lines that are not events."""
+    from bench.events import board_and_scenarios
+
+    board, scenarios = board_and_scenarios([f"team-{i}" for i in range(10)])
+    lines = list(stream(scenarios, pods=30, count=6_000))
+    small_board, small = _board()
+    for state in small_board.snapshot()[1]:
+        board.publish(state)
+    rng = __import__("random").Random(3)
+    killed = [
+        orjson.dumps(
+            kprobe_event(
+                hook=s.hook,
+                policy=s.policy,
+                namespace=s.namespace,
+                pod=f"app-{i % 3}-{i:05d}",
+                target=s.targets[0][0],
+                port=s.targets[0][1],
+                killed=True,
+                time=ts(i),
+            )
+        )
+        for i, s in enumerate(scenarios)
+    ]
+    lines += killed * 3 + small * 5
+    rng.shuffle(lines)
+    return board, lines
+
+
+def test_the_batch_path_counts_as_the_line_path() -> None:
+    """feed_many (parse_lines, match_all, add_all, each with a short path of its own) and
+    feed_stream leave the same records, counts and dirty marks as feeding line by line."""
+    board, lines = _busy_stream()
+    one, many, streamed = Pipeline(board), Pipeline(board), Pipeline(board)
+    for i, raw in enumerate(lines):
+        one.feed(raw, "s", i)
+    many.feed_many(lines)
+    for start in range(0, len(lines), 97):
+        streamed.feed_stream([(raw, start + i) for i, raw in enumerate(lines[start : start + 97])], "s")
+    for other in (many, streamed):
+        assert other.aggregator.pods.keys() == one.aggregator.pods.keys()
+        for key, pod in one.aggregator.pods.items():
+            theirs = other.aggregator.pods[key]
+            assert (theirs.rules, theirs.events, theirs.last, theirs.dirty, theirs.workload, theirs.node) == (
+                pod.rules,
+                pod.events,
+                pod.last,
+                pod.dirty,
+                pod.workload,
+                pod.node,
+            )
+        assert other.aggregator.dirty == one.aggregator.dirty
+        assert other.stats == one.stats
+        assert other.unmatched == one.unmatched
+    assert streamed.aggregator.pods == one.aggregator.pods  # stream positions too
+    assert one.stats.events > 6_000 and one.unmatched > 0
+    assert any(r.killed for p in one.aggregator.pods.values() for r in p.rules.values())
