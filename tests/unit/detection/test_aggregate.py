@@ -609,3 +609,30 @@ def test_the_batch_path_counts_as_the_line_path() -> None:
     assert streamed.aggregator.pods == one.aggregator.pods  # stream positions too
     assert one.stats.events > 6_000 and one.unmatched > 0
     assert any(r.killed for p in one.aggregator.pods.values() for r in p.rules.values())
+
+
+def test_the_batch_path_forgets_with_the_pod_and_the_profile() -> None:
+    """add_all's index holds only what the aggregator holds: after a pod or a profile is
+    forgotten, its next events start a new entry, on the batch path as line by line."""
+    board, lines = _busy_stream()
+    half = len(lines) // 2
+    one, many = Pipeline(board), Pipeline(board)
+    for raw in lines[:half]:
+        one.feed(raw)
+    many.feed_many(lines[:half])
+    (profile, namespace, pod), *_ = sorted(k for k in one.aggregator.pods if k[0][1] == "team-3")
+    dropped_profile = ("AgentDetectionProfile", "team-5", "agents")
+    for p in (one, many):
+        assert p.aggregator.forget_pod(namespace, pod) >= 1
+        p.aggregator.forget_profile(dropped_profile)
+        assert not any(k[0] == dropped_profile for k in p.aggregator.pods)
+    for raw in lines[half:]:
+        one.feed(raw)
+    many.feed_many(lines[half:])
+    assert many.aggregator.pods == one.aggregator.pods
+    assert many.aggregator.dirty == one.aggregator.dirty
+    again = Pipeline(board)
+    again.feed_many(lines[half:])
+    key = (profile, namespace, pod)
+    assert many.aggregator.pods[key].rules == again.aggregator.pods[key].rules  # the second half only
+    assert any(k[0] == dropped_profile for k in many.aggregator.pods)  # counted again, from the second half
