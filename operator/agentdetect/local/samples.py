@@ -35,7 +35,12 @@ def kprobe_event(
     time: str = "2026-11-23T12:00:00.000000000Z",
     node: str = "node-1",
     pid: int = 4242,
+    full_parent: bool = False,
 ) -> dict[str, Any]:
+    """One ``process_kprobe`` event. ``full_parent`` gives the parent every field Tetragon
+    exports for a process in a pod, its pod included, as the recorded samples do
+    (docs/content/en/docs/use-cases/process-lifecycle/namespace-access.md at v1.7.0, and
+    tests/data/tetragon_event_shapes.json): about twice the bytes of the short parent."""
     if hook == "tcp_connect":
         family = "AF_INET6" if ":" in target else "AF_INET"
         args: list[dict[str, Any]] = [
@@ -59,6 +64,39 @@ def kprobe_event(
         args = [{"string_arg": target}]
     exec_id = base64.b64encode(f"{node}:{pid}:{pod}".encode()).decode()
     action = "KPROBE_ACTION_SIGKILL" if killed else "KPROBE_ACTION_POST"
+    pod_of = {
+        "namespace": namespace,
+        "name": pod,
+        "container": {
+            "id": f"containerd://{exec_id[:32]}",
+            "name": "app",
+            "image": {
+                "id": "registry.example.com/app@sha256:0",
+                "name": "registry.example.com/app:1",
+            },
+            "start_time": time,
+            "pid": 1,
+        },
+        "pod_labels": labels or {"app": workload or pod},
+        "workload": workload or pod.rsplit("-", 2)[0],
+        "workload_kind": "Deployment",
+    }
+    parent: dict[str, Any] = {"exec_id": exec_id, "pid": 1, "binary": "/bin/sh", "flags": "execve"}
+    if full_parent:
+        parent = {
+            "exec_id": exec_id,
+            "pid": pid - 1,
+            "uid": 1000,
+            "cwd": "/app",
+            "binary": "/usr/bin/dumb-init",
+            "flags": "execve rootcwd clone",
+            "start_time": time,
+            "auid": 4294967295,
+            "pod": pod_of,
+            "docker": exec_id[:31],
+            "parent_exec_id": exec_id,
+            "tid": pid - 1,
+        }
     return {
         "process_kprobe": {
             "process": {
@@ -71,29 +109,13 @@ def kprobe_event(
                 "flags": "execve clone",
                 "start_time": time,
                 "auid": 4294967295,
-                "pod": {
-                    "namespace": namespace,
-                    "name": pod,
-                    "container": {
-                        "id": f"containerd://{exec_id[:32]}",
-                        "name": "app",
-                        "image": {
-                            "id": "registry.example.com/app@sha256:0",
-                            "name": "registry.example.com/app:1",
-                        },
-                        "start_time": time,
-                        "pid": 1,
-                    },
-                    "pod_labels": labels or {"app": workload or pod},
-                    "workload": workload or pod.rsplit("-", 2)[0],
-                    "workload_kind": "Deployment",
-                },
+                "pod": pod_of,
                 "docker": exec_id[:31],
                 "parent_exec_id": exec_id,
                 "refcnt": 1,
                 "tid": pid,
             },
-            "parent": {"exec_id": exec_id, "pid": 1, "binary": "/bin/sh", "flags": "execve"},
+            "parent": parent,
             "function_name": _FUNCTION[hook],
             "args": args,
             "action": action,
@@ -115,7 +137,9 @@ class Scenario:
     targets: tuple[tuple[str, int], ...]
 
 
-def stream(scenarios: list[Scenario], pods: int, count: int, seed: int = 7) -> Iterator[bytes]:
+def stream(
+    scenarios: list[Scenario], pods: int, count: int, seed: int = 7, full_parent: bool = False
+) -> Iterator[bytes]:
     """``count`` event lines over ``pods`` pods per namespace, the scenarios mixed at random."""
     rng = random.Random(seed)
     start = datetime.datetime(2026, 11, 23, 12, 0, 0, tzinfo=datetime.UTC)
@@ -134,5 +158,6 @@ def stream(scenarios: list[Scenario], pods: int, count: int, seed: int = 7) -> I
                 port=port,
                 time=ts,
                 pid=1000 + p,
+                full_parent=full_parent,
             )
         )
