@@ -232,7 +232,9 @@ class Aggregator:
     def add_all(self, events: Iterable[Event], matches: Iterable[Match | None]) -> None:
         """:meth:`add` for a batch, the match of each event beside it (None: not counted). The
         common case, another event of a rule a (profile, pod) entry already has, is counted in
-        line here, through the index: this runs once per matched event."""
+        line here, through the index: this runs once per matched event. The lines that count
+        are add's own, repeated on purpose (a call per event is what this saves); a test holds
+        the two paths to the same records (test_the_batch_path_counts_as_the_line_path)."""
         index, dirty = self._index, self.dirty
         for event, match in zip(events, matches, strict=True):
             if match is None:

@@ -406,7 +406,8 @@ def parse_lines(
                         if target:
                             process = kprobe.process
                             pod = process.pod or no_pod
-                            # Positional: cheaper than keywords, once per event.
+                            # As _event_of builds it (the differential test holds both to
+                            # the reference parser); positional: cheaper than keywords.
                             append(
                                 Event(
                                     policy,
