@@ -31,6 +31,7 @@ from kubernetes import client
 from agentdetect.cluster.kube import Cluster
 from agentdetect.controller.reconcile import targets_for
 from agentdetect.detection.aggregate import Aggregator
+from agentdetect.detection.events import ParseStats, decode_line, parse_lines
 from agentdetect.detection.pipeline import Pipeline, tune_gc
 from agentdetect.detection.writer import DetectionWriter
 from agentdetect.local import binaries
@@ -121,6 +122,10 @@ def throughput(events: int, pods: int, rounds: int, full_parent: bool) -> list[t
     parse_rates: list[float] = []
     rates: list[float] = []
     rss_after: list[float] = []
+    # Where the time goes: the typed decode alone, then parse_lines (decode and the Python
+    # around it), each over the same lines in the same rounds.
+    decode_rates: list[float] = []
+    parse_lines_rates: list[float] = []
     for _ in range(rounds):
         start = time.perf_counter()
         for line in lines(events):
@@ -130,6 +135,16 @@ def throughput(events: int, pods: int, rounds: int, full_parent: bool) -> list[t
         pipeline.feed_many(lines(events))
         rates.append(events / (time.perf_counter() - start))
         rss_after.append(rss_mib())
+        start = time.perf_counter()
+        for line in lines(events):
+            decode_line(line)
+        decode_rates.append(events / (time.perf_counter() - start))
+        scratch = ParseStats()
+        batched = iter(lines(events))
+        start = time.perf_counter()
+        while batch := list(itertools.islice(batched, 256)):
+            parse_lines(batch, scratch)
+        parse_lines_rates.append(events / (time.perf_counter() - start))
     st = pipeline.stats
     assert st.events == rounds * events, st
     tracked = len(pipeline.aggregator.pods)
@@ -143,6 +158,12 @@ def throughput(events: int, pods: int, rounds: int, full_parent: bool) -> list[t
         ),
         (f"[{shape}] events merely parsed with orjson", _median_spread(parse_rates), ""),
         (f"[{shape}] pipeline / parse-only (medians)", f"{ratio:.2f}", ">= 1.0"),
+        (f"[{shape}] lines through the typed decode alone", _median_spread(decode_rates), ""),
+        (
+            f"[{shape}] lines through parse_lines (decode and the Python around it)",
+            _median_spread(parse_lines_rates),
+            "",
+        ),
         (f"[{shape}] RSS before feeding (incl. a pool of {len(pool):,} lines)", f"{rss_pool:.0f} MiB", ""),
         (
             f"[{shape}] RSS after {events:,} / {rounds * events:,} events",
