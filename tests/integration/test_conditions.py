@@ -10,9 +10,10 @@ import pytest
 from kubernetes import client
 
 from agentdetect.app.runner import OperatorThread
+from agentdetect.controller.reconcile import uses_policy_filter
 from agentdetect.local.controlplane import ControlPlane
 from agentdetect.policy.resolve import StaticResolver
-from tests.integration.helpers import policies, profile, ready, wait_condition
+from tests.integration.helpers import cluster_policies, policies, profile, ready, wait_condition
 from tests.waiting import eventually
 
 ENFORCING = """
@@ -210,7 +211,23 @@ spec:
     assert (within["status"], within["reason"]) == ("True", "WithinBudget")
 
     assert operator.reconciler is not None
-    owned = operator.reconciler.policy_filter_policies()
+    reconciler = operator.reconciler
+
+    def settled() -> int | None:
+        """The count once it is the cluster's: earlier tests' namespaces (and the profiles in
+        them) may still be going away, and the count shrinks as their deletions arrive."""
+        core = client.CoreV1Api(api)
+        if any(ns.status and ns.status.phase == "Terminating" for ns in core.list_namespace().items):
+            return None
+        live = len(policies(api, None, "app.kubernetes.io/managed-by=agentdetect")) + sum(
+            1
+            for p in cluster_policies(api, "app.kubernetes.io/managed-by=agentdetect")
+            if uses_policy_filter({**p, "kind": "TracingPolicy"})
+        )
+        counted = reconciler.policy_filter_policies()
+        return counted if counted == live else None
+
+    owned = eventually(settled, timeout=60, what="the operator's policy count matching the cluster's")
     assert owned >= 2
     operator.cfg.policy_filter_budget = owned - 1
     try:
