@@ -85,6 +85,9 @@ def test_profile_renders_owned_policies_and_reports_them(
 
     (event,) = eventually(applied_event, what="an Applied Event on the profile")
     assert event.message == "3 policies applied"
+    # kopf keeps its state in memory: no annotation of its own on the profile.
+    annotations = profile(api, "chatbot", namespace)["metadata"].get("annotations") or {}
+    assert not [a for a in annotations if a.startswith(f"{GROUP}/")], annotations
 
 
 def test_update_prunes_and_delete_collects(

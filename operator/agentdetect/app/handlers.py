@@ -99,6 +99,7 @@ def build_registry(
     metrics: Metrics | None = None,
     diffbase: MemoryDiffBase | None = None,
     rollup: DetectionRollup | None = None,
+    progress: MemoryProgress | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     config = reconciler.config
@@ -219,6 +220,8 @@ def build_registry(
                 reconciler.forget(_kind, body.metadata.name or "", body.metadata.namespace, body.metadata.uid)
                 if diffbase is not None:
                     diffbase.forget(body.metadata.uid)
+                if progress is not None:
+                    progress.forget(body.metadata.uid)
                 metrics.forget_profile((_kind, body.metadata.namespace, body.metadata.name or ""))
                 key = (_kind, body.metadata.namespace, body.metadata.name or "")
                 if detection is not None:
@@ -310,13 +313,50 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
             self._essences.pop(uid or "", None)
 
 
+class MemoryProgress(kopf.AnnotationsProgressStorage):
+    """kopf's per-handler progress (started, retries, delays), kept in memory by object uid
+    instead of in annotations: kopf's annotations storage writes its ``kopf-managed`` marker on
+    every object's first change, a PATCH per new profile. Only the wake-up of a delayed retry
+    still writes an annotation (``touch-dummy``: kopf needs a watch event to run the retry),
+    and it is removed when the handler is done. After a restart retries start counting
+    afresh, as every profile is reconciled again anyway (see :class:`MemoryDiffBase`)."""
+
+    def __init__(self) -> None:
+        super().__init__(prefix=GROUP)
+        self._records: dict[tuple[str, str], kopf.ProgressRecord] = {}
+        self._lock = threading.Lock()  # kopf's loop reads and writes; a handler thread forgets
+
+    def fetch(self, *, key: kopf.HandlerId, body: kopf.Body) -> kopf.ProgressRecord | None:
+        with self._lock:
+            return self._records.get((body.metadata.uid or "", key))
+
+    def store(
+        self, *, key: kopf.HandlerId, record: kopf.ProgressRecord, body: kopf.Body, patch: kopf.Patch
+    ) -> None:
+        with self._lock:
+            self._records[(body.metadata.uid or "", key)] = record
+
+    def purge(self, *, key: kopf.HandlerId, body: kopf.Body, patch: kopf.Patch) -> None:
+        with self._lock:
+            self._records.pop((body.metadata.uid or "", key), None)
+        self.touch(body=body, patch=patch, value=None)  # a retry's wake-up annotation, if any
+
+    def forget(self, uid: str | None) -> None:
+        with self._lock:
+            for record_key in [k for k in self._records if k[0] == (uid or "")]:
+                del self._records[record_key]
+
+
 def settings_for(
-    max_workers: int = 16, peering_lifetime: int = 20, diffbase: MemoryDiffBase | None = None
+    max_workers: int = 16,
+    peering_lifetime: int = 20,
+    diffbase: MemoryDiffBase | None = None,
+    progress: MemoryProgress | None = None,
 ) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
-    # Retry progress goes in our annotations (only while a handler is retrying; the status
-    # schema is strict); the last-handled spec stays in memory (MemoryDiffBase).
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    # kopf's state stays in memory: the retry progress (MemoryProgress) and the last-handled
+    # spec (MemoryDiffBase). Neither costs an API call per change.
+    settings.persistence.progress_storage = progress or MemoryProgress()
     settings.persistence.diffbase_storage = diffbase or MemoryDiffBase()
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # Our own Events say what happened, exceptions included (from agentdetect, not kopf).
