@@ -11,6 +11,7 @@ from kubernetes import client
 
 from agentdetect.api.models import GROUP, VERSION
 from agentdetect.app.runner import OperatorThread
+from agentdetect.cluster.kube import Cluster
 from agentdetect.controller.reconcile import Config
 from agentdetect.local.controlplane import ControlPlane
 from tests.integration.helpers import gone, policies, profile, wait_condition
@@ -191,6 +192,45 @@ def test_restart_recreates_nothing_and_catches_up(
             status = profile(api, "chatbot", namespace)["status"]
             assert status["policies"] == before["status"]["policies"]
     finally:
+        operator.start()
+
+
+def test_a_policy_the_spec_dropped_while_the_operator_was_down_is_pruned_without_listing(
+    control_plane: ControlPlane,
+    api: Any,
+    operator: OperatorThread,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new process has applied nothing yet: what the old spec left is known from the policy
+    watch's index, which kopf fills before any handler runs, not from a LIST per reconcile."""
+    apply(control_plane, PROFILE.format(ns=namespace))
+    wait_condition(api, "chatbot", namespace, "Applied")
+    live = {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in policies(api, namespace)}
+
+    operator.stop()
+    try:
+        doc = yaml.safe_load(PROFILE.format(ns=namespace))
+        del doc["spec"]["processes"]
+        apply(control_plane, yaml.safe_dump(doc))  # while no operator runs
+
+        def no_list(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            raise AssertionError("a reconcile listed the policies it owns")
+
+        monkeypatch.setattr(Cluster, "list_owned", no_list)
+        with OperatorThread(operator.cfg, control_plane.kubeconfig):
+            obj = wait_condition(api, "chatbot", namespace, "Applied")
+            assert obj["status"]["policyCount"] == 2
+            eventually(
+                lambda: set(by_hook(policies(api, namespace))) == {"tcp_connect", "fd_install"},
+                what="the execve policy pruned after the restart",
+            )
+            after = {
+                p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in policies(api, namespace)
+            }
+            assert {n: live[n] for n in after} == after, "the restart rewrote policies that were in sync"
+    finally:
+        monkeypatch.undo()
         operator.start()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -18,8 +18,13 @@ from agentdetect.controller.reconcile import Outcome, Reconciler
 from agentdetect.detection.rollup import DetectionRollup
 from agentdetect.detection.service import DetectionService, prune_orphans
 from agentdetect.detection.sources import RateLimitedLog
+from agentdetect.policy.board import ProfileKey
 from agentdetect.policy.render import (
+    ANNOTATION_HASH,
     LABEL_MANAGED_BY,
+    LABEL_PROFILE_KIND,
+    LABEL_PROFILE_NAME,
+    LABEL_PROFILE_NAMESPACE,
     MANAGED_BY,
     hostnames_of,
 )
@@ -35,6 +40,56 @@ def _first_in(index: Any, namespace: str, name: str) -> str | None:
         return next(iter(store), None) if store is not None else None
     except RuntimeError:
         return None
+
+
+#: The kopf index of the policies each profile owns (:func:`owned_policy`), by this id.
+OWNED_POLICIES = "owned_policies"
+
+
+def owned_policy(kind: str, body: Mapping[str, Any]) -> dict[ProfileKey, dict[str, Any]]:
+    """One of our policies, under the profile its labels name, as much of it as the reconciler
+    compares (kind, name, labels, content hash, owner, spec): the index it prunes and skips
+    unchanged applies by, in place of a LIST per reconcile."""
+    meta = body.get("metadata") or {}
+    labels = dict(meta.get("labels") or {})
+    annotations = meta.get("annotations") or {}
+    owner = (
+        str(labels.get(LABEL_PROFILE_KIND)),
+        labels.get(LABEL_PROFILE_NAMESPACE),
+        str(labels.get(LABEL_PROFILE_NAME)),
+    )
+    return {
+        owner: {
+            "kind": kind,
+            "metadata": {
+                "name": meta.get("name"),
+                **({"namespace": meta["namespace"]} if meta.get("namespace") else {}),
+                "labels": labels,
+                "annotations": (
+                    {ANNOTATION_HASH: annotations[ANNOTATION_HASH]} if ANNOTATION_HASH in annotations else {}
+                ),
+                "ownerReferences": list(meta.get("ownerReferences") or []),
+            },
+            "spec": body.get("spec"),
+        }
+    }
+
+
+def index_reader(index: Mapping[ProfileKey, Any]) -> Callable[[ProfileKey], list[dict[str, Any]]]:
+    """Reads kopf's index from a reconcile's worker thread while kopf's event loop updates it:
+    the copy is made in one C call (no interpreter switch inside it); should a change still land
+    mid-copy, it is taken again."""
+
+    def read(key: ProfileKey) -> list[dict[str, Any]]:
+        for _ in range(100):
+            try:
+                store = index.get(key)
+                return list(store) if store is not None else []
+            except RuntimeError:  # changed size during the copy
+                continue
+        raise RuntimeError(f"kopf's index of owned policies kept changing under a read of {key}")
+
+    return read
 
 
 class ResolveSweep:
@@ -104,6 +159,32 @@ def build_registry(
     registry = kopf.OperatorRegistry()
     config = reconciler.config
     metrics = metrics or Metrics()
+
+    for policy_kind, policy_plural in POLICY_PLURALS.items():
+
+        @kopf.index(
+            TETRAGON_GROUP,
+            TETRAGON_VERSION,
+            policy_plural,
+            registry=registry,
+            id=OWNED_POLICIES,
+            labels={LABEL_MANAGED_BY: MANAGED_BY},
+        )
+        async def index_policy(
+            body: kopf.Body, _kind: str = policy_kind, **_: Any
+        ) -> dict[ProfileKey, dict[str, Any]]:
+            """In the event loop, not a worker thread: it runs for every watch event of every
+            policy of ours and does no I/O."""
+            return owned_policy(_kind, body)
+
+    @kopf.on.startup(registry=registry, id="owned-policies")
+    def attach_owned_policies(**kwargs: Any) -> None:
+        """The reconciler reads what each profile owns from the index from now on. kopf runs no
+        resource handler (and so no reconcile: the sweep and the Detecting refresh reach only
+        profiles a handler reconciled) before every watched resource's first listing is
+        indexed (kopf's operator_indexed toggle, _core/reactor/processing.py), so no reconcile
+        sees it half-filled, after a restart as at first start."""
+        reconciler.owned = index_reader(kwargs[OWNED_POLICIES])
 
     if rollup is not None:
 

@@ -22,8 +22,8 @@ from pydantic import ValidationError
 
 from agentdetect.api.conditions import ConditionType, Reason
 from agentdetect.api.models import ClusterProfileSpec, Mode, ResolvedDestination
-from agentdetect.cluster.kube import Cluster, ProfileVersion, key_of, owner_reference
-from agentdetect.controller.state import AppliedPolicies, NamespaceSelections, Reconciled
+from agentdetect.cluster.kube import Cluster, ObjectKey, ProfileVersion, key_of, owner_reference
+from agentdetect.controller.state import AppliedPolicies, NamespaceSelections, OwnedLookup, Reconciled
 from agentdetect.policy.board import ProfileBoard, ProfileState
 from agentdetect.policy.profiles import parse_profile, previous_resolutions
 from agentdetect.policy.render import (
@@ -260,6 +260,9 @@ class Reconciler:
         #: Detection's current (ok, reason, message), or None while unknown; set when detection
         #: runs in this process. Each reconcile writes it as the Detecting condition.
         self.detecting: Callable[[], tuple[bool, str, str] | None] | None = None
+        #: The policies each profile owns now, from the policy watch (kopf's index, set once it
+        #: is filled: app/handlers.py). None: a reconcile lists them from the API server.
+        self.owned: OwnedLookup | None = None
 
     def settled_versions(self) -> set[ProfileVersion]:
         return self.reconciled.versions()
@@ -454,19 +457,33 @@ class Reconciler:
         msg = f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied"
         return Outcome(True, Reason.APPLIED, "; ".join([msg, *notes]), applied, pruned), new_status
 
+    def _owned_now(self, profile: Profile) -> dict[ObjectKey, dict[str, Any]]:
+        """The profile's policies in the cluster: from the policy watch's index when there is
+        one (no API call), else listed."""
+        if self.owned is not None:
+            found = self.owned((profile.kind, profile.namespace, profile.name))
+        else:
+            found = self.cluster.list_owned(profile.kind, profile.name, profile.namespace)
+        return {key_of(obj): obj for obj in found}
+
     def _sync(self, profile: Profile, docs: list[dict[str, Any]], owner: dict[str, Any]) -> tuple[int, int]:
-        live = {
-            key_of(obj): obj for obj in self.cluster.list_owned(profile.kind, profile.name, profile.namespace)
-        }
+        live = self._owned_now(profile)
         wanted = {key_of(d): d for d in docs}
+        # Pruned: what the watch shows owned, and what this process applied for the profile,
+        # which the watch may not have shown yet (applied, then dropped by a quick spec change).
+        owned = live.keys() | self.desired.owned_keys(profile.kind, profile.name, profile.namespace)
+        stale = owned - wanted.keys()
         applied = 0
         for key, doc in wanted.items():
+            # Recorded first: a policy the server took before the call failed is still pruned
+            # when a later spec drops it, and its watch event is checked against it.
+            self.desired.record(key, doc)
             if not in_sync(doc, live.get(key)) or not _owner_ok(live.get(key), owner):
+                # Not in the index yet is not in sync: an apply of what is there is a no-op.
                 self.cluster.apply(doc, owner)
                 applied += 1
-            self.desired.record(key, doc)
         pruned = 0
-        for key in live.keys() - wanted.keys():
+        for key in sorted(stale, key=str):
             # Forgotten before it is deleted: its DELETED watch event must not read as drift.
             self.desired.discard(key)
             self.cluster.delete(key)

@@ -1,6 +1,9 @@
 """The reconciler's memory, each piece with one owner and one lock: what was applied (the drift
 cache), which namespaces each selecting cluster profile renders into, and which version of
-each profile was last reconciled (what detection waits for)."""
+each profile was last reconciled (what detection waits for).
+
+What each profile owns in the cluster now is not kept here: kopf's index of the policy watch
+holds it (app/handlers.py, :data:`OwnedLookup`)."""
 
 from __future__ import annotations
 
@@ -22,9 +25,14 @@ def owned_by(doc: Mapping[str, Any], kind: str, name: str, namespace: str | None
     )
 
 
+#: The policies a profile owns now, as the policy watch last saw them: each with its kind,
+#: metadata (name, namespace, labels, the content-hash annotation, owner references) and spec.
+OwnedLookup = Callable[[ProfileKey], list[dict[str, Any]]]
+
+
 class AppliedPolicies:
-    """What was last applied or confirmed, per policy: drift events compare against it
-    without a round trip to the API server."""
+    """What was last applied (recorded just before the apply) or confirmed, per policy: drift
+    events compare against it without a round trip to the API server."""
 
     def __init__(self) -> None:
         self._docs: dict[ObjectKey, dict[str, Any]] = {}
@@ -37,6 +45,10 @@ class AppliedPolicies:
     def get(self, key: ObjectKey) -> dict[str, Any] | None:
         with self._lock:
             return self._docs.get(key)
+
+    def owned_keys(self, kind: str, name: str, namespace: str | None) -> set[ObjectKey]:
+        with self._lock:
+            return {k for k, d in self._docs.items() if owned_by(d, kind, name, namespace)}
 
     def discard(self, key: ObjectKey) -> None:
         with self._lock:
