@@ -86,7 +86,28 @@ def test_profile_renders_owned_policies_and_reports_them(
 
     (event,) = eventually(applied_event, what="an Applied Event on the profile")
     assert event.message == "3 policies applied"
-    # kopf keeps its state in memory: no annotation of its own on the profile.
+
+    # A reconcile that changes nothing (a label is not the spec, but kopf calls it an update)
+    # posts no Event: Events are for transitions.
+    assert operator.runtime is not None
+    registry = operator.runtime.metrics.registry
+    labels = {"kind": "AgentDetectionProfile", "result": "applied", "reason": "Applied"}
+    before = registry.get_sample_value("agentdetect_reconciles_total", labels) or 0
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "agentdetectionprofiles",
+        "chatbot",
+        {"metadata": {"labels": {"touched": "yes"}}},
+        _content_type="application/merge-patch+json",
+    )
+    eventually(
+        lambda: (registry.get_sample_value("agentdetect_reconciles_total", labels) or 0) > before,
+        what="the profile reconciled again",
+    )
+    assert len(applied_event()) == 1
+    # kopf keeps its state in memory: no annotation of its own on the profile, ever.
     annotations = profile(api, "chatbot", namespace)["metadata"].get("annotations") or {}
     assert not [a for a in annotations if a.startswith(f"{GROUP}/")], annotations
 
@@ -163,6 +184,26 @@ def test_drifted_policy_is_restored(
         what="deleted policy recreated",
     )
     assert restored["metadata"]["name"] == name and restored["spec"] == original
+
+    def restored_events() -> list[Any]:
+        items = (
+            client.CoreV1Api(api)
+            .list_namespaced_event(namespace, field_selector="involvedObject.name=chatbot")
+            .items
+        )
+        return [e for e in items if e.reason == "PolicyRestored"]
+
+    def both() -> list[Any] | None:
+        found = restored_events()
+        return found if len(found) >= 2 else None
+
+    found = eventually(both, what="a PolicyRestored Event for the edit and one for the delete")
+    messages = sorted(e.message for e in found)
+    assert all(e.type == "Warning" for e in found)
+    assert messages == [
+        f"TracingPolicyNamespaced {namespace}/{name} was changed outside agentdetect; restored",
+        f"TracingPolicyNamespaced {namespace}/{name} was deleted outside agentdetect; restored",
+    ]
 
 
 def test_restart_recreates_nothing_and_catches_up(

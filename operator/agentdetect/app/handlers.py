@@ -101,7 +101,7 @@ class ResolveSweep:
     def __init__(
         self,
         reconciler: Reconciler,
-        reconcile_by_key: Callable[[str, str, str | None], None],
+        reconcile_by_key: Callable[[str, str, str | None], object],
         interval: float,
     ) -> None:
         self.reconciler = reconciler
@@ -254,10 +254,14 @@ def build_registry(
         if outcome.retry_after is not None:
             raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
 
-    def reconcile_by_key(kind: str, name: str, namespace: str | None) -> None:
+    def reconcile_by_key(
+        kind: str, name: str, namespace: str | None
+    ) -> tuple[dict[str, Any], Outcome] | None:
+        """The profile read afresh and reconciled: it and the outcome, or None if it is gone."""
         body = reconciler.cluster.get_profile(kind, name, namespace)
-        if body is not None:
-            measured(body)
+        if body is None:
+            return None
+        return body, measured(body)
 
     sweep = ResolveSweep(reconciler, reconcile_by_key, config.resolve_interval)
 
@@ -336,7 +340,18 @@ def build_registry(
                 body.metadata.name,
                 (type or "").lower(),
             )
-            reconcile_by_key(*owner)
+            done = reconcile_by_key(*owner)
+            if done is not None and done[1].applied:
+                # Not a transition of the profile's conditions, but news: someone changed what
+                # it detects with.
+                where = f"{namespace}/" if namespace else ""
+                reconciler.emit(
+                    done[0],
+                    "Warning",
+                    Reason.POLICY_RESTORED,
+                    f"{body.get('kind') or 'policy'} {where}{body.metadata.name} was "
+                    f"{'deleted' if type == 'DELETED' else 'changed'} outside agentdetect; restored",
+                )
 
     @kopf.on.event("", "v1", "namespaces", registry=registry, id="namespace-selection")
     def namespace_event(type: str | None, body: kopf.Body, status: kopf.Status, **_: Any) -> None:

@@ -23,7 +23,13 @@ from pydantic import ValidationError
 from agentdetect.api.conditions import ConditionType, Reason
 from agentdetect.api.models import ClusterProfileSpec, Mode, ResolvedDestination
 from agentdetect.cluster.kube import Cluster, ObjectKey, ProfileVersion, key_of, owner_reference
-from agentdetect.controller.state import AppliedPolicies, NamespaceSelections, OwnedLookup, Reconciled
+from agentdetect.controller.state import (
+    AppliedPolicies,
+    NamespaceSelections,
+    OwnedLookup,
+    Reconciled,
+    condition_states,
+)
 from agentdetect.policy.board import ProfileBoard, ProfileState
 from agentdetect.policy.profiles import parse_profile, previous_resolutions
 from agentdetect.policy.render import (
@@ -288,8 +294,12 @@ class Reconciler:
     # ---- the one entry point ---------------------------------------------------------------
 
     def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        """Events are posted for transitions only: Ready's status or reason changed (its first
+        report included), or PolicyFilterBudget turned False; a reconcile that changes neither
+        posts none, whatever it applied."""
         meta = body["metadata"]
-        with self._lock(body["kind"], meta.get("namespace"), meta["name"]):
+        key = (body["kind"], meta.get("namespace"), meta["name"])
+        with self._lock(*key):
             if self.reconciled.is_forgotten(meta.get("uid")):
                 return Outcome(False, Reason.DELETED, "the profile was deleted")
             now = now_rfc3339()
@@ -304,39 +314,40 @@ class Reconciler:
                 outcome.message,
                 now,
             )
+            budget_message = ""
             if outcome.ready or outcome.applied:
-                within, reason, message = budget_condition(
+                within, reason, budget_message = budget_condition(
                     self.policy_filter_policies(), self.config.policy_filter_budget
                 )
-                conditions = new_status["conditions"]
-                old_budget = next((c for c in conditions if c.get("type") == BUDGET_CONDITION), None)
                 new_status["conditions"] = set_condition(
-                    conditions, BUDGET_CONDITION, meta.get("generation"), within, reason, message, now
+                    new_status["conditions"],
+                    BUDGET_CONDITION,
+                    meta.get("generation"),
+                    within,
+                    reason,
+                    budget_message,
+                    now,
                 )
-                if not within and (old_budget is None or old_budget.get("reason") != reason):
-                    self.emit(dict(body), "Warning", reason, message)
             detecting = self._write_detecting(body, status, new_status, now)
-            self.reconciled.settle(
-                (body["kind"], meta.get("namespace"), meta["name"]),
-                meta.get("uid") or "",
-                meta.get("generation") or 0,
-                detecting,
-            )
+            uid = meta.get("uid") or ""
+            self.reconciled.settle(key, uid, meta.get("generation") or 0, detecting)
             changed = {k: v for k, v in new_status.items() if status.get(k) != v}
             if changed:
                 self.cluster.patch_status(body["kind"], meta["name"], meta.get("namespace"), changed)
-                old_reason = next(
-                    (
-                        c.get("reason")
-                        for c in status.get("conditions") or []
-                        if c.get("type") == ConditionType.READY
-                    ),
-                    None,
+            # What the profile said before: what this process last wrote, which the body read
+            # may not show yet; else what the body says (after a restart, another replica's).
+            before = self.reconciled.reported(key, uid)
+            if before is None:
+                before = condition_states(status.get("conditions") or [])
+            after = condition_states(new_status["conditions"])
+            self.reconciled.report(key, uid, after)
+            if after.get(ConditionType.READY) != before.get(ConditionType.READY):
+                self.emit(
+                    dict(body), "Normal" if outcome.ready else "Warning", outcome.reason, outcome.message
                 )
-                if outcome.applied or outcome.pruned or old_reason != outcome.reason:
-                    self.emit(
-                        dict(body), "Normal" if outcome.ready else "Warning", outcome.reason, outcome.message
-                    )
+            budget = after.get(BUDGET_CONDITION)
+            if budget is not None and budget[0] == "False" and budget != before.get(BUDGET_CONDITION):
+                self.emit(dict(body), "Warning", budget[1], budget_message)
             return outcome
 
     def _write_detecting(

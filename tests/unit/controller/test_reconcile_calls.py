@@ -1,10 +1,12 @@
-"""What one reconcile asks of the API server, against a fake cluster whose policies a fake
-index (the policy watch's, in the operator) reports."""
+"""What one reconcile asks of the API server, and which Events it posts: against a fake cluster
+whose policies a fake index (the policy watch's, in the operator) reports."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
+
+import pytest
 
 from agentdetect.cluster.kube import ObjectKey, key_of
 from agentdetect.controller.reconcile import Config, Reconciler
@@ -151,6 +153,66 @@ def test_an_unchanged_re_reconcile_makes_no_call_and_posts_no_event() -> None:
     assert events == []
 
 
+def test_a_stale_body_does_not_repeat_the_event() -> None:
+    """The body a handler gets may predate the status this process wrote: the status is written
+    again (it differs from what the body shows) but the transition was reported already."""
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    stale = copy.deepcopy(profile.body)
+    _run(reconciler, cluster, profile)
+    events.clear()
+    reconciler.reconcile(stale)
+    assert events == []
+
+
+def test_updates_and_drift_repairs_apply_without_an_event() -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    events.clear()
+
+    # A spec change re-renders the network policy: applied, Ready stays Applied.
+    spec = copy.deepcopy(SPEC)
+    spec["network"]["destinations"][0]["ports"] = [8001]
+    profile.change(spec)
+    cluster.calls.clear()
+    _run(reconciler, cluster, profile)
+    assert [v for v, _ in cluster.api_calls()] == ["apply", "status"]
+
+    # Someone edits a policy: the index shows it, the reconcile puts it back.
+    key = next(iter(cluster.indexed))
+    cluster.indexed[key]["spec"]["kprobes"] = []
+    cluster.calls.clear()
+    _run(reconciler, cluster, profile)
+    assert cluster.api_calls() == [("apply", key)]
+    assert events == []
+
+
+def test_transitions_post_one_event_each() -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    cluster.tetragon = False
+    _run(reconciler, cluster, profile)
+    _run(reconciler, cluster, profile)
+    assert events == [("Warning", "TetragonNotInstalled")]
+    cluster.tetragon = True
+    _run(reconciler, cluster, profile)
+    _run(reconciler, cluster, profile)
+    assert events == [("Warning", "TetragonNotInstalled"), ("Normal", "Applied")]
+
+
+def test_budget_exceeded_is_posted_once_per_profile() -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events, policy_filter_budget=2)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    _run(reconciler, cluster, profile)
+    assert events == [("Normal", "Applied"), ("Warning", "BudgetExceeded")]
+
+
 def test_a_policy_dropped_before_the_watch_showed_it_is_still_pruned() -> None:
     """Applied, then dropped by a quick spec change, all before the watch delivered it: what
     this process applied counts as owned too."""
@@ -201,3 +263,14 @@ def test_a_policy_owned_by_another_profile_is_not_touched() -> None:
     _run(reconciler, cluster, other)
     assert [verb for verb, _ in cluster.api_calls()] == ["apply", "apply", "apply", "status"]
     assert len(cluster.live) == 6
+
+
+@pytest.mark.parametrize("deleted", [True, False])
+def test_a_profile_made_again_under_the_same_name_reports_afresh(deleted: bool) -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    _run(reconciler, cluster, Profile(uid="uid-1"))
+    if deleted:
+        reconciler.forget(ADP, "chatbot", "team", "uid-1")
+    _run(reconciler, cluster, Profile(uid="uid-2"))
+    assert events == [("Normal", "Applied"), ("Normal", "Applied")]
