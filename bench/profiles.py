@@ -13,6 +13,9 @@ Run: PYTHONPATH=. .venv/bin/python bench/profiles.py [--profiles N] [--renders N
    one): time from the first create until every profile is Ready for its generation, as a
    ratio of the floor; per profile, the latency from its create returning
    to all its policies being present (watched); peak RSS.
+3. The API calls per profile, the operator's and the floor's, as the API server counted them
+   (``apiserver_request_total``, scraped before and after each): by verb and resource, with the
+   benchmark's own requests (its creates, its watches) taken out.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import re
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +41,7 @@ from typing import Any
 import yaml
 from kubernetes import client, watch
 
+import agentdetect
 from agentdetect.api.models import API_VERSION, GROUP, VERSION
 from agentdetect.cluster.kube import FIELD_MANAGER, POLICY_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
 from agentdetect.controller.reconcile import now_rfc3339, targets_for
@@ -196,6 +203,60 @@ def render_rows(renders: int) -> list[Row]:
 
 # ---- part 2: against the control plane ---------------------------------------------------------
 
+#: (verb, resource[/subresource]) as the API server's request metric names them.
+Request = tuple[str, str]
+_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def apiserver_requests(cp: ControlPlane) -> Counter[Request]:
+    """Every request the API server has served so far, by verb and resource: what it saw,
+    whoever sent it. Requests to no resource (/metrics, /healthz, discovery) are left out."""
+    req = urllib.request.Request(
+        f"{cp.server}/metrics", headers={"Authorization": f"Bearer {cp.admin_token}"}
+    )
+    context = ssl.create_default_context(cafile=str(cp.ca_file))
+    with urllib.request.urlopen(req, context=context, timeout=30) as resp:
+        text = resp.read().decode()
+    out: Counter[Request] = Counter()
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m is None:
+            continue
+        labels = dict(_LABEL.findall(m["labels"]))
+        if not labels.get("resource"):
+            continue
+        resource = labels["resource"] + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+        out[(labels["verb"], resource)] += int(float(m["value"]))
+    return out
+
+
+def calls_per_profile(delta: Counter[Request], profiles: int) -> str:
+    """``3.00 APPLY tracingpoliciesnamespaced + ... = total`` for the requests in ``delta``."""
+    parts = [
+        f"{count / profiles:.2f} {verb} {resource}"
+        for (verb, resource), count in sorted(delta.items(), key=lambda kv: (-kv[1], kv[0]))
+        if count > 0
+    ]
+    total = sum(c for c in delta.values() if c > 0) / profiles
+    return f"{' + '.join(parts) or 'none'} = {total:.2f}"
+
+
+def settled_requests(cp: ControlPlane, quiet: float = 1.0, limit: float = 10.0) -> Counter[Request]:
+    """The request counts once they stop moving for ``quiet`` seconds (an operator posts its
+    Event after the status patch the benchmark waits for), or after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    last = apiserver_requests(cp)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = apiserver_requests(cp)
+        if {k: v for k, v in now.items() if k[0] != "WATCH"} == {
+            k: v for k, v in last.items() if k[0] != "WATCH"
+        }:
+            return now
+        last = now
+    return last
+
 
 def install_tetragon_crds(cp: ControlPlane) -> tuple[str, str | None]:
     """Tetragon's real CRDs if they can be had, else the test suite's schema-less stand-ins;
@@ -219,9 +280,13 @@ def list_items(custom: client.CustomObjectsApi, group: str, plural: str, selecto
     return custom.list_cluster_custom_object(group, VERSION_OF[group], plural, label_selector=selector)
 
 
-def floor(api: Any, docs: list[dict[str, Any]], namespaces: list[str]) -> float:
-    """Apply the rendered policies directly, one after another; then delete them and wait."""
+def floor(
+    cp: ControlPlane, api: Any, docs: list[dict[str, Any]], namespaces: list[str]
+) -> tuple[float, Counter[Request]]:
+    """Apply the rendered policies directly, one after another; then delete them and wait.
+    Returns the time the applies took and the requests the API server served meanwhile."""
     custom = client.CustomObjectsApi(api)
+    before = apiserver_requests(cp)
     began = time.monotonic()
     for doc in docs:
         meta = doc["metadata"]
@@ -237,6 +302,8 @@ def floor(api: Any, docs: list[dict[str, Any]], namespaces: list[str]) -> float:
             _content_type=APPLY,
         )
     elapsed = time.monotonic() - began
+    requests = apiserver_requests(cp)
+    requests.subtract(before)
     live = list_items(custom, TETRAGON_GROUP, POLICY_PLURAL, OURS)["items"]
     if len(live) != len(docs):
         raise RuntimeError(f"floor: {len(live)} policies present after applying {len(docs)}")
@@ -249,7 +316,7 @@ def floor(api: Any, docs: list[dict[str, Any]], namespaces: list[str]) -> float:
         if time.monotonic() > deadline:
             raise RuntimeError("floor: policies still present 60 s after deleting them")
         time.sleep(0.1)
-    return elapsed
+    return elapsed, requests
 
 
 class Tracker:
@@ -345,6 +412,14 @@ def watch_loop(
 OPERATOR_LOG_LINES: list[str] = []
 
 
+def same_code_env() -> dict[str, str]:
+    """The environment for ``agentdetect run``: it imports the agentdetect this benchmark
+    imported (a worktree's, not whatever the virtualenv's editable install points at)."""
+    here = str(Path(agentdetect.__file__).resolve().parent.parent)
+    path = [here, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
 def wait_operator_ready(cp: ControlPlane, proc: subprocess.Popen[bytes], timeout: float) -> None:
     """Ready means reconciling: a canary profile in its own namespace reaches Ready."""
     core = client.CoreV1Api(cp.api_client())
@@ -373,7 +448,8 @@ def operator_run(
     resolver: StaticResolver,
     timeout: float,
     floor_s: float,
-) -> tuple[list[Row], Tracker]:
+    py_spy: Path | None = None,
+) -> tuple[list[Row], Tracker, Counter[Request]]:
     """The operator as it is deployed: its own process (``agentdetect run``), not a thread
     sharing this process's interpreter lock with the create loop and the watches."""
     tracker = Tracker(expected)
@@ -392,6 +468,7 @@ def operator_run(
     created: dict[Key, float] = {}
     began = 0.0
     peak_rss = float("nan")
+    requests: Counter[Request] = Counter()
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [
@@ -407,11 +484,34 @@ def operator_run(
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            env=same_code_env(),
         )
+    spy: subprocess.Popen[bytes] | None = None
     try:
         wait_operator_ready(cp, proc, timeout=60)
         for t in threads:
             t.start()
+        if py_spy is not None:
+            # Sampled from the first create until all are Ready: where the operator's time goes.
+            spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    "record",
+                    "--pid",
+                    str(proc.pid),
+                    "--threads",
+                    "--idle",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "200",
+                    "--output",
+                    str(py_spy),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)  # attached before the first create
         custom = client.CustomObjectsApi(cp.api_client())
 
         def create(body: dict[str, Any]) -> None:
@@ -419,13 +519,20 @@ def operator_run(
             custom.create_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PROFILE_PLURAL, body)
             created[(meta["namespace"], meta["name"])] = time.monotonic()
 
+        before = apiserver_requests(cp)
         began = time.monotonic()
         # "Applied at once": like a GitOps sync, several clients create concurrently.
         with concurrent.futures.ThreadPoolExecutor(create_workers) as pool:
             list(pool.map(create, bodies))
         created_in = time.monotonic() - began
         tracker.all_ready.wait(timeout)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         peak_rss = peak_rss_mib(proc.pid)
+        requests = settled_requests(cp)
+        requests.subtract(before)
+        requests[("POST", PROFILE_PLURAL)] -= len(bodies)  # the benchmark's creates
     finally:
         stop.set()
         proc.send_signal(signal.SIGINT)
@@ -477,11 +584,11 @@ def operator_run(
         ("latency, create returned to Ready, p50 / p99", p50_p99(to_ready), "", ""),
         ("operator peak RSS (the `agentdetect run` process, VmHWM)", f"{peak_rss:.0f} MiB", "", ""),
     ]
-    return rows, tracker
+    return rows, tracker, requests
 
 
 def cluster_rows(
-    profiles: int, timeout: float, create_workers: int
+    profiles: int, timeout: float, create_workers: int, py_spy: Path | None = None
 ) -> tuple[tuple[str, str | None], list[Row], list[str]]:
     resolver = resolver_for_all()
     namespaces = [f"bench-{i}" for i in range(min(MAX_NAMESPACES, profiles))]
@@ -501,8 +608,10 @@ def cluster_rows(
         for ns in namespaces:
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
 
-        floor_s = floor(api, docs, namespaces)
-        rows, tracker = operator_run(create_workers, cp, bodies, expected, resolver, timeout, floor_s)
+        floor_s, floor_requests = floor(cp, api, docs, namespaces)
+        rows, tracker, op_requests = operator_run(
+            create_workers, cp, bodies, expected, resolver, timeout, floor_s, py_spy
+        )
 
         # The operator must have done the floor's work: the same policies, by content hash.
         custom = client.CustomObjectsApi(api)
@@ -539,7 +648,31 @@ def cluster_rows(
             "",
             "",
         )
-        rows = [floor_row, *rows]
+        n = len(bodies)
+        watches = sum(c for (verb, _), c in op_requests.items() if verb == "WATCH")
+        rows = [
+            floor_row,
+            *rows,
+            (
+                "API calls per profile, floor (as the API server counted them)",
+                calls_per_profile(Counter({k: c for k, c in floor_requests.items() if k[0] != "WATCH"}), n),
+                "",
+                "",
+            ),
+            (
+                "API calls per profile, operator (as the API server counted them; the benchmark's "
+                "creates and every watch request left out)",
+                calls_per_profile(Counter({k: c for k, c in op_requests.items() if k[0] != "WATCH"}), n),
+                "",
+                "",
+            ),
+            (
+                "watch requests ended meanwhile, the benchmark's and the operator's (not per profile)",
+                str(watches),
+                "",
+                "",
+            ),
+        ]
         for proc in cp.processes:
             assert proc.pid is not None
             rows.append((f"peak RSS, {proc.name}", f"{peak_rss_mib(proc.pid):.0f} MiB", "", ""))
@@ -560,6 +693,12 @@ def main() -> None:
         help="clients creating the profiles concurrently (1: one by one)",
     )
     parser.add_argument("--render-only", action="store_true", help="part 1 only: no control plane")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="FILE",
+        help="sample the operator with py-spy from the first create until all are Ready (raw stacks)",
+    )
     args = parser.parse_args()
 
     rows = render_rows(args.renders)
@@ -568,14 +707,14 @@ def main() -> None:
         for measure, result, goal, ok in rows:
             print(f"| {measure} | {result} | {goal} | {ok} |")
         return
-    which, cluster, notes = cluster_rows(args.profiles, args.timeout, args.create_workers)
+    which, cluster, notes = cluster_rows(args.profiles, args.timeout, args.create_workers, args.py_spy)
     rows += cluster
 
     crds, why = which
     print(
         f"profiles: {args.renders} renders; {args.profiles} AgentDetectionProfiles over "
         f"{min(MAX_NAMESPACES, args.profiles)} namespaces; Tetragon CRDs: {crds}; "
-        f"{os.cpu_count()} cores\n"
+        f"{os.cpu_count()} cores; agentdetect from {Path(agentdetect.__file__).parent}\n"
     )
     print("| measure | result | goal | within goal |")
     print("|---|---|---|---|")

@@ -10,9 +10,10 @@ import pytest
 from kubernetes import client
 
 from agentdetect.app.runner import OperatorThread
+from agentdetect.controller.reconcile import uses_policy_filter
 from agentdetect.local.controlplane import ControlPlane
 from agentdetect.policy.resolve import StaticResolver
-from tests.integration.helpers import policies, profile, ready, wait_condition
+from tests.integration.helpers import cluster_policies, policies, profile, ready, wait_condition
 from tests.waiting import eventually
 
 ENFORCING = """
@@ -210,7 +211,23 @@ spec:
     assert (within["status"], within["reason"]) == ("True", "WithinBudget")
 
     assert operator.reconciler is not None
-    owned = operator.reconciler.policy_filter_policies()
+    reconciler = operator.reconciler
+
+    def settled() -> int | None:
+        """The count once it is the cluster's: earlier tests' namespaces (and the profiles in
+        them) may still be going away, and the count shrinks as their deletions arrive."""
+        core = client.CoreV1Api(api)
+        if any(ns.status and ns.status.phase == "Terminating" for ns in core.list_namespace().items):
+            return None
+        live = len(policies(api, None, "app.kubernetes.io/managed-by=agentdetect")) + sum(
+            1
+            for p in cluster_policies(api, "app.kubernetes.io/managed-by=agentdetect")
+            if uses_policy_filter({**p, "kind": "TracingPolicy"})
+        )
+        counted = reconciler.policy_filter_policies()
+        return counted if counted == live else None
+
+    owned = eventually(settled, timeout=60, what="the operator's policy count matching the cluster's")
     assert owned >= 2
     operator.cfg.policy_filter_budget = owned - 1
     try:
@@ -244,8 +261,10 @@ def test_re_resolution_posts_its_events_from_its_own_thread(
     control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str, resolver: StaticResolver
 ) -> None:
     """The sweep runs outside kopf's handlers; its Events used to fail there (LookupError on
-    kopf's settings context var) and count the reconcile as an error."""
-    resolver.table["drifting.example.com"] = ["10.7.0.1"]
+    kopf's settings context var) and count the reconcile as an error. Events are posted on
+    transitions, so the sweep is given one: the hostname resolves only after the profile was
+    first reconciled (Ready False, ResolutionFailed), and the sweep makes it Ready."""
+    resolver.table.pop("drifting.example.com", None)
     doc = f"""
 apiVersion: agentdetect.io/v1alpha1
 kind: AgentDetectionProfile
@@ -254,7 +273,7 @@ spec:
   network: {{destinations: [{{name: gw, hostnames: [drifting.example.com], ports: [443]}}]}}
 """
     control_plane.kubectl("apply", "-f", "-", input=doc)
-    wait_condition(api, "drifting", namespace, "Applied")
+    wait_condition(api, "drifting", namespace, "ResolutionFailed")
     assert operator.runtime is not None
     registry = operator.runtime.metrics.registry
     errors_before = registry.get_sample_value(
@@ -264,16 +283,17 @@ spec:
     resolver.table["drifting.example.com"] = ["10.7.0.2"]  # the sweep (every 2 s here) notices
     core = client.CoreV1Api(api)
 
-    def applied_events() -> list[Any]:
-        items = core.list_namespaced_event(namespace, field_selector="involvedObject.name=drifting").items
-        return [e for e in items if e.reason == "Applied"]
+    def events() -> list[Any]:
+        return list(
+            core.list_namespaced_event(namespace, field_selector="involvedObject.name=drifting").items
+        )
 
-    def two_applied() -> list[Any] | None:
-        found = applied_events()
-        return found if len(found) >= 2 else None
-
-    events = eventually(two_applied, timeout=20, what="the sweep's Event")
-    assert all(e.source.component == "agentdetect" and e.type == "Normal" for e in events)
+    wait_condition(api, "drifting", namespace, "Applied", timeout=20)
+    applied = eventually(
+        lambda: [e for e in events() if e.reason == "Applied"], timeout=10, what="the sweep's Event"
+    )
+    assert [(e.source.component, e.type) for e in applied] == [("agentdetect", "Normal")]
+    assert [e.type for e in events() if e.reason == "ResolutionFailed"] == ["Warning"]
     assert (
         registry.get_sample_value(
             "agentdetect_reconciles_total",
@@ -281,6 +301,12 @@ spec:
         )
         == errors_before
     )
+    # The addresses move: the policy is applied again, Ready stays Applied, no Event.
+    resolver.table["drifting.example.com"] = ["10.7.0.3"]
+    eventually(
+        lambda: "10.7.0.3/32" in str(policies(api, namespace)), timeout=20, what="the new address applied"
+    )
+    assert len([e for e in events() if e.reason == "Applied"]) == 1
 
 
 def test_cluster_profile_events_are_where_kubectl_describe_looks(

@@ -11,6 +11,7 @@ from kubernetes import client
 
 from agentdetect.api.models import GROUP, VERSION
 from agentdetect.app.runner import OperatorThread
+from agentdetect.cluster.kube import Cluster
 from agentdetect.controller.reconcile import Config
 from agentdetect.local.controlplane import ControlPlane
 from tests.integration.helpers import gone, policies, profile, wait_condition
@@ -86,6 +87,30 @@ def test_profile_renders_owned_policies_and_reports_them(
     (event,) = eventually(applied_event, what="an Applied Event on the profile")
     assert event.message == "3 policies applied"
 
+    # A reconcile that changes nothing (a label is not the spec, but kopf calls it an update)
+    # posts no Event: Events are for transitions.
+    assert operator.runtime is not None
+    registry = operator.runtime.metrics.registry
+    labels = {"kind": "AgentDetectionProfile", "result": "applied", "reason": "Applied"}
+    before = registry.get_sample_value("agentdetect_reconciles_total", labels) or 0
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "agentdetectionprofiles",
+        "chatbot",
+        {"metadata": {"labels": {"touched": "yes"}}},
+        _content_type="application/merge-patch+json",
+    )
+    eventually(
+        lambda: (registry.get_sample_value("agentdetect_reconciles_total", labels) or 0) > before,
+        what="the profile reconciled again",
+    )
+    assert len(applied_event()) == 1
+    # kopf keeps its state in memory: no annotation of its own on the profile, ever.
+    annotations = profile(api, "chatbot", namespace)["metadata"].get("annotations") or {}
+    assert not [a for a in annotations if a.startswith(f"{GROUP}/")], annotations
+
 
 def test_update_prunes_and_delete_collects(
     control_plane: ControlPlane,
@@ -160,6 +185,26 @@ def test_drifted_policy_is_restored(
     )
     assert restored["metadata"]["name"] == name and restored["spec"] == original
 
+    def restored_events() -> list[Any]:
+        items = (
+            client.CoreV1Api(api)
+            .list_namespaced_event(namespace, field_selector="involvedObject.name=chatbot")
+            .items
+        )
+        return [e for e in items if e.reason == "PolicyRestored"]
+
+    def both() -> list[Any] | None:
+        found = restored_events()
+        return found if len(found) >= 2 else None
+
+    found = eventually(both, what="a PolicyRestored Event for the edit and one for the delete")
+    messages = sorted(e.message for e in found)
+    assert all(e.type == "Warning" for e in found)
+    assert messages == [
+        f"TracingPolicyNamespaced {namespace}/{name} was changed outside agentdetect; restored",
+        f"TracingPolicyNamespaced {namespace}/{name} was deleted outside agentdetect; restored",
+    ]
+
 
 def test_restart_recreates_nothing_and_catches_up(
     control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
@@ -188,6 +233,45 @@ def test_restart_recreates_nothing_and_catches_up(
             status = profile(api, "chatbot", namespace)["status"]
             assert status["policies"] == before["status"]["policies"]
     finally:
+        operator.start()
+
+
+def test_a_policy_the_spec_dropped_while_the_operator_was_down_is_pruned_without_listing(
+    control_plane: ControlPlane,
+    api: Any,
+    operator: OperatorThread,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new process has applied nothing yet: what the old spec left is known from the policy
+    watch's index, which kopf fills before any handler runs, not from a LIST per reconcile."""
+    apply(control_plane, PROFILE.format(ns=namespace))
+    wait_condition(api, "chatbot", namespace, "Applied")
+    live = {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in policies(api, namespace)}
+
+    operator.stop()
+    try:
+        doc = yaml.safe_load(PROFILE.format(ns=namespace))
+        del doc["spec"]["processes"]
+        apply(control_plane, yaml.safe_dump(doc))  # while no operator runs
+
+        def no_list(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            raise AssertionError("a reconcile listed the policies it owns")
+
+        monkeypatch.setattr(Cluster, "list_owned", no_list)
+        with OperatorThread(operator.cfg, control_plane.kubeconfig):
+            obj = wait_condition(api, "chatbot", namespace, "Applied")
+            assert obj["status"]["policyCount"] == 2
+            eventually(
+                lambda: set(by_hook(policies(api, namespace))) == {"tcp_connect", "fd_install"},
+                what="the execve policy pruned after the restart",
+            )
+            after = {
+                p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in policies(api, namespace)
+            }
+            assert {n: live[n] for n in after} == after, "the restart rewrote policies that were in sync"
+    finally:
+        monkeypatch.undo()
         operator.start()
 
 

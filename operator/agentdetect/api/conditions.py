@@ -34,3 +34,5 @@ class Reason(StrEnum):
     NO_TETRAGON_PODS = "NoTetragonPods"
     # Events only
     RECONCILE_ERROR = "ReconcileError"
+    #: A policy of the profile's was changed or deleted by someone else and put back.
+    POLICY_RESTORED = "PolicyRestored"

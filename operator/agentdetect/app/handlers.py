@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -18,8 +18,13 @@ from agentdetect.controller.reconcile import Outcome, Reconciler
 from agentdetect.detection.rollup import DetectionRollup
 from agentdetect.detection.service import DetectionService, prune_orphans
 from agentdetect.detection.sources import RateLimitedLog
+from agentdetect.policy.board import ProfileKey
 from agentdetect.policy.render import (
+    ANNOTATION_HASH,
     LABEL_MANAGED_BY,
+    LABEL_PROFILE_KIND,
+    LABEL_PROFILE_NAME,
+    LABEL_PROFILE_NAMESPACE,
     MANAGED_BY,
     hostnames_of,
 )
@@ -37,6 +42,56 @@ def _first_in(index: Any, namespace: str, name: str) -> str | None:
         return None
 
 
+#: The kopf index of the policies each profile owns (:func:`owned_policy`), by this id.
+OWNED_POLICIES = "owned_policies"
+
+
+def owned_policy(kind: str, body: Mapping[str, Any]) -> dict[ProfileKey, dict[str, Any]]:
+    """One of our policies, under the profile its labels name, as much of it as the reconciler
+    compares (kind, name, labels, content hash, owner, spec): the index it prunes and skips
+    unchanged applies by, in place of a LIST per reconcile."""
+    meta = body.get("metadata") or {}
+    labels = dict(meta.get("labels") or {})
+    annotations = meta.get("annotations") or {}
+    owner = (
+        str(labels.get(LABEL_PROFILE_KIND)),
+        labels.get(LABEL_PROFILE_NAMESPACE),
+        str(labels.get(LABEL_PROFILE_NAME)),
+    )
+    return {
+        owner: {
+            "kind": kind,
+            "metadata": {
+                "name": meta.get("name"),
+                **({"namespace": meta["namespace"]} if meta.get("namespace") else {}),
+                "labels": labels,
+                "annotations": (
+                    {ANNOTATION_HASH: annotations[ANNOTATION_HASH]} if ANNOTATION_HASH in annotations else {}
+                ),
+                "ownerReferences": list(meta.get("ownerReferences") or []),
+            },
+            "spec": body.get("spec"),
+        }
+    }
+
+
+def index_reader(index: Mapping[ProfileKey, Any]) -> Callable[[ProfileKey], list[dict[str, Any]]]:
+    """Reads kopf's index from a reconcile's worker thread while kopf's event loop updates it:
+    the copy is made in one C call (no interpreter switch inside it); should a change still land
+    mid-copy, it is taken again."""
+
+    def read(key: ProfileKey) -> list[dict[str, Any]]:
+        for _ in range(100):
+            try:
+                store = index.get(key)
+                return list(store) if store is not None else []
+            except RuntimeError:  # changed size during the copy
+                continue
+        raise RuntimeError(f"kopf's index of owned policies kept changing under a read of {key}")
+
+    return read
+
+
 class ResolveSweep:
     """Hostnames move: every interval, profiles that name hostnames are reconciled again, and
     their policies change only when the address set did. Not a kopf timer: kopf puts its
@@ -46,7 +101,7 @@ class ResolveSweep:
     def __init__(
         self,
         reconciler: Reconciler,
-        reconcile_by_key: Callable[[str, str, str | None], None],
+        reconcile_by_key: Callable[[str, str, str | None], object],
         interval: float,
     ) -> None:
         self.reconciler = reconciler
@@ -99,10 +154,37 @@ def build_registry(
     metrics: Metrics | None = None,
     diffbase: MemoryDiffBase | None = None,
     rollup: DetectionRollup | None = None,
+    progress: MemoryProgress | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     config = reconciler.config
     metrics = metrics or Metrics()
+
+    for policy_kind, policy_plural in POLICY_PLURALS.items():
+
+        @kopf.index(
+            TETRAGON_GROUP,
+            TETRAGON_VERSION,
+            policy_plural,
+            registry=registry,
+            id=OWNED_POLICIES,
+            labels={LABEL_MANAGED_BY: MANAGED_BY},
+        )
+        async def index_policy(
+            body: kopf.Body, _kind: str = policy_kind, **_: Any
+        ) -> dict[ProfileKey, dict[str, Any]]:
+            """In the event loop, not a worker thread: it runs for every watch event of every
+            policy of ours and does no I/O."""
+            return owned_policy(_kind, body)
+
+    @kopf.on.startup(registry=registry, id="owned-policies")
+    def attach_owned_policies(**kwargs: Any) -> None:
+        """The reconciler reads what each profile owns from the index from now on. kopf runs no
+        resource handler (and so no reconcile: the sweep and the Detecting refresh reach only
+        profiles a handler reconciled) before every watched resource's first listing is
+        indexed (kopf's operator_indexed toggle, _core/reactor/processing.py), so no reconcile
+        sees it half-filled, after a restart as at first start."""
+        reconciler.owned = index_reader(kwargs[OWNED_POLICIES])
 
     if rollup is not None:
 
@@ -172,10 +254,14 @@ def build_registry(
         if outcome.retry_after is not None:
             raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
 
-    def reconcile_by_key(kind: str, name: str, namespace: str | None) -> None:
+    def reconcile_by_key(
+        kind: str, name: str, namespace: str | None
+    ) -> tuple[dict[str, Any], Outcome] | None:
+        """The profile read afresh and reconciled: it and the outcome, or None if it is gone."""
         body = reconciler.cluster.get_profile(kind, name, namespace)
-        if body is not None:
-            measured(body)
+        if body is None:
+            return None
+        return body, measured(body)
 
     sweep = ResolveSweep(reconciler, reconcile_by_key, config.resolve_interval)
 
@@ -219,6 +305,8 @@ def build_registry(
                 reconciler.forget(_kind, body.metadata.name or "", body.metadata.namespace, body.metadata.uid)
                 if diffbase is not None:
                     diffbase.forget(body.metadata.uid)
+                if progress is not None:
+                    progress.forget(body.metadata.uid)
                 metrics.forget_profile((_kind, body.metadata.namespace, body.metadata.name or ""))
                 key = (_kind, body.metadata.namespace, body.metadata.name or "")
                 if detection is not None:
@@ -252,7 +340,18 @@ def build_registry(
                 body.metadata.name,
                 (type or "").lower(),
             )
-            reconcile_by_key(*owner)
+            done = reconcile_by_key(*owner)
+            if done is not None and done[1].applied:
+                # Not a transition of the profile's conditions, but news: someone changed what
+                # it detects with.
+                where = f"{namespace}/" if namespace else ""
+                reconciler.emit(
+                    done[0],
+                    "Warning",
+                    Reason.POLICY_RESTORED,
+                    f"{body.get('kind') or 'policy'} {where}{body.metadata.name} was "
+                    f"{'deleted' if type == 'DELETED' else 'changed'} outside agentdetect; restored",
+                )
 
     @kopf.on.event("", "v1", "namespaces", registry=registry, id="namespace-selection")
     def namespace_event(type: str | None, body: kopf.Body, status: kopf.Status, **_: Any) -> None:
@@ -310,13 +409,50 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
             self._essences.pop(uid or "", None)
 
 
+class MemoryProgress(kopf.AnnotationsProgressStorage):
+    """kopf's per-handler progress (started, retries, delays), kept in memory by object uid
+    instead of in annotations: kopf's annotations storage writes its ``kopf-managed`` marker on
+    every object's first change, a PATCH per new profile. Only the wake-up of a delayed retry
+    still writes an annotation (``touch-dummy``: kopf needs a watch event to run the retry),
+    and it is removed when the handler is done. After a restart retries start counting
+    afresh, as every profile is reconciled again anyway (see :class:`MemoryDiffBase`)."""
+
+    def __init__(self) -> None:
+        super().__init__(prefix=GROUP)
+        self._records: dict[tuple[str, str], kopf.ProgressRecord] = {}
+        self._lock = threading.Lock()  # kopf's loop reads and writes; a handler thread forgets
+
+    def fetch(self, *, key: kopf.HandlerId, body: kopf.Body) -> kopf.ProgressRecord | None:
+        with self._lock:
+            return self._records.get((body.metadata.uid or "", key))
+
+    def store(
+        self, *, key: kopf.HandlerId, record: kopf.ProgressRecord, body: kopf.Body, patch: kopf.Patch
+    ) -> None:
+        with self._lock:
+            self._records[(body.metadata.uid or "", key)] = record
+
+    def purge(self, *, key: kopf.HandlerId, body: kopf.Body, patch: kopf.Patch) -> None:
+        with self._lock:
+            self._records.pop((body.metadata.uid or "", key), None)
+        self.touch(body=body, patch=patch, value=None)  # a retry's wake-up annotation, if any
+
+    def forget(self, uid: str | None) -> None:
+        with self._lock:
+            for record_key in [k for k in self._records if k[0] == (uid or "")]:
+                del self._records[record_key]
+
+
 def settings_for(
-    max_workers: int = 16, peering_lifetime: int = 20, diffbase: MemoryDiffBase | None = None
+    max_workers: int = 16,
+    peering_lifetime: int = 20,
+    diffbase: MemoryDiffBase | None = None,
+    progress: MemoryProgress | None = None,
 ) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
-    # Retry progress goes in our annotations (only while a handler is retrying; the status
-    # schema is strict); the last-handled spec stays in memory (MemoryDiffBase).
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    # kopf's state stays in memory: the retry progress (MemoryProgress) and the last-handled
+    # spec (MemoryDiffBase). Neither costs an API call per change.
+    settings.persistence.progress_storage = progress or MemoryProgress()
     settings.persistence.diffbase_storage = diffbase or MemoryDiffBase()
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # Our own Events say what happened, exceptions included (from agentdetect, not kopf).

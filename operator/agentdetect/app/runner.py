@@ -16,7 +16,13 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
-from agentdetect.app.handlers import MemoryDiffBase, build_registry, quiet_kopf_logs, settings_for
+from agentdetect.app.handlers import (
+    MemoryDiffBase,
+    MemoryProgress,
+    build_registry,
+    quiet_kopf_logs,
+    settings_for,
+)
 from agentdetect.app.metrics import Metrics
 from agentdetect.cluster.kube import Cluster
 from agentdetect.controller.reconcile import Config, Reconciler
@@ -51,6 +57,7 @@ class Runtime:
     diffbase: MemoryDiffBase
     #: Node mode: profile status from the node agents' AgentDetections.
     rollup: DetectionRollup | None = None
+    progress: MemoryProgress | None = None
 
 
 @dataclass
@@ -100,7 +107,8 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
     diffbase = MemoryDiffBase()
     if rollup is not None:
         metrics.watch_rollup(rollup)
-    registry = build_registry(reconciler, detection, metrics, diffbase, rollup)
+    progress = MemoryProgress()
+    registry = build_registry(reconciler, detection, metrics, diffbase, rollup, progress)
     quiet_kopf_logs()
     kubeconfig_path = str(kubeconfig) if kubeconfig else None
 
@@ -112,7 +120,7 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
             os.environ["KUBECONFIG"] = kubeconfig_path
         return kopf.login_with_kubeconfig(**kwargs)
 
-    return Runtime(reconciler, registry, detection, metrics, diffbase, rollup)
+    return Runtime(reconciler, registry, detection, metrics, diffbase, rollup, progress)
 
 
 async def serve(
@@ -134,7 +142,11 @@ async def serve(
     try:
         await kopf.operator(
             registry=runtime.registry,
-            settings=settings_for(peering_lifetime=options.peering_lifetime, diffbase=runtime.diffbase),
+            settings=settings_for(
+                peering_lifetime=options.peering_lifetime,
+                diffbase=runtime.diffbase,
+                progress=runtime.progress,
+            ),
             standalone=options.peering is None,
             peering_name=options.peering,
             priority=options.priority,

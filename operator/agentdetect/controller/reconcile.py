@@ -22,8 +22,14 @@ from pydantic import ValidationError
 
 from agentdetect.api.conditions import ConditionType, Reason
 from agentdetect.api.models import ClusterProfileSpec, Mode, ResolvedDestination
-from agentdetect.cluster.kube import Cluster, ProfileVersion, key_of, owner_reference
-from agentdetect.controller.state import AppliedPolicies, NamespaceSelections, Reconciled
+from agentdetect.cluster.kube import Cluster, ObjectKey, ProfileVersion, key_of, owner_reference
+from agentdetect.controller.state import (
+    AppliedPolicies,
+    NamespaceSelections,
+    OwnedLookup,
+    Reconciled,
+    condition_states,
+)
 from agentdetect.policy.board import ProfileBoard, ProfileState
 from agentdetect.policy.profiles import parse_profile, previous_resolutions
 from agentdetect.policy.render import (
@@ -260,6 +266,9 @@ class Reconciler:
         #: Detection's current (ok, reason, message), or None while unknown; set when detection
         #: runs in this process. Each reconcile writes it as the Detecting condition.
         self.detecting: Callable[[], tuple[bool, str, str] | None] | None = None
+        #: The policies each profile owns now, from the policy watch (kopf's index, set once it
+        #: is filled: app/handlers.py). None: a reconcile lists them from the API server.
+        self.owned: OwnedLookup | None = None
 
     def settled_versions(self) -> set[ProfileVersion]:
         return self.reconciled.versions()
@@ -285,8 +294,12 @@ class Reconciler:
     # ---- the one entry point ---------------------------------------------------------------
 
     def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        """Events are posted for transitions only: Ready's status or reason changed (its first
+        report included), or PolicyFilterBudget turned False; a reconcile that changes neither
+        posts none, whatever it applied."""
         meta = body["metadata"]
-        with self._lock(body["kind"], meta.get("namespace"), meta["name"]):
+        key = (body["kind"], meta.get("namespace"), meta["name"])
+        with self._lock(*key):
             if self.reconciled.is_forgotten(meta.get("uid")):
                 return Outcome(False, Reason.DELETED, "the profile was deleted")
             now = now_rfc3339()
@@ -301,39 +314,40 @@ class Reconciler:
                 outcome.message,
                 now,
             )
+            budget_message = ""
             if outcome.ready or outcome.applied:
-                within, reason, message = budget_condition(
+                within, reason, budget_message = budget_condition(
                     self.policy_filter_policies(), self.config.policy_filter_budget
                 )
-                conditions = new_status["conditions"]
-                old_budget = next((c for c in conditions if c.get("type") == BUDGET_CONDITION), None)
                 new_status["conditions"] = set_condition(
-                    conditions, BUDGET_CONDITION, meta.get("generation"), within, reason, message, now
+                    new_status["conditions"],
+                    BUDGET_CONDITION,
+                    meta.get("generation"),
+                    within,
+                    reason,
+                    budget_message,
+                    now,
                 )
-                if not within and (old_budget is None or old_budget.get("reason") != reason):
-                    self.emit(dict(body), "Warning", reason, message)
             detecting = self._write_detecting(body, status, new_status, now)
-            self.reconciled.settle(
-                (body["kind"], meta.get("namespace"), meta["name"]),
-                meta.get("uid") or "",
-                meta.get("generation") or 0,
-                detecting,
-            )
+            uid = meta.get("uid") or ""
+            self.reconciled.settle(key, uid, meta.get("generation") or 0, detecting)
             changed = {k: v for k, v in new_status.items() if status.get(k) != v}
             if changed:
                 self.cluster.patch_status(body["kind"], meta["name"], meta.get("namespace"), changed)
-                old_reason = next(
-                    (
-                        c.get("reason")
-                        for c in status.get("conditions") or []
-                        if c.get("type") == ConditionType.READY
-                    ),
-                    None,
+            # What the profile said before: what this process last wrote, which the body read
+            # may not show yet; else what the body says (after a restart, another replica's).
+            before = self.reconciled.reported(key, uid)
+            if before is None:
+                before = condition_states(status.get("conditions") or [])
+            after = condition_states(new_status["conditions"])
+            self.reconciled.report(key, uid, after)
+            if after.get(ConditionType.READY) != before.get(ConditionType.READY):
+                self.emit(
+                    dict(body), "Normal" if outcome.ready else "Warning", outcome.reason, outcome.message
                 )
-                if outcome.applied or outcome.pruned or old_reason != outcome.reason:
-                    self.emit(
-                        dict(body), "Normal" if outcome.ready else "Warning", outcome.reason, outcome.message
-                    )
+            budget = after.get(BUDGET_CONDITION)
+            if budget is not None and budget[0] == "False" and budget != before.get(BUDGET_CONDITION):
+                self.emit(dict(body), "Warning", budget[1], budget_message)
             return outcome
 
     def _write_detecting(
@@ -454,19 +468,33 @@ class Reconciler:
         msg = f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied"
         return Outcome(True, Reason.APPLIED, "; ".join([msg, *notes]), applied, pruned), new_status
 
+    def _owned_now(self, profile: Profile) -> dict[ObjectKey, dict[str, Any]]:
+        """The profile's policies in the cluster: from the policy watch's index when there is
+        one (no API call), else listed."""
+        if self.owned is not None:
+            found = self.owned((profile.kind, profile.namespace, profile.name))
+        else:
+            found = self.cluster.list_owned(profile.kind, profile.name, profile.namespace)
+        return {key_of(obj): obj for obj in found}
+
     def _sync(self, profile: Profile, docs: list[dict[str, Any]], owner: dict[str, Any]) -> tuple[int, int]:
-        live = {
-            key_of(obj): obj for obj in self.cluster.list_owned(profile.kind, profile.name, profile.namespace)
-        }
+        live = self._owned_now(profile)
         wanted = {key_of(d): d for d in docs}
+        # Pruned: what the watch shows owned, and what this process applied for the profile,
+        # which the watch may not have shown yet (applied, then dropped by a quick spec change).
+        owned = live.keys() | self.desired.owned_keys(profile.kind, profile.name, profile.namespace)
+        stale = owned - wanted.keys()
         applied = 0
         for key, doc in wanted.items():
+            # Recorded first: a policy the server took before the call failed is still pruned
+            # when a later spec drops it, and its watch event is checked against it.
+            self.desired.record(key, doc)
             if not in_sync(doc, live.get(key)) or not _owner_ok(live.get(key), owner):
+                # Not in the index yet is not in sync: an apply of what is there is a no-op.
                 self.cluster.apply(doc, owner)
                 applied += 1
-            self.desired.record(key, doc)
         pruned = 0
-        for key in live.keys() - wanted.keys():
+        for key in sorted(stale, key=str):
             # Forgotten before it is deleted: its DELETED watch event must not read as drift.
             self.desired.discard(key)
             self.cluster.delete(key)

@@ -1,6 +1,10 @@
 """The reconciler's memory, each piece with one owner and one lock: what was applied (the drift
-cache), which namespaces each selecting cluster profile renders into, and which version of
-each profile was last reconciled (what detection waits for)."""
+cache), which namespaces each selecting cluster profile renders into, which version of each
+profile was last reconciled (what detection waits for) and what its conditions said (what its
+Events are transitions of).
+
+What each profile owns in the cluster now is not kept here: kopf's index of the policy watch
+holds it (app/handlers.py, :data:`OwnedLookup`)."""
 
 from __future__ import annotations
 
@@ -22,9 +26,20 @@ def owned_by(doc: Mapping[str, Any], kind: str, name: str, namespace: str | None
     )
 
 
+#: The policies a profile owns now, as the policy watch last saw them: each with its kind,
+#: metadata (name, namespace, labels, the content-hash annotation, owner references) and spec.
+OwnedLookup = Callable[[ProfileKey], list[dict[str, Any]]]
+#: Per condition type, its (status, reason).
+ConditionStates = dict[str, tuple[str, str]]
+
+
+def condition_states(conditions: list[dict[str, Any]]) -> ConditionStates:
+    return {str(c.get("type")): (str(c.get("status")), str(c.get("reason"))) for c in conditions}
+
+
 class AppliedPolicies:
-    """What was last applied or confirmed, per policy: drift events compare against it
-    without a round trip to the API server."""
+    """What was last applied (recorded just before the apply) or confirmed, per policy: drift
+    events compare against it without a round trip to the API server."""
 
     def __init__(self) -> None:
         self._docs: dict[ObjectKey, dict[str, Any]] = {}
@@ -37,6 +52,10 @@ class AppliedPolicies:
     def get(self, key: ObjectKey) -> dict[str, Any] | None:
         with self._lock:
             return self._docs.get(key)
+
+    def owned_keys(self, kind: str, name: str, namespace: str | None) -> set[ObjectKey]:
+        with self._lock:
+            return {k for k, d in self._docs.items() if owned_by(d, kind, name, namespace)}
 
     def discard(self, key: ObjectKey) -> None:
         with self._lock:
@@ -84,8 +103,21 @@ class Reconciled:
     def __init__(self) -> None:
         self._versions: dict[ProfileKey, tuple[str, int]] = {}
         self._detecting: dict[ProfileKey, tuple[str, str] | None] = {}
+        self._reported: dict[ProfileKey, tuple[str, ConditionStates]] = {}
         self._forgotten: set[str] = set()
         self._lock = threading.Lock()
+
+    def report(self, key: ProfileKey, uid: str, states: ConditionStates) -> None:
+        """The conditions this process last wrote to the profile's status."""
+        with self._lock:
+            self._reported[key] = (uid, dict(states))
+
+    def reported(self, key: ProfileKey, uid: str) -> ConditionStates | None:
+        """What :meth:`report` last recorded for this very profile (a profile deleted and made
+        again under the same name is another), or None if this process wrote nothing yet."""
+        with self._lock:
+            got = self._reported.get(key)
+            return dict(got[1]) if got is not None and got[0] == uid else None
 
     def settle(self, key: ProfileKey, uid: str, generation: int, detecting: tuple[str, str] | None) -> None:
         with self._lock:
@@ -96,6 +128,7 @@ class Reconciled:
         with self._lock:
             self._versions.pop(key, None)
             self._detecting.pop(key, None)
+            self._reported.pop(key, None)
             if uid:
                 self._forgotten.add(uid)
 

@@ -1,0 +1,51 @@
+"""kopf's state kept in memory: no PATCH of the profile for kopf's own bookkeeping."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import kopf
+
+from agentdetect.app.handlers import MemoryProgress
+
+
+def _body(annotations: dict[str, str] | None = None, uid: str = "u1") -> kopf.Body:
+    meta: dict[str, Any] = {"name": "p", "namespace": "team", "uid": uid}
+    if annotations is not None:
+        meta["annotations"] = annotations
+    return kopf.Body(cast(kopf.RawBody, {"metadata": meta, "spec": {}}))
+
+
+def test_progress_is_kept_in_memory_and_patches_nothing() -> None:
+    storage = MemoryProgress()
+    body, patch = _body(), kopf.Patch()
+    record: kopf.ProgressRecord = {"started": "2026-01-01T00:00:00", "retries": 1, "success": False}
+    storage.store(key=kopf.HandlerId("reconcile"), record=record, body=body, patch=patch)
+    assert storage.fetch(key=kopf.HandlerId("reconcile"), body=body) == record
+    assert storage.fetch(key=kopf.HandlerId("reconcile"), body=_body(uid="u2")) is None
+    storage.purge(key=kopf.HandlerId("reconcile"), body=body, patch=patch)
+    assert storage.fetch(key=kopf.HandlerId("reconcile"), body=body) is None
+    assert not patch, "kopf's annotations storage marks every object it handles: a PATCH each"
+
+
+def test_a_delayed_retry_is_still_woken_by_an_annotation_removed_when_done() -> None:
+    """kopf wakes a retry by touching the object (a watch event): that write is kept, and the
+    touch is taken away again once the handler is done."""
+    storage = MemoryProgress()
+    touch = kopf.Patch()
+    storage.touch(body=_body(), patch=touch, value="2026-01-01T00:00:10")
+    (key,) = [k for k in touch["metadata"]["annotations"] if k.endswith("touch-dummy")]
+    touched = _body({key: "2026-01-01T00:00:10", "agentdetect.io/kopf-managed": "yes"})
+    done = kopf.Patch()
+    storage.purge(key=kopf.HandlerId("reconcile"), body=touched, patch=done)
+    assert done["metadata"]["annotations"] == {key: None}
+
+
+def test_a_deleted_profile_is_forgotten() -> None:
+    storage = MemoryProgress()
+    record: kopf.ProgressRecord = {"retries": 2}
+    for uid in ("u1", "u2"):
+        storage.store(key=kopf.HandlerId("reconcile"), record=record, body=_body(uid=uid), patch=kopf.Patch())
+    storage.forget("u1")
+    assert storage.fetch(key=kopf.HandlerId("reconcile"), body=_body(uid="u1")) is None
+    assert storage.fetch(key=kopf.HandlerId("reconcile"), body=_body(uid="u2")) == record

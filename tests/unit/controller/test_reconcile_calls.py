@@ -1,0 +1,276 @@
+"""What one reconcile asks of the API server, and which Events it posts: against a fake cluster
+whose policies a fake index (the policy watch's, in the operator) reports."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from agentdetect.cluster.kube import ObjectKey, key_of
+from agentdetect.controller.reconcile import Config, Reconciler
+from agentdetect.controller.state import owned_by
+from agentdetect.policy.board import ProfileKey
+from agentdetect.policy.resolve import StaticResolver
+
+ADP = "AgentDetectionProfile"
+SPEC: dict[str, Any] = {
+    "selector": {"matchLabels": {"app": "chatbot"}},
+    "network": {"destinations": [{"name": "vllm", "cidrs": ["10.20.0.0/16"], "ports": [8000]}]},
+    "files": {"presets": ["serviceaccount-token"]},
+    "processes": {"presets": ["shells"]},
+}
+
+
+class FakeCluster:
+    """The calls a reconcile makes, and the policies they leave; ``lag`` keeps the index from
+    showing what was applied (a watch that has not delivered yet)."""
+
+    def __init__(self) -> None:
+        self.live: dict[ObjectKey, dict[str, Any]] = {}
+        self.calls: list[tuple[str, Any]] = []
+        self.tetragon = True
+        self.lag = False
+        self.indexed: dict[ObjectKey, dict[str, Any]] = {}
+
+    # what the reconciler calls
+    def tetragon_installed(self) -> bool:
+        self.calls.append(("discover", None))
+        return self.tetragon
+
+    def namespaces(self) -> list[tuple[str, dict[str, str]]]:
+        return []
+
+    def list_owned(self, kind: str, name: str, namespace: str | None) -> list[dict[str, Any]]:
+        self.calls.append(("list", (kind, namespace, name)))
+        return [copy.deepcopy(d) for d in self.live.values() if owned_by(d, kind, name, namespace)]
+
+    def apply(self, doc: dict[str, Any], owner: dict[str, Any]) -> None:
+        self.calls.append(("apply", key_of(doc)))
+        live = copy.deepcopy(doc)
+        live["metadata"]["ownerReferences"] = [owner]
+        live["spec"].setdefault("options", [])  # a server default: not drift
+        self.live[key_of(doc)] = live
+        if not self.lag:
+            self.indexed[key_of(doc)] = copy.deepcopy(live)
+
+    def delete(self, key: ObjectKey) -> None:
+        self.calls.append(("delete", key))
+        self.live.pop(key, None)
+        self.indexed.pop(key, None)
+
+    def patch_status(self, kind: str, name: str, namespace: str | None, status: dict[str, Any]) -> None:
+        self.calls.append(("status", sorted(status)))
+
+    # the policy watch's index
+    def index(self, profile: ProfileKey) -> list[dict[str, Any]]:
+        kind, namespace, name = profile
+        return [copy.deepcopy(d) for d in self.indexed.values() if owned_by(d, kind, name, namespace)]
+
+    def api_calls(self) -> list[tuple[str, Any]]:
+        """Without the discovery call (cached for a minute in the real Cluster)."""
+        return [c for c in self.calls if c[0] != "discover"]
+
+
+class Profile:
+    """A profile as the API server holds it: its status is what the reconciler last patched."""
+
+    def __init__(self, spec: dict[str, Any] | None = None, uid: str = "uid-1") -> None:
+        self.body: dict[str, Any] = {
+            "apiVersion": "agentdetect.io/v1alpha1",
+            "kind": ADP,
+            "metadata": {"name": "chatbot", "namespace": "team", "uid": uid, "generation": 1},
+            "spec": copy.deepcopy(spec or SPEC),
+        }
+
+    def change(self, spec: dict[str, Any]) -> None:
+        self.body["spec"] = copy.deepcopy(spec)
+        self.body["metadata"]["generation"] += 1
+
+
+def no_events() -> list[tuple[str, str]]:
+    """Where the reconciler's Events go: (type, reason)."""
+    return []
+
+
+def _reconciler(cluster: FakeCluster, events: list[tuple[str, str]], **config: Any) -> Reconciler:
+    def emit(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        events.append((type_, reason))
+
+    reconciler = Reconciler(
+        cluster,  # type: ignore[arg-type]
+        Config(resolver=StaticResolver({}), **config),
+        emit=emit,
+    )
+    reconciler.owned = cluster.index
+    return reconciler
+
+
+def _run(reconciler: Reconciler, cluster: FakeCluster, profile: Profile) -> None:
+    """Reconcile, then store the patched status on the profile as the API server would."""
+    original = cluster.patch_status
+
+    def patch_status(kind: str, name: str, namespace: str | None, status: dict[str, Any]) -> None:
+        original(kind, name, namespace, status)
+        profile.body["status"] = {**(profile.body.get("status") or {}), **copy.deepcopy(status)}
+
+    cluster.patch_status = patch_status  # type: ignore[method-assign]
+    try:
+        reconciler.reconcile(copy.deepcopy(profile.body))
+    finally:
+        cluster.patch_status = original  # type: ignore[method-assign]
+
+
+def test_a_reconcile_asks_the_index_not_the_api_server() -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    verbs = [verb for verb, _ in cluster.api_calls()]
+    assert verbs == ["apply", "apply", "apply", "status"]
+    assert events == [("Normal", "Applied")]
+
+
+def test_without_an_index_a_reconcile_lists() -> None:
+    """Outside the operator (no kopf, no watch) the reconciler still works: it lists."""
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    reconciler.owned = None
+    _run(reconciler, cluster, Profile())
+    assert [verb for verb, _ in cluster.api_calls()] == ["list", "apply", "apply", "apply", "status"]
+
+
+def test_an_unchanged_re_reconcile_makes_no_call_and_posts_no_event() -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    cluster.calls.clear()
+    events.clear()
+    _run(reconciler, cluster, profile)
+    assert cluster.api_calls() == []
+    assert events == []
+
+
+def test_a_stale_body_does_not_repeat_the_event() -> None:
+    """The body a handler gets may predate the status this process wrote: the status is written
+    again (it differs from what the body shows) but the transition was reported already."""
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    stale = copy.deepcopy(profile.body)
+    _run(reconciler, cluster, profile)
+    events.clear()
+    reconciler.reconcile(stale)
+    assert events == []
+
+
+def test_updates_and_drift_repairs_apply_without_an_event() -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    events.clear()
+
+    # A spec change re-renders the network policy: applied, Ready stays Applied.
+    spec = copy.deepcopy(SPEC)
+    spec["network"]["destinations"][0]["ports"] = [8001]
+    profile.change(spec)
+    cluster.calls.clear()
+    _run(reconciler, cluster, profile)
+    assert [v for v, _ in cluster.api_calls()] == ["apply", "status"]
+
+    # Someone edits a policy: the index shows it, the reconcile puts it back.
+    key = next(iter(cluster.indexed))
+    cluster.indexed[key]["spec"]["kprobes"] = []
+    cluster.calls.clear()
+    _run(reconciler, cluster, profile)
+    assert cluster.api_calls() == [("apply", key)]
+    assert events == []
+
+
+def test_transitions_post_one_event_each() -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    cluster.tetragon = False
+    _run(reconciler, cluster, profile)
+    _run(reconciler, cluster, profile)
+    assert events == [("Warning", "TetragonNotInstalled")]
+    cluster.tetragon = True
+    _run(reconciler, cluster, profile)
+    _run(reconciler, cluster, profile)
+    assert events == [("Warning", "TetragonNotInstalled"), ("Normal", "Applied")]
+
+
+def test_budget_exceeded_is_posted_once_per_profile() -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events, policy_filter_budget=2)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    _run(reconciler, cluster, profile)
+    assert events == [("Normal", "Applied"), ("Warning", "BudgetExceeded")]
+
+
+def test_a_policy_dropped_before_the_watch_showed_it_is_still_pruned() -> None:
+    """Applied, then dropped by a quick spec change, all before the watch delivered it: what
+    this process applied counts as owned too."""
+    cluster, events = FakeCluster(), no_events()
+    cluster.lag = True
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    assert len(cluster.live) == 3 and cluster.indexed == {}
+    spec = copy.deepcopy(SPEC)
+    del spec["processes"]
+    profile.change(spec)
+    cluster.calls.clear()
+    _run(reconciler, cluster, profile)
+    (deleted,) = [key for verb, key in cluster.api_calls() if verb == "delete"]
+    assert _kinds(cluster) == ["file", "net"] and deleted.name.startswith("chatbot-exec-")
+
+
+def _kinds(cluster: FakeCluster) -> list[str]:
+    """The hook families of the live policies (named ``<profile>-<net|file|exec>-<hash>``)."""
+    return sorted(k.name.split("-")[1] for k in cluster.live)
+
+
+def test_after_a_restart_a_policy_of_an_old_spec_is_pruned_and_the_rest_left_alone() -> None:
+    """A new process remembers nothing it applied: the index (filled before any reconcile)
+    shows what the old spec left, and only what the new spec no longer renders goes."""
+    cluster, events = FakeCluster(), no_events()
+    profile = Profile()
+    _run(_reconciler(cluster, events), cluster, profile)
+    spec = copy.deepcopy(SPEC)
+    del spec["processes"]
+    profile.change(spec)  # while no operator runs
+
+    cluster.calls.clear()
+    _run(_reconciler(cluster, no_events()), cluster, profile)
+    calls = cluster.api_calls()
+    assert [verb for verb, _ in calls] == ["delete", "status"]
+    assert calls[0][1].name.startswith("chatbot-exec-") and _kinds(cluster) == ["file", "net"]
+
+
+def test_a_policy_owned_by_another_profile_is_not_touched() -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    _run(reconciler, cluster, Profile())
+    other = Profile(uid="uid-2")
+    other.body["metadata"]["name"] = "other"
+    cluster.calls.clear()
+    _run(reconciler, cluster, other)
+    assert [verb for verb, _ in cluster.api_calls()] == ["apply", "apply", "apply", "status"]
+    assert len(cluster.live) == 6
+
+
+@pytest.mark.parametrize("deleted", [True, False])
+def test_a_profile_made_again_under_the_same_name_reports_afresh(deleted: bool) -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    _run(reconciler, cluster, Profile(uid="uid-1"))
+    if deleted:
+        reconciler.forget(ADP, "chatbot", "team", "uid-1")
+    _run(reconciler, cluster, Profile(uid="uid-2"))
+    assert events == [("Normal", "Applied"), ("Normal", "Applied")]
