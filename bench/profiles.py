@@ -231,6 +231,17 @@ def apiserver_requests(cp: ControlPlane) -> Counter[Request]:
     return out
 
 
+def events_by_source(cp: ControlPlane, namespaces: set[str]) -> Counter[tuple[str, str, str]]:
+    """The Events filed in these namespaces, by (source component, type, reason)."""
+    core = client.CoreV1Api(cp.api_client())
+    out: Counter[tuple[str, str, str]] = Counter()
+    for ns in sorted(namespaces):
+        for e in core.list_namespaced_event(ns).items:
+            source = (e.source.component if e.source else None) or e.reporting_component or "?"
+            out[(source, e.type or "?", e.reason or "?")] += e.count or 1
+    return out
+
+
 def calls_per_profile(delta: Counter[Request], profiles: int) -> str:
     """``3.00 APPLY tracingpoliciesnamespaced + ... = total`` for the requests in ``delta``."""
     parts = [
@@ -469,6 +480,7 @@ def operator_run(
     began = 0.0
     peak_rss = float("nan")
     requests: Counter[Request] = Counter()
+    events: Counter[tuple[str, str, str]] = Counter()
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [
@@ -500,7 +512,6 @@ def operator_run(
                     "--pid",
                     str(proc.pid),
                     "--threads",
-                    "--idle",
                     "--format",
                     "raw",
                     "--rate",
@@ -533,6 +544,7 @@ def operator_run(
         requests = settled_requests(cp)
         requests.subtract(before)
         requests[("POST", PROFILE_PLURAL)] -= len(bodies)  # the benchmark's creates
+        events = events_by_source(cp, {b["metadata"]["namespace"] for b in bodies})
     finally:
         stop.set()
         proc.send_signal(signal.SIGINT)
@@ -583,6 +595,15 @@ def operator_run(
         ("latency, create returned to all its policies present, p50 / p99", p50_p99(latencies), "", ""),
         ("latency, create returned to Ready, p50 / p99", p50_p99(to_ready), "", ""),
         ("operator peak RSS (the `agentdetect run` process, VmHWM)", f"{peak_rss:.0f} MiB", "", ""),
+        (
+            "Events in the profiles' namespaces, per profile, by source, type and reason",
+            ", ".join(
+                f"{c / n:.2f} {src} {type_} {reason}" for (src, type_, reason), c in events.most_common()
+            )
+            or "none",
+            "",
+            "",
+        ),
     ]
     return rows, tracker, requests
 
