@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import kopf
 
@@ -395,6 +395,20 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
         super().__init__()
         self._essences: dict[str, kopf.BodyEssence] = {}
         self._lock = threading.Lock()
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        """kopf's essence (spec, labels, some annotations) from a copy of only those: kopf's
+        own build deep-copies the whole body first, status and managedFields included, for
+        every event of every profile (12% of the operator's interpreter time in the
+        benchmark). With extra fields asked for (no handler here does) kopf's way is kept."""
+        if extra_fields:
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata") or {}
+        light: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        light["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, light)))
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         with self._lock:
