@@ -98,3 +98,23 @@ def test_the_essence_is_kopfs_without_copying_the_whole_body() -> None:
     extra = storage.build(body=body, extra_fields=["status.policyCount"])
     assert extra == kopf.DiffBaseStorage.build(storage, body=body, extra_fields=["status.policyCount"])
     assert extra["status"] == {"policyCount": 2}
+
+
+def test_objects_without_change_handlers_get_an_empty_essence() -> None:
+    """kopf builds one for every event of every watched object; only the profiles have change
+    handlers, and a policy's spec is the largest thing the operator watches."""
+    storage = MemoryDiffBase()
+    policy = kopf.Body(
+        cast(
+            kopf.RawBody,
+            {
+                "apiVersion": "cilium.io/v1alpha1",
+                "kind": "TracingPolicyNamespaced",
+                "metadata": {"name": "x", "namespace": "team", "labels": {"a": "b"}},
+                "spec": {"kprobes": [{"call": "tcp_connect"}]},
+            },
+        )
+    )
+    assert storage.build(body=policy) == {}
+    assert storage.build(body=_profile_body())["spec"]
+    assert MemoryDiffBase(kinds=["TracingPolicyNamespaced"]).build(body=policy)["spec"]
