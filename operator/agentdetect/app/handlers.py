@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -300,21 +301,26 @@ def build_registry(
             reconcile(body)
 
         @kopf.on.event(GROUP, VERSION, plural, registry=registry, id="profile-deleted")
-        def profile_event(type: str | None, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
+        async def profile_event(type: str | None, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
+            """Every event of every profile (each status write too): all but a deletion end
+            here in the event loop, without kopf's hop to a worker thread."""
             if type == "DELETED":
-                reconciler.forget(_kind, body.metadata.name or "", body.metadata.namespace, body.metadata.uid)
-                if diffbase is not None:
-                    diffbase.forget(body.metadata.uid)
-                if progress is not None:
-                    progress.forget(body.metadata.uid)
-                metrics.forget_profile((_kind, body.metadata.namespace, body.metadata.name or ""))
-                key = (_kind, body.metadata.namespace, body.metadata.name or "")
-                if detection is not None:
-                    detection.profile_deleted(key)
-                if rollup is not None:
-                    rollup.forget_profile(key)
-                    # Their answers are to a question nobody asks any more (README: Detections).
-                    reconciler.cluster.delete_detections(_kind, key[2], key[1])
+                await asyncio.to_thread(profile_deleted, _kind, body)
+
+    def profile_deleted(kind: str, body: kopf.Body) -> None:
+        reconciler.forget(kind, body.metadata.name or "", body.metadata.namespace, body.metadata.uid)
+        if diffbase is not None:
+            diffbase.forget(body.metadata.uid)
+        if progress is not None:
+            progress.forget(body.metadata.uid)
+        key = (kind, body.metadata.namespace, body.metadata.name or "")
+        metrics.forget_profile(key)
+        if detection is not None:
+            detection.profile_deleted(key)
+        if rollup is not None:
+            rollup.forget_profile(key)
+            # Their answers are to a question nobody asks any more (README: Detections).
+            reconciler.cluster.delete_detections(kind, key[2], key[1])
 
     for plural in POLICY_PLURALS.values():
 
@@ -326,32 +332,36 @@ def build_registry(
             registry=registry,
             labels={LABEL_MANAGED_BY: MANAGED_BY},
         )
-        def policy_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-            """A rendered policy edited or deleted by hand is put back."""
+        async def policy_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+            """A rendered policy edited or deleted by hand is put back. Nearly every event is
+            one of our own applies coming back in sync: that is checked here, in the event
+            loop (from memory); only a drift goes to a thread."""
             owner = reconciler.drifted(type, body) if type is not None else None
-            if owner is None:
-                return
-            namespace = body.metadata.namespace
-            if type == "DELETED" and namespace and not reconciler.cluster.namespace_active(namespace):
-                return  # the namespace controller is emptying it: nothing to restore there
-            log.info(
-                "policy %s/%s drifted (%s); restoring",
-                body.metadata.namespace or "-",
-                body.metadata.name,
-                (type or "").lower(),
+            if owner is not None:
+                await asyncio.to_thread(restore, type, body, owner)
+
+    def restore(type: str | None, body: kopf.Body, owner: tuple[str, str, str | None]) -> None:
+        namespace = body.metadata.namespace
+        if type == "DELETED" and namespace and not reconciler.cluster.namespace_active(namespace):
+            return  # the namespace controller is emptying it: nothing to restore there
+        log.info(
+            "policy %s/%s drifted (%s); restoring",
+            body.metadata.namespace or "-",
+            body.metadata.name,
+            (type or "").lower(),
+        )
+        done = reconcile_by_key(*owner)
+        if done is not None and done[1].applied:
+            # Not a transition of the profile's conditions, but news: someone changed what it
+            # detects with.
+            where = f"{namespace}/" if namespace else ""
+            reconciler.emit(
+                done[0],
+                "Warning",
+                Reason.POLICY_RESTORED,
+                f"{body.get('kind') or 'policy'} {where}{body.metadata.name} was "
+                f"{'deleted' if type == 'DELETED' else 'changed'} outside agentdetect; restored",
             )
-            done = reconcile_by_key(*owner)
-            if done is not None and done[1].applied:
-                # Not a transition of the profile's conditions, but news: someone changed what
-                # it detects with.
-                where = f"{namespace}/" if namespace else ""
-                reconciler.emit(
-                    done[0],
-                    "Warning",
-                    Reason.POLICY_RESTORED,
-                    f"{body.get('kind') or 'policy'} {where}{body.metadata.name} was "
-                    f"{'deleted' if type == 'DELETED' else 'changed'} outside agentdetect; restored",
-                )
 
     @kopf.on.event("", "v1", "namespaces", registry=registry, id="namespace-selection")
     def namespace_event(type: str | None, body: kopf.Body, status: kopf.Status, **_: Any) -> None:
