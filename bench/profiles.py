@@ -547,10 +547,11 @@ def operator_run(
                     "--pid",
                     str(proc.pid),
                     "--threads",
+                    "--gil",  # where the interpreter's time goes: threads holding the GIL
                     "--format",
                     "raw",
                     "--rate",
-                    "200",
+                    "100",
                     "--output",
                     str(py_spy),
                 ],
