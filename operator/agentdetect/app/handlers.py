@@ -16,6 +16,7 @@ from agentdetect.api.models import GROUP, VERSION
 from agentdetect.app.metrics import Metrics
 from agentdetect.cluster.kube import POLICY_PLURALS, PROFILE_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
 from agentdetect.controller.reconcile import Outcome, Reconciler
+from agentdetect.controller.state import owner_of
 from agentdetect.detection.rollup import DetectionRollup
 from agentdetect.detection.service import DetectionService, prune_orphans
 from agentdetect.detection.sources import RateLimitedLog
@@ -94,20 +95,27 @@ def index_reader(index: Mapping[ProfileKey, Any]) -> Callable[[ProfileKey], list
 
 
 class ResolveSweep:
-    """Hostnames move: every interval, profiles that name hostnames are reconciled again, and
-    their policies change only when the address set did. Not a kopf timer: kopf puts its
-    finalizer on every object a timer runs for, and a profile must never hang on deletion
-    while the operator is down."""
+    """Every interval, first the policies are checked against a LIST of all of them (the one
+    place the operator lists them: a change or deletion the watch missed while it was down
+    would otherwise wait for the profile's next reconcile), then profiles that name
+    hostnames are reconciled again (hostnames move; their policies change only when the
+    address set did). Not a kopf timer: kopf puts its finalizer on every object a timer runs
+    for, and a profile must never hang on deletion while the operator is down. A standby
+    replica (``active`` says no) does neither."""
 
     def __init__(
         self,
         reconciler: Reconciler,
         reconcile_by_key: Callable[[str, str, str | None], object],
         interval: float,
+        verify: Callable[[], object] | None = None,
+        active: Callable[[], bool] | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.reconcile_by_key = reconcile_by_key
         self.interval = interval
+        self.verify = verify
+        self.active = active
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="agentdetect-re-resolve", daemon=True)
         self._log = RateLimitedLog(log)
@@ -127,6 +135,19 @@ class ResolveSweep:
     def sweep(self) -> None:
         """One pass. A failure ends the pass (the API server is likely away: the next pass
         tries again) and is logged once a minute, not once per profile per pass."""
+        if self.active is not None and not self.active():
+            return
+        if self.verify is not None:
+            try:
+                self.verify()
+            except Exception as exc:
+                self._log.warning(
+                    "verify",
+                    "checking the policies against a list failed (%s: %s); the next pass tries again",
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
+                return
         _, states = self.reconciler.board.snapshot()
         for state in states:
             if self._stop.is_set():
@@ -156,6 +177,7 @@ def build_registry(
     diffbase: MemoryDiffBase | None = None,
     rollup: DetectionRollup | None = None,
     progress: MemoryProgress | None = None,
+    active: Callable[[], bool] | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     config = reconciler.config
@@ -231,9 +253,9 @@ def build_registry(
             if type == "DELETED":
                 detection.pod_deleted(body.metadata.namespace or "", body.metadata.name or "")
 
-    def measured(body: Any) -> Outcome:
+    def measured(body: Any, owned: list[dict[str, Any]] | None = None) -> Outcome:
         with metrics.reconcile(body["kind"]) as record:
-            outcome = reconciler.reconcile(body)
+            outcome = reconciler.reconcile(body, owned)
             record.ready, record.reason = outcome.ready, outcome.reason
             record.applied, record.pruned = outcome.applied, outcome.pruned
         if outcome.reason != "Deleted":
@@ -256,15 +278,30 @@ def build_registry(
             raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
 
     def reconcile_by_key(
-        kind: str, name: str, namespace: str | None
+        kind: str, name: str, namespace: str | None, owned: list[dict[str, Any]] | None = None
     ) -> tuple[dict[str, Any], Outcome] | None:
         """The profile read afresh and reconciled: it and the outcome, or None if it is gone."""
         body = reconciler.cluster.get_profile(kind, name, namespace)
         if body is None:
             return None
-        return body, measured(body)
+        return body, measured(body, owned)
 
-    sweep = ResolveSweep(reconciler, reconcile_by_key, config.resolve_interval)
+    def verify() -> None:
+        """Profiles whose policies a LIST shows other than the watch did are reconciled from
+        the LIST (Reconciler.unsettled)."""
+        listed = reconciler.cluster.list_ours()
+        for kind, namespace, name in reconciler.unsettled(listed):
+            log.info(
+                "%s %s/%s: its policies are not as last applied (a watch event missed); "
+                "reconciling from a list",
+                kind,
+                namespace or "-",
+                name,
+            )
+            mine = [p for p in listed if owner_of(p) == (kind, namespace, name)]
+            reconcile_by_key(kind, name, namespace, mine)
+
+    sweep = ResolveSweep(reconciler, reconcile_by_key, config.resolve_interval, verify=verify, active=active)
 
     if detection is not None:
         reconciler.detecting = detection.detecting

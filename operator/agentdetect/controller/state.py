@@ -67,6 +67,10 @@ class AppliedPolicies:
         with self._lock:
             return self._docs.get(key)
 
+    def items(self) -> list[tuple[ObjectKey, dict[str, Any]]]:
+        with self._lock:
+            return list(self._docs.items())
+
     def owned_keys(self, kind: str, name: str, namespace: str | None) -> set[ObjectKey]:
         with self._lock:
             return set(self._by_owner.get((kind, namespace, name), ()))
