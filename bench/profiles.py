@@ -231,6 +231,47 @@ def apiserver_requests(cp: ControlPlane) -> Counter[Request]:
     return out
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process so far (this one when ``pid`` is None)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_use(pids: dict[str, int | None]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def cpu_row(what: str, before: dict[str, float], after: dict[str, float], wall: float) -> Row:
+    used = {name: after[name] - before[name] for name in after}
+    total = sum(used.values())
+    cores = os.cpu_count() or 1
+    parts = ", ".join(f"{name} {sec:.1f}" for name, sec in used.items())
+    return (
+        f"CPU seconds used {what} ({wall:.2f} s wall x {cores} cores = {wall * cores:.1f} available)",
+        f"{parts}; all {total:.1f} ({total / (wall * cores):.0%} of the machine)",
+        "",
+        "",
+    )
+
+
+def control_plane_pids(cp: ControlPlane) -> dict[str, int | None]:
+    return {proc.name: proc.pid for proc in cp.processes}
+
+
+def events_by_source(cp: ControlPlane, namespaces: set[str]) -> Counter[tuple[str, str, str]]:
+    """The Events filed in these namespaces, by (source component, type, reason)."""
+    core = client.CoreV1Api(cp.api_client())
+    out: Counter[tuple[str, str, str]] = Counter()
+    for ns in sorted(namespaces):
+        for e in core.list_namespaced_event(ns).items:
+            source = (e.source.component if e.source else None) or e.reporting_component or "?"
+            out[(source, e.type or "?", e.reason or "?")] += e.count or 1
+    return out
+
+
 def calls_per_profile(delta: Counter[Request], profiles: int) -> str:
     """``3.00 APPLY tracingpoliciesnamespaced + ... = total`` for the requests in ``delta``."""
     parts = [
@@ -282,11 +323,14 @@ def list_items(custom: client.CustomObjectsApi, group: str, plural: str, selecto
 
 def floor(
     cp: ControlPlane, api: Any, docs: list[dict[str, Any]], namespaces: list[str]
-) -> tuple[float, Counter[Request]]:
+) -> tuple[float, Counter[Request], Row]:
     """Apply the rendered policies directly, one after another; then delete them and wait.
-    Returns the time the applies took and the requests the API server served meanwhile."""
+    Returns the time the applies took, the requests the API server served meanwhile and the
+    CPU each process used."""
     custom = client.CustomObjectsApi(api)
     before = apiserver_requests(cp)
+    pids = {**control_plane_pids(cp), "benchmark": None}
+    cpu_before = cpu_use(pids)
     began = time.monotonic()
     for doc in docs:
         meta = doc["metadata"]
@@ -302,6 +346,7 @@ def floor(
             _content_type=APPLY,
         )
     elapsed = time.monotonic() - began
+    cpu = cpu_row("by the floor's applies", cpu_before, cpu_use(pids), elapsed)
     requests = apiserver_requests(cp)
     requests.subtract(before)
     live = list_items(custom, TETRAGON_GROUP, POLICY_PLURAL, OURS)["items"]
@@ -316,7 +361,7 @@ def floor(
         if time.monotonic() > deadline:
             raise RuntimeError("floor: policies still present 60 s after deleting them")
         time.sleep(0.1)
-    return elapsed, requests
+    return elapsed, requests, cpu
 
 
 class Tracker:
@@ -469,6 +514,8 @@ def operator_run(
     began = 0.0
     peak_rss = float("nan")
     requests: Counter[Request] = Counter()
+    events: Counter[tuple[str, str, str]] = Counter()
+    cpu: Row = ("CPU seconds used from the first create until all Ready", "n/a", "", "")
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [
@@ -500,11 +547,11 @@ def operator_run(
                     "--pid",
                     str(proc.pid),
                     "--threads",
-                    "--idle",
+                    "--gil",  # where the interpreter's time goes: threads holding the GIL
                     "--format",
                     "raw",
                     "--rate",
-                    "200",
+                    "100",
                     "--output",
                     str(py_spy),
                 ],
@@ -520,12 +567,17 @@ def operator_run(
             created[(meta["namespace"], meta["name"])] = time.monotonic()
 
         before = apiserver_requests(cp)
+        pids = {**control_plane_pids(cp), "operator": proc.pid, "benchmark": None}
+        cpu_before = cpu_use(pids)
         began = time.monotonic()
         # "Applied at once": like a GitOps sync, several clients create concurrently.
         with concurrent.futures.ThreadPoolExecutor(create_workers) as pool:
             list(pool.map(create, bodies))
         created_in = time.monotonic() - began
         tracker.all_ready.wait(timeout)
+        cpu = cpu_row(
+            "from the first create until all Ready", cpu_before, cpu_use(pids), time.monotonic() - began
+        )
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -533,6 +585,7 @@ def operator_run(
         requests = settled_requests(cp)
         requests.subtract(before)
         requests[("POST", PROFILE_PLURAL)] -= len(bodies)  # the benchmark's creates
+        events = events_by_source(cp, {b["metadata"]["namespace"] for b in bodies})
     finally:
         stop.set()
         proc.send_signal(signal.SIGINT)
@@ -583,6 +636,16 @@ def operator_run(
         ("latency, create returned to all its policies present, p50 / p99", p50_p99(latencies), "", ""),
         ("latency, create returned to Ready, p50 / p99", p50_p99(to_ready), "", ""),
         ("operator peak RSS (the `agentdetect run` process, VmHWM)", f"{peak_rss:.0f} MiB", "", ""),
+        cpu,
+        (
+            "Events in the profiles' namespaces, per profile, by source, type and reason",
+            ", ".join(
+                f"{c / n:.2f} {src} {type_} {reason}" for (src, type_, reason), c in events.most_common()
+            )
+            or "none",
+            "",
+            "",
+        ),
     ]
     return rows, tracker, requests
 
@@ -608,7 +671,7 @@ def cluster_rows(
         for ns in namespaces:
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
 
-        floor_s, floor_requests = floor(cp, api, docs, namespaces)
+        floor_s, floor_requests, floor_cpu = floor(cp, api, docs, namespaces)
         rows, tracker, op_requests = operator_run(
             create_workers, cp, bodies, expected, resolver, timeout, floor_s, py_spy
         )
@@ -652,6 +715,7 @@ def cluster_rows(
         watches = sum(c for (verb, _), c in op_requests.items() if verb == "WATCH")
         rows = [
             floor_row,
+            floor_cpu,
             *rows,
             (
                 "API calls per profile, floor (as the API server counted them)",

@@ -275,6 +275,45 @@ def test_a_policy_the_spec_dropped_while_the_operator_was_down_is_pruned_without
         operator.start()
 
 
+def test_a_deletion_the_watch_missed_is_restored_from_a_list(
+    control_plane: ControlPlane,
+    api: Any,
+    operator: OperatorThread,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a watch gap (an API server restart, a standby replica) kopf lists again but
+    reports no deletion, and its index keeps the policy that is gone. Here the operator is
+    made to miss the DELETED event and its index to keep the policy; the sweep's LIST (every
+    2 s in these tests) finds it missing and the profile is reconciled from the list."""
+    apply(control_plane, PROFILE.format(ns=namespace))
+    wait_condition(api, "chatbot", namespace, "Applied")
+    reconciler = operator.reconciler
+    assert reconciler is not None and reconciler.owned is not None
+    net = by_hook(policies(api, namespace))["tcp_connect"]
+    name = net["metadata"]["name"]
+    index = reconciler.owned
+    key = ("AgentDetectionProfile", namespace, "chatbot")
+    stale = {**net, "kind": "TracingPolicyNamespaced"}
+    monkeypatch.setattr(reconciler, "owned", lambda k: [*index(k), stale] if k == key else index(k))
+    real_drifted = reconciler.drifted
+    monkeypatch.setattr(
+        reconciler,
+        "drifted",
+        lambda type_, obj: None if type_ == "DELETED" else real_drifted(type_, obj),
+    )
+
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        "cilium.io", "v1alpha1", namespace, "tracingpoliciesnamespaced", name
+    )
+    restored = eventually(
+        lambda: by_hook(policies(api, namespace)).get("tcp_connect"),
+        timeout=15,
+        what="the policy restored by the sweep's list",
+    )
+    assert restored["metadata"]["name"] == name and restored["spec"] == net["spec"]
+
+
 def test_profile_in_one_namespace_never_touches_another(
     control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
 ) -> None:

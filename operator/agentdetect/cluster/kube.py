@@ -109,6 +109,16 @@ class Cluster:
             items.extend(_with_kind(resp, kind))
         return items
 
+    def list_ours(self) -> list[dict[str, Any]]:
+        """Every policy agentdetect made, of both kinds, in every namespace: two LISTs."""
+        items: list[dict[str, Any]] = []
+        for kind, plural in POLICY_PLURALS.items():
+            resp = self.custom.list_cluster_custom_object(
+                TETRAGON_GROUP, TETRAGON_VERSION, plural, label_selector=f"{LABEL_MANAGED_BY}={_MANAGED_BY}"
+            )
+            items.extend(_with_kind(resp, kind))
+        return items
+
     def apply(self, doc: dict[str, Any], owner: dict[str, Any]) -> None:
         """Server-side apply, forcing our field manager's ownership back (that is drift repair).
         The response body is not used: the generated client leaves it undecoded when the apply

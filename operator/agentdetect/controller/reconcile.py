@@ -29,8 +29,9 @@ from agentdetect.controller.state import (
     OwnedLookup,
     Reconciled,
     condition_states,
+    owner_of,
 )
-from agentdetect.policy.board import ProfileBoard, ProfileState
+from agentdetect.policy.board import ProfileBoard, ProfileKey, ProfileState
 from agentdetect.policy.profiles import parse_profile, previous_resolutions
 from agentdetect.policy.render import (
     ANNOTATION_HASH,
@@ -293,10 +294,11 @@ class Reconciler:
 
     # ---- the one entry point ---------------------------------------------------------------
 
-    def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+    def reconcile(self, body: Mapping[str, Any], owned: list[dict[str, Any]] | None = None) -> Outcome:
         """Events are posted for transitions only: Ready's status or reason changed (its first
         report included), or PolicyFilterBudget turned False; a reconcile that changes neither
-        posts none, whatever it applied."""
+        posts none, whatever it applied. ``owned``: the profile's policies as a LIST just
+        showed them, in place of the watch's view (see :meth:`unsettled`)."""
         meta = body["metadata"]
         key = (body["kind"], meta.get("namespace"), meta["name"])
         with self._lock(*key):
@@ -304,7 +306,7 @@ class Reconciler:
                 return Outcome(False, Reason.DELETED, "the profile was deleted")
             now = now_rfc3339()
             status = dict(body.get("status") or {})
-            outcome, new_status = self._reconcile(body, status, now)
+            outcome, new_status = self._reconcile(body, status, now, owned)
             new_status["observedGeneration"] = meta.get("generation")
             new_status["conditions"] = ready_condition(
                 status.get("conditions") or [],
@@ -379,7 +381,7 @@ class Reconciler:
         return self.reconciled.detecting_differs(("True" if current[0] else "False", current[1]))
 
     def _reconcile(
-        self, body: Mapping[str, Any], status: dict[str, Any], now: str
+        self, body: Mapping[str, Any], status: dict[str, Any], now: str, owned: list[dict[str, Any]] | None
     ) -> tuple[Outcome, dict[str, Any]]:
         try:
             profile = parse_profile(body)
@@ -417,7 +419,7 @@ class Reconciler:
 
         owner = owner_reference(dict(body))
         try:
-            applied, pruned = self._sync(profile, docs, owner)
+            applied, pruned = self._sync(profile, docs, owner, owned)
         except ApiException as exc:
             reason = Reason.TETRAGON_NOT_INSTALLED if exc.status == 404 else Reason.APPLY_FAILED
             message = TETRAGON_INSTALL_HINT if exc.status == 404 else _api_message(exc)
@@ -468,17 +470,29 @@ class Reconciler:
         msg = f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied"
         return Outcome(True, Reason.APPLIED, "; ".join([msg, *notes]), applied, pruned), new_status
 
-    def _owned_now(self, profile: Profile) -> dict[ObjectKey, dict[str, Any]]:
-        """The profile's policies in the cluster: from the policy watch's index when there is
-        one (no API call), else listed."""
-        if self.owned is not None:
+    def _owned_now(
+        self, profile: Profile, listed: list[dict[str, Any]] | None
+    ) -> dict[ObjectKey, dict[str, Any]]:
+        """The profile's policies in the cluster: as given (listed), else from the policy
+        watch's index when there is one (no API call), else listed now. Should the index hold
+        two objects of one name (one deleted while the watch was down, one made since), the
+        later is the one kept."""
+        if listed is not None:
+            found = listed
+        elif self.owned is not None:
             found = self.owned((profile.kind, profile.namespace, profile.name))
         else:
             found = self.cluster.list_owned(profile.kind, profile.name, profile.namespace)
         return {key_of(obj): obj for obj in found}
 
-    def _sync(self, profile: Profile, docs: list[dict[str, Any]], owner: dict[str, Any]) -> tuple[int, int]:
-        live = self._owned_now(profile)
+    def _sync(
+        self,
+        profile: Profile,
+        docs: list[dict[str, Any]],
+        owner: dict[str, Any],
+        listed: list[dict[str, Any]] | None = None,
+    ) -> tuple[int, int]:
+        live = self._owned_now(profile, listed)
         wanted = {key_of(d): d for d in docs}
         # Pruned: what the watch shows owned, and what this process applied for the profile,
         # which the watch may not have shown yet (applied, then dropped by a quick spec change).
@@ -523,6 +537,29 @@ class Reconciler:
             return None
         labels = desired["metadata"]["labels"]
         return (labels[LABEL_PROFILE_KIND], labels[LABEL_PROFILE_NAME], labels.get(LABEL_PROFILE_NAMESPACE))
+
+    def unsettled(self, listed: list[dict[str, Any]]) -> list[ProfileKey]:
+        """The profiles whose policies in ``listed`` (a LIST of all of ours) are not what this
+        process applied: changed or missing ones, and ones of a profile it reconciled that the
+        profile does not render. The watch shows all of that as it happens, unless it was down
+        (an API server restart, a standby replica) when it happened: kopf lists again after
+        such a gap but reports no deletion, and its index keeps what is gone. A reconcile
+        given ``listed`` (:meth:`reconcile`) puts them right."""
+        out: set[ProfileKey] = set()
+        seen: set[ObjectKey] = set()
+        known = {(kind, namespace, name) for kind, namespace, name, _, _ in self.reconciled.versions()}
+        for obj in listed:
+            key = key_of(obj)
+            seen.add(key)
+            drifted = self.drifted("MODIFIED", obj)
+            if drifted is not None:
+                out.add((drifted[0], drifted[2], drifted[1]))
+            elif self.desired.get(key) is None and owner_of(obj) in known:
+                out.add(owner_of(obj))
+        for key, doc in self.desired.items():
+            if key not in seen:
+                out.add(owner_of(doc))
+        return sorted(out, key=str)
 
     def cluster_profiles_affected_by(
         self, namespace: str, labels: dict[str, str] | None, gone: bool

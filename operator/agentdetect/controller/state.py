@@ -17,6 +17,16 @@ from agentdetect.cluster.kube import ObjectKey, ProfileVersion
 from agentdetect.policy.board import ProfileKey
 
 
+def owner_of(doc: Mapping[str, Any]) -> ProfileKey:
+    """The profile (kind, namespace, name) a rendered policy's labels name."""
+    labels = doc["metadata"]["labels"]
+    return (
+        str(labels.get("agentdetect.io/profile-kind")),
+        labels.get("agentdetect.io/profile-namespace"),
+        str(labels.get("agentdetect.io/profile-name")),
+    )
+
+
 def owned_by(doc: Mapping[str, Any], kind: str, name: str, namespace: str | None) -> bool:
     labels = doc["metadata"]["labels"]
     return bool(
@@ -39,40 +49,60 @@ def condition_states(conditions: list[dict[str, Any]]) -> ConditionStates:
 
 class AppliedPolicies:
     """What was last applied (recorded just before the apply) or confirmed, per policy: drift
-    events compare against it without a round trip to the API server."""
+    events compare against it without a round trip to the API server. Kept by profile too, so
+    a reconcile finds its own without going through every profile's."""
 
     def __init__(self) -> None:
         self._docs: dict[ObjectKey, dict[str, Any]] = {}
+        self._by_owner: dict[ProfileKey, set[ObjectKey]] = {}
         self._lock = threading.Lock()
 
     def record(self, key: ObjectKey, doc: dict[str, Any]) -> None:
         with self._lock:
+            self._drop(key)
             self._docs[key] = doc
+            self._by_owner.setdefault(owner_of(doc), set()).add(key)
 
     def get(self, key: ObjectKey) -> dict[str, Any] | None:
         with self._lock:
             return self._docs.get(key)
 
+    def items(self) -> list[tuple[ObjectKey, dict[str, Any]]]:
+        with self._lock:
+            return list(self._docs.items())
+
     def owned_keys(self, kind: str, name: str, namespace: str | None) -> set[ObjectKey]:
         with self._lock:
-            return {k for k, d in self._docs.items() if owned_by(d, kind, name, namespace)}
+            return set(self._by_owner.get((kind, namespace, name), ()))
 
     def discard(self, key: ObjectKey) -> None:
         with self._lock:
-            self._docs.pop(key, None)
+            self._drop(key)
 
     def forget_owner(
         self, kind: str, name: str, namespace: str | None, keep: set[ObjectKey] | None = None
     ) -> None:
         """Drop the profile's policies, but those in ``keep``."""
         with self._lock:
-            for key in [k for k, d in self._docs.items() if owned_by(d, kind, name, namespace)]:
+            for key in list(self._by_owner.get((kind, namespace, name), ())):
                 if not keep or key not in keep:
-                    del self._docs[key]
+                    self._drop(key)
 
     def count(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
         with self._lock:
             return sum(1 for doc in self._docs.values() if predicate(doc))
+
+    def _drop(self, key: ObjectKey) -> None:
+        """Under the lock."""
+        doc = self._docs.pop(key, None)
+        if doc is None:
+            return
+        owner = owner_of(doc)
+        keys = self._by_owner.get(owner)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_owner[owner]
 
 
 class NamespaceSelections:

@@ -274,3 +274,64 @@ def test_a_profile_made_again_under_the_same_name_reports_afresh(deleted: bool) 
         reconciler.forget(ADP, "chatbot", "team", "uid-1")
     _run(reconciler, cluster, Profile(uid="uid-2"))
     assert events == [("Normal", "Applied"), ("Normal", "Applied")]
+
+
+def _listed(cluster: FakeCluster) -> list[dict[str, Any]]:
+    """What a LIST of all our policies returns: the cluster as it is, not as the index says."""
+    return [copy.deepcopy(d) for d in cluster.live.values()]
+
+
+PROFILE_KEY: ProfileKey = (ADP, "team", "chatbot")
+
+
+def test_a_deletion_the_watch_missed_is_found_by_a_list_and_restored() -> None:
+    """kopf lists again after a watch gap but reports no deletion, and its index keeps what is
+    gone: the reconcile trusts it, the periodic LIST does not."""
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    gone = next(iter(cluster.live))
+    del cluster.live[gone]  # deleted while the watch was down: the index still has it
+
+    cluster.calls.clear()
+    _run(reconciler, cluster, profile)
+    assert cluster.api_calls() == []  # the index says all is there
+
+    listed = _listed(cluster)
+    assert reconciler.unsettled(listed) == [PROFILE_KEY]
+    _run_listed(reconciler, cluster, profile, listed)
+    assert cluster.api_calls() == [("apply", gone)]
+    assert reconciler.unsettled(_listed(cluster)) == []
+
+
+def _run_listed(
+    reconciler: Reconciler, cluster: FakeCluster, profile: Profile, listed: list[dict[str, Any]]
+) -> None:
+    cluster.calls.clear()
+    reconciler.reconcile(
+        copy.deepcopy(profile.body), [d for d in listed if owned_by(d, ADP, "chatbot", "team")]
+    )
+
+
+def test_unsettled_sees_changes_and_strays_of_profiles_it_knows() -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    assert reconciler.unsettled(_listed(cluster)) == []
+
+    changed = _listed(cluster)
+    changed[0]["spec"]["kprobes"] = []
+    assert reconciler.unsettled(changed) == [PROFILE_KEY]
+
+    stray = copy.deepcopy(changed[1])
+    stray["metadata"]["name"] = "chatbot-net-0000"
+    assert reconciler.unsettled([*_listed(cluster), stray]) == [PROFILE_KEY]
+    _run_listed(reconciler, cluster, profile, [*_listed(cluster), stray])
+    assert cluster.api_calls() == [("delete", key_of(stray))]
+
+    # A policy of a profile this process never reconciled is the resume's to judge.
+    other = copy.deepcopy(stray)
+    other["metadata"]["labels"]["agentdetect.io/profile-name"] = "unknown"
+    assert reconciler.unsettled([*_listed(cluster), other]) == []

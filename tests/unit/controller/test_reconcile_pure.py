@@ -419,3 +419,40 @@ def test_an_api_outage_ends_the_sweep_pass_with_one_log_line(caplog: pytest.LogC
     assert len(calls) == 5  # each pass stops at the first failure
     assert len(caplog.records) == 1 and "the next pass tries again" in caplog.records[0].getMessage()
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_the_sweep_lists_first_and_a_standby_replica_sweeps_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from agentdetect.app.handlers import ResolveSweep
+    from agentdetect.controller.reconcile import Config, Reconciler
+    from agentdetect.policy.board import ProfileBoard, ProfileState
+
+    reconciler = Reconciler(cluster=None, config=Config(), board=ProfileBoard())  # type: ignore[arg-type]
+    spec = {"network": {"destinations": [{"name": "gw", "hostnames": ["h.example.com"]}]}}
+    reconciler.board.publish(ProfileState(_profile(spec), (), {}))
+    calls: list[str] = []
+    active = [False]
+
+    def verify() -> None:
+        calls.append("verify")
+        if len(calls) > 3:
+            raise ConnectionRefusedError("connection refused")
+
+    sweep = ResolveSweep(
+        reconciler,
+        lambda kind, name, namespace: calls.append(name),
+        interval=3600,
+        verify=verify,
+        active=lambda: active[0],
+    )
+    sweep.sweep()
+    assert calls == []  # standby: another replica does this
+    active[0] = True
+    sweep.sweep()
+    assert calls == ["verify", "prof"]
+    with caplog.at_level(logging.WARNING, logger="agentdetect.app.handlers"):
+        for _ in range(3):
+            sweep.sweep()
+    assert calls == ["verify", "prof", "verify", "prof", "verify", "verify"]  # a failed list ends the pass
+    assert len(caplog.records) == 1 and "the next pass tries again" in caplog.records[0].getMessage()

@@ -35,6 +35,21 @@ def test_applied_policies_forget_a_profiles_own_but_what_it_keeps() -> None:
     assert applied.count(lambda d: True) == 1
 
 
+def test_applied_policies_by_profile() -> None:
+    applied = AppliedPolicies()
+    a1, a2 = (ObjectKey("TracingPolicyNamespaced", "team", n) for n in ("a1", "a2"))
+    applied.record(a1, _doc("a1", "a"))
+    applied.record(a2, _doc("a2", "a"))
+    assert applied.owned_keys(ADP, "a", "team") == {a1, a2}
+    assert applied.owned_keys(ADP, "a", "other") == set() and applied.owned_keys(ADP, "b", "team") == set()
+    applied.record(a2, _doc("a2", "b"))  # the same policy, rendered for another profile now
+    assert applied.owned_keys(ADP, "a", "team") == {a1} and applied.owned_keys(ADP, "b", "team") == {a2}
+    applied.discard(a1)
+    applied.forget_owner(ADP, "b", "team")
+    assert applied.owned_keys(ADP, "a", "team") == set() and applied.owned_keys(ADP, "b", "team") == set()
+    assert applied.count(lambda d: True) == 0
+
+
 def test_applied_policies_under_concurrent_writers() -> None:
     """The 16 reconcile workers write while a drift event or a scrape reads: one lock."""
     applied = AppliedPolicies()
