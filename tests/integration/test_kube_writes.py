@@ -1,0 +1,175 @@
+"""Cluster's writes (apply, status patch, Event) go to the connection pool directly, not
+through the generated methods: held here to what the API server stores and to the errors the
+generated client raised, against the real API server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from agentdetect.api.models import GROUP, VERSION
+from agentdetect.cluster.kube import FIELD_MANAGER, TETRAGON_GROUP, TETRAGON_VERSION, Cluster
+from agentdetect.local.controlplane import ControlPlane
+
+pytestmark = pytest.mark.usefixtures("profile_crds", "policy_kinds")
+
+OWNER = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "AgentDetectionProfile",
+    "name": "owner",
+    "uid": "6a0c4d1e-0000-4000-8000-000000000001",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
+
+
+def policy(namespace: str, name: str, call: str = "tcp_connect") -> dict[str, Any]:
+    return {
+        "apiVersion": f"{TETRAGON_GROUP}/{TETRAGON_VERSION}",
+        "kind": "TracingPolicyNamespaced",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "x"}},
+        "spec": {"kprobes": [{"call": call, "syscall": False}]},
+    }
+
+
+def read_policy(api: Any, namespace: str, name: str) -> dict[str, Any]:
+    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        TETRAGON_GROUP, TETRAGON_VERSION, namespace, "tracingpoliciesnamespaced", name
+    )
+    assert isinstance(obj, dict)
+    return obj
+
+
+def test_apply_creates_then_takes_its_fields_back(api: Any, namespace: str) -> None:
+    cluster = Cluster(api)
+    cluster.apply(policy(namespace, "p1"), OWNER)
+    stored = read_policy(api, namespace, "p1")
+    assert stored["metadata"]["ownerReferences"] == [OWNER]
+    assert [m["manager"] for m in stored["metadata"]["managedFields"]] == [FIELD_MANAGER]
+    assert [m["operation"] for m in stored["metadata"]["managedFields"]] == ["Apply"]
+    # Someone else changes a field we own; the next apply forces it back (force=true).
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        TETRAGON_GROUP,
+        TETRAGON_VERSION,
+        namespace,
+        "tracingpoliciesnamespaced",
+        "p1",
+        {"spec": {"kprobes": [{"call": "fd_install", "syscall": False}]}},
+        _content_type="application/merge-patch+json",
+    )
+    assert read_policy(api, namespace, "p1")["spec"]["kprobes"][0]["call"] == "fd_install"
+    cluster.apply(policy(namespace, "p1"), OWNER)
+    assert read_policy(api, namespace, "p1")["spec"]["kprobes"][0]["call"] == "tcp_connect"
+
+
+def generated_apply(api: Any, body: dict[str, Any]) -> None:
+    """The apply as Cluster made it through the generated client before."""
+    body = {**body, "metadata": {**body["metadata"], "ownerReferences": [OWNER]}}
+    meta = body["metadata"]
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        TETRAGON_GROUP,
+        TETRAGON_VERSION,
+        meta["namespace"],
+        "tracingpoliciesnamespaced",
+        meta["name"],
+        body,
+        field_manager=FIELD_MANAGER,
+        force=True,
+        _content_type="application/apply-patch+yaml",
+    )
+
+
+SPOILS: list[Any] = [
+    # a wrong type in the spec: the API server answers 500 for a typed-patch failure
+    lambda p: p["spec"]["kprobes"][0].update(syscall="not a boolean"),
+    # a namespace that does not exist: 404
+    lambda p: p["metadata"].update(namespace="no-such-namespace-x"),
+    # a name the API server refuses: 422 (Invalid)
+    lambda p: p["metadata"].update(name="Not_A_DNS_Name"),
+]
+
+
+@pytest.mark.parametrize("spoil", SPOILS, ids=["wrong-type", "no-namespace", "bad-name"])
+def test_a_refused_apply_raises_what_the_generated_client_raised(
+    api: Any, namespace: str, policy_kinds: bool, spoil: Any
+) -> None:
+    bad = policy(namespace, "p2")
+    spoil(bad)
+    theirs = outcome(lambda: generated_apply(api, bad))
+    ours = outcome(lambda: Cluster(api).apply(bad, OWNER))
+    assert ours == theirs
+    if spoil is SPOILS[0] and not policy_kinds:
+        return  # Tetragon's stand-in CRDs keep any spec: nothing to refuse
+    assert theirs is not None
+
+
+def outcome(call: Any) -> tuple[type, Any, Any, str | None] | None:
+    """What a write raised, as the caller sees it; None when it succeeded."""
+    try:
+        call()
+    except ApiException as exc:
+        return type(exc), exc.status, exc.reason, exc.body
+    return None
+
+
+def test_status_patch_merges_and_a_missing_profile_is_not_an_error(
+    control_plane: ControlPlane, api: Any, namespace: str
+) -> None:
+    control_plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=f"""
+apiVersion: {GROUP}/{VERSION}
+kind: AgentDetectionProfile
+metadata: {{name: plain, namespace: {namespace}}}
+spec:
+  selector: {{matchLabels: {{app: x}}}}
+  processes: {{presets: [shells]}}
+""",
+    )
+    cluster = Cluster(api)
+    cluster.patch_status("AgentDetectionProfile", "plain", namespace, {"observedGeneration": 1})
+    cluster.patch_status("AgentDetectionProfile", "plain", namespace, {"policyFilterPolicies": 0})
+    got = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "agentdetectionprofiles", "plain"
+    )
+    assert isinstance(got, dict)
+    assert got["status"]["observedGeneration"] == 1  # merged, not replaced
+    cluster.patch_status("AgentDetectionProfile", "gone", namespace, {"observedGeneration": 1})
+
+
+def test_event_is_stored_as_kubectl_describe_reads_it(api: Any, namespace: str) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "AgentDetectionProfile",
+        "metadata": {"name": "budget-profile", "namespace": namespace, "uid": OWNER["uid"]},
+    }
+    Cluster(api).post_event(body, "Warning", "BudgetExceeded", "m" * 2000)
+    (event,) = client.CoreV1Api(api).list_namespaced_event(namespace).items
+    assert event.metadata is not None and event.source is not None
+    assert (event.metadata.name or "").startswith("budget-profile.")
+    ref = event.involved_object
+    assert (ref.kind, ref.name, ref.namespace, ref.uid) == (
+        "AgentDetectionProfile",
+        "budget-profile",
+        namespace,
+        OWNER["uid"],
+    )
+    assert (event.type, event.reason, event.count, event.source.component) == (
+        "Warning",
+        "BudgetExceeded",
+        1,
+        FIELD_MANAGER,
+    )
+    assert event.message == "m" * 1024
+    assert event.first_timestamp is not None and event.first_timestamp == event.last_timestamp
+
+
+def test_a_refused_event_is_logged_not_raised(api: Any, caplog: pytest.LogCaptureFixture) -> None:
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "no-such-ns-y"}}
+    Cluster(api).post_event(body, "Normal", "Applied", "x")
+    assert "could not post Event Applied on Pod p: Not Found" in caplog.text
