@@ -11,19 +11,38 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from agentdetect.api.models import GROUP, VERSION
-from agentdetect.cluster.kube import FIELD_MANAGER, TETRAGON_GROUP, TETRAGON_VERSION, Cluster
+from agentdetect.cluster.kube import FIELD_MANAGER, TETRAGON_GROUP, TETRAGON_VERSION, Cluster, owner_reference
 from agentdetect.local.controlplane import ControlPlane
 
 pytestmark = pytest.mark.usefixtures("profile_crds", "policy_kinds")
 
-OWNER = {
-    "apiVersion": f"{GROUP}/{VERSION}",
-    "kind": "AgentDetectionProfile",
-    "name": "owner",
-    "uid": "6a0c4d1e-0000-4000-8000-000000000001",
-    "controller": True,
-    "blockOwnerDeletion": True,
-}
+UID = "6a0c4d1e-0000-4000-8000-000000000001"
+PROFILE = """
+apiVersion: {group}/{version}
+kind: AgentDetectionProfile
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  selector: {{matchLabels: {{app: x}}}}
+  processes: {{presets: [shells]}}
+"""
+
+
+def make_profile(cp: ControlPlane, api: Any, namespace: str, name: str) -> dict[str, Any]:
+    cp.kubectl(
+        "apply", "-f", "-", input=PROFILE.format(group=GROUP, version=VERSION, name=name, namespace=namespace)
+    )
+    got = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "agentdetectionprofiles", name
+    )
+    assert isinstance(got, dict)
+    return got
+
+
+@pytest.fixture
+def owner(control_plane: ControlPlane, api: Any, namespace: str) -> dict[str, Any]:
+    """A real profile's owner reference: with a made-up uid the garbage collector (a real
+    kube-controller-manager runs) deletes what the test applied."""
+    return owner_reference(make_profile(control_plane, api, namespace, "owner"))
 
 
 def policy(namespace: str, name: str, call: str = "tcp_connect") -> dict[str, Any]:
@@ -43,11 +62,11 @@ def read_policy(api: Any, namespace: str, name: str) -> dict[str, Any]:
     return obj
 
 
-def test_apply_creates_then_takes_its_fields_back(api: Any, namespace: str) -> None:
+def test_apply_creates_then_takes_its_fields_back(api: Any, namespace: str, owner: dict[str, Any]) -> None:
     cluster = Cluster(api)
-    cluster.apply(policy(namespace, "p1"), OWNER)
+    cluster.apply(policy(namespace, "p1"), owner)
     stored = read_policy(api, namespace, "p1")
-    assert stored["metadata"]["ownerReferences"] == [OWNER]
+    assert stored["metadata"]["ownerReferences"] == [owner]
     assert [m["manager"] for m in stored["metadata"]["managedFields"]] == [FIELD_MANAGER]
     assert [m["operation"] for m in stored["metadata"]["managedFields"]] == ["Apply"]
     # Someone else changes a field we own; the next apply forces it back (force=true).
@@ -61,13 +80,13 @@ def test_apply_creates_then_takes_its_fields_back(api: Any, namespace: str) -> N
         _content_type="application/merge-patch+json",
     )
     assert read_policy(api, namespace, "p1")["spec"]["kprobes"][0]["call"] == "fd_install"
-    cluster.apply(policy(namespace, "p1"), OWNER)
+    cluster.apply(policy(namespace, "p1"), owner)
     assert read_policy(api, namespace, "p1")["spec"]["kprobes"][0]["call"] == "tcp_connect"
 
 
-def generated_apply(api: Any, body: dict[str, Any]) -> None:
+def generated_apply(api: Any, body: dict[str, Any], owner: dict[str, Any]) -> None:
     """The apply as Cluster made it through the generated client before."""
-    body = {**body, "metadata": {**body["metadata"], "ownerReferences": [OWNER]}}
+    body = {**body, "metadata": {**body["metadata"], "ownerReferences": [owner]}}
     meta = body["metadata"]
     client.CustomObjectsApi(api).patch_namespaced_custom_object(
         TETRAGON_GROUP,
@@ -94,12 +113,12 @@ SPOILS: list[Any] = [
 
 @pytest.mark.parametrize("spoil", SPOILS, ids=["wrong-type", "no-namespace", "bad-name"])
 def test_a_refused_apply_raises_what_the_generated_client_raised(
-    api: Any, namespace: str, policy_kinds: bool, spoil: Any
+    api: Any, namespace: str, owner: dict[str, Any], policy_kinds: bool, spoil: Any
 ) -> None:
     bad = policy(namespace, "p2")
     spoil(bad)
-    theirs = outcome(lambda: generated_apply(api, bad))
-    ours = outcome(lambda: Cluster(api).apply(bad, OWNER))
+    theirs = outcome(lambda: generated_apply(api, bad, owner))
+    ours = outcome(lambda: Cluster(api).apply(bad, owner))
     assert ours == theirs
     if spoil is SPOILS[0] and not policy_kinds:
         return  # Tetragon's stand-in CRDs keep any spec: nothing to refuse
@@ -118,19 +137,7 @@ def outcome(call: Any) -> tuple[type, Any, Any, str | None] | None:
 def test_status_patch_merges_and_a_missing_profile_is_not_an_error(
     control_plane: ControlPlane, api: Any, namespace: str
 ) -> None:
-    control_plane.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=f"""
-apiVersion: {GROUP}/{VERSION}
-kind: AgentDetectionProfile
-metadata: {{name: plain, namespace: {namespace}}}
-spec:
-  selector: {{matchLabels: {{app: x}}}}
-  processes: {{presets: [shells]}}
-""",
-    )
+    make_profile(control_plane, api, namespace, "plain")
     cluster = Cluster(api)
     cluster.patch_status("AgentDetectionProfile", "plain", namespace, {"observedGeneration": 1})
     cluster.patch_status("AgentDetectionProfile", "plain", namespace, {"policyFilterPolicies": 0})
@@ -146,7 +153,7 @@ def test_event_is_stored_as_kubectl_describe_reads_it(api: Any, namespace: str) 
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "AgentDetectionProfile",
-        "metadata": {"name": "budget-profile", "namespace": namespace, "uid": OWNER["uid"]},
+        "metadata": {"name": "budget-profile", "namespace": namespace, "uid": UID},
     }
     Cluster(api).post_event(body, "Warning", "BudgetExceeded", "m" * 2000)
     (event,) = client.CoreV1Api(api).list_namespaced_event(namespace).items
@@ -157,7 +164,7 @@ def test_event_is_stored_as_kubectl_describe_reads_it(api: Any, namespace: str) 
         "AgentDetectionProfile",
         "budget-profile",
         namespace,
-        OWNER["uid"],
+        UID,
     )
     assert (event.type, event.reason, event.count, event.source.component) == (
         "Warning",
