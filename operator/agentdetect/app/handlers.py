@@ -267,12 +267,7 @@ def build_registry(
         try:
             outcome = measured(body)
         except Exception as exc:  # kopf retries; the Event says so where kubectl describe looks
-            reconciler.emit(
-                dict(body),
-                "Warning",
-                Reason.RECONCILE_ERROR,
-                f"{type(exc).__name__}: {exc}"[:1024] + "; retrying",
-            )
+            reconciler.failed(body, f"{type(exc).__name__}: {exc}")
             raise
         if outcome.retry_after is not None:
             raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)

@@ -241,6 +241,10 @@ def budget_condition(owned: int, budget: int) -> tuple[bool, str, str]:
     )
 
 
+#: The end of a ReconcileError Event's message: kopf retries the reconcile.
+RETRYING = "; retrying"
+
+
 class Reconciler:
     def __init__(
         self,
@@ -270,6 +274,11 @@ class Reconciler:
         #: The policies each profile owns now, from the policy watch (kopf's index, set once it
         #: is filled: app/handlers.py). None: a reconcile lists them from the API server.
         self.owned: OwnedLookup | None = None
+        #: Per profile, (uid, message) of the ReconcileError Event posted since its last
+        #: reconcile that returned: kopf retries a failed one, and each retry failing alike
+        #: is not news.
+        self._failing: dict[tuple[str, str | None, str], tuple[str, str]] = {}
+        self._failing_guard = threading.Lock()
 
     def settled_versions(self) -> set[ProfileVersion]:
         return self.reconciled.versions()
@@ -291,6 +300,21 @@ class Reconciler:
                 self.cluster_selections.drop(name)
             self.board.remove((kind, namespace, name))
             self.desired.forget_owner(kind, name, namespace)
+        with self._failing_guard:
+            self._failing.pop((kind, namespace, name), None)
+
+    def failed(self, body: Mapping[str, Any], error: str) -> None:
+        """A reconcile raised and kopf will retry it: a Warning ReconcileError Event when the
+        failure is news for this profile (the first since it last reconciled, or another
+        message than the one posted), not one per retry."""
+        meta = body["metadata"]
+        key = (body["kind"], meta.get("namespace"), meta["name"])
+        message = error[: 1024 - len(RETRYING)] + RETRYING
+        with self._failing_guard:
+            if self._failing.get(key) == (meta.get("uid") or "", message):
+                return
+            self._failing[key] = (meta.get("uid") or "", message)
+        self.emit(dict(body), "Warning", Reason.RECONCILE_ERROR, message)
 
     # ---- the one entry point ---------------------------------------------------------------
 
@@ -350,6 +374,8 @@ class Reconciler:
             budget = after.get(BUDGET_CONDITION)
             if budget is not None and budget[0] == "False" and budget != before.get(BUDGET_CONDITION):
                 self.emit(dict(body), "Warning", budget[1], budget_message)
+            with self._failing_guard:
+                self._failing.pop(key, None)  # a later failure is news again
             return outcome
 
     def _write_detecting(

@@ -335,3 +335,70 @@ def test_unsettled_sees_changes_and_strays_of_profiles_it_knows() -> None:
     other = copy.deepcopy(stray)
     other["metadata"]["labels"]["agentdetect.io/profile-name"] = "unknown"
     assert reconciler.unsettled([*_listed(cluster), other]) == []
+
+
+def _handled(reconciler: Reconciler, cluster: FakeCluster, profile: Profile) -> None:
+    """As the kopf handler runs a reconcile (app/handlers.py): a failure is reported, kopf retries."""
+    try:
+        _run(reconciler, cluster, profile)
+    except Exception as exc:
+        reconciler.failed(profile.body, f"{type(exc).__name__}: {exc}")
+
+
+def test_a_failure_retried_alike_posts_one_event_and_news_posts_again() -> None:
+    cluster, events = FakeCluster(), no_events()
+    messages: list[str] = []
+    reconciler = _reconciler(cluster, events)
+    emit = reconciler.emit
+
+    def record(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        messages.append(message)
+        emit(body, type_, reason, message)
+
+    reconciler.emit = record
+    profile = Profile()
+    failure = [RuntimeError("the API server said 500")]
+
+    def apply(doc: dict[str, Any], owner: dict[str, Any]) -> None:
+        raise failure[0]
+
+    good_apply = cluster.apply
+    cluster.apply = apply  # type: ignore[method-assign]
+    for _ in range(3):  # kopf's retries, failing alike
+        _handled(reconciler, cluster, profile)
+    assert events == [("Warning", "ReconcileError")]
+    assert messages == ["RuntimeError: the API server said 500; retrying"]
+
+    failure[0] = RuntimeError("the API server said 503")  # another failure: news
+    _handled(reconciler, cluster, profile)
+    _handled(reconciler, cluster, profile)
+    assert events == [("Warning", "ReconcileError")] * 2
+
+    cluster.apply = good_apply  # type: ignore[method-assign]
+    _handled(reconciler, cluster, profile)
+    assert events[-1] == ("Normal", "Applied")
+
+    cluster.apply = apply  # type: ignore[method-assign]
+    profile.change({**SPEC, "processes": {"presets": ["shells", "agent-clis"]}})
+    _handled(reconciler, cluster, profile)  # failing again after a success: news again
+    _handled(reconciler, cluster, profile)
+    assert events == [("Warning", "ReconcileError")] * 2 + [
+        ("Normal", "Applied"),
+        ("Warning", "ReconcileError"),
+    ]
+    assert len(messages[-1]) <= 1024
+
+
+def test_a_profile_made_again_reports_its_failure_afresh() -> None:
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    first, second = Profile(uid="uid-1"), Profile(uid="uid-2")
+    reconciler.failed(first.body, "RuntimeError: x")
+    reconciler.failed(first.body, "RuntimeError: x")
+    reconciler.failed(second.body, "RuntimeError: x")  # same name, another object
+    assert events == [("Warning", "ReconcileError")] * 2
+    reconciler.forget(ADP, "chatbot", "team", "uid-2")
+    reconciler.failed(second.body, "RuntimeError: x")
+    assert events == [("Warning", "ReconcileError")] * 3
+    reconciler.failed(second.body, "E" * 5000)  # a long message is cut to Kubernetes' limit
+    assert len(reconciler._failing[(ADP, "team", "chatbot")][1]) == 1024
