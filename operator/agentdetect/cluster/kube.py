@@ -153,9 +153,8 @@ class Cluster:
         return items
 
     def apply(self, doc: dict[str, Any], owner: dict[str, Any]) -> None:
-        """Server-side apply, forcing our field manager's ownership back (that is drift repair).
-        The response body is not used: the generated client leaves it undecoded when the apply
-        creates the object (201)."""
+        """A policy, server-side applied with the profile as its controlling owner. The response
+        is not read: the drift watch reports what the API server stored."""
         body = {**doc, "metadata": {**doc["metadata"], "ownerReferences": [owner]}}
         key = key_of(doc)
         self._apply(TETRAGON_GROUP, TETRAGON_VERSION, POLICY_PLURALS[key.kind], key.namespace, key.name, body)
