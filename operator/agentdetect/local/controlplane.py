@@ -296,7 +296,7 @@ class ControlPlane:
                 "--v=1",
             ],
         )
-        self._wait(proc, lambda: self.ca_file.exists() and self._get_ok(f"{self.server}/readyz"), "/readyz")
+        self._wait(proc, lambda: self._get_ok(f"{self.server}/readyz"), "/readyz")
 
     def _start_controller_manager(self) -> None:
         port = free_port()
@@ -328,7 +328,17 @@ class ControlPlane:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     def _get_ok(self, url: str) -> bool:
-        return _get_ok(url, self._ssl(), self.admin_token)
+        """``url`` answers 200 to the admin, over TLS checked against the API server's own
+        certificate. kube-apiserver writes that certificate as it starts: until the file is
+        complete, loading it finds no certificate (ssl.SSLError), which is "not ready yet"
+        (a CI run failed on that read)."""
+        if not self.ca_file.exists():
+            return False
+        try:
+            context = self._ssl()
+        except ssl.SSLError:
+            return False
+        return _get_ok(url, context, self.admin_token)
 
     def _write_kubeconfigs(self) -> None:
         for path, user, token in (
