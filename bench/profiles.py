@@ -810,6 +810,12 @@ def main() -> None:
         help="sample the operator with py-spy from the first create until all are Ready (raw stacks)",
     )
     args = parser.parse_args()
+    if args.py_spy is not None:
+        spy = Path(sys.executable).with_name("py-spy")
+        if not spy.exists():
+            parser.error(f"--py-spy needs {spy}: pip install -e '.[bench]' into this environment")
+        if args.rounds != 1:
+            parser.error("--py-spy samples one operator run: use it with --rounds 1")
 
     rows = render_rows(args.renders)
     if args.render_only:
