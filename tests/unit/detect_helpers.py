@@ -13,7 +13,7 @@ import yaml
 from agentdetect.controller.reconcile import targets_for
 from agentdetect.detection.events import Event
 from agentdetect.local.samples import kprobe_event
-from agentdetect.policy.board import ProfileState
+from agentdetect.policy.board import ProfileBoard, ProfileState
 from agentdetect.policy.profiles import parse_profile
 from agentdetect.policy.render import HOOKS, Profile, hostnames_of, policy_name, target_in
 from agentdetect.policy.resolve import StaticResolver, resolve_all
@@ -96,3 +96,46 @@ def ts(second: int, nanos: int = 0) -> str:
     """An RFC 3339 timestamp with nine fractional digits, ``second`` seconds after 12:00:00."""
     minutes, seconds = divmod(second, 60)
     return f"2026-11-23T12:{minutes:02d}:{seconds:02d}.{nanos:09d}Z"
+
+
+def small_board() -> tuple[ProfileBoard, list[bytes]]:
+    """Two example profiles and six lines for them: four events (one unmatched), one of
+    another kind, one not JSON."""
+    llm = example("llm-egress.yaml")
+    sandbox = example("enforce-agent-sandbox.yaml")
+    board = ProfileBoard()
+    board.publish(state_of(llm))
+    board.publish(state_of(sandbox))
+    net = policy_of(llm, "tcp_connect")
+    lines = [
+        line(
+            hook="tcp_connect",
+            policy=net,
+            namespace="support",
+            pod="bot-1",
+            target="104.18.6.192",
+            time=ts(1),
+        ),
+        line(
+            hook="tcp_connect",
+            policy=net,
+            namespace="support",
+            pod="bot-1",
+            target="10.42.0.7",
+            port=8000,
+            time=ts(2),
+        ),
+        line(hook="tcp_connect", policy=net, namespace="support", pod="bot-2", target="1.1.1.1", time=ts(3)),
+        line(
+            hook="execve",
+            policy=policy_of(sandbox, "execve"),
+            namespace="agents",
+            pod="sb-1",
+            target="/usr/bin/curl",
+            killed=True,
+            time=ts(4),
+        ),
+        b"not json",
+        b'{"process_exec": {}}',
+    ]
+    return board, lines

@@ -8,7 +8,7 @@ writer touches only those.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from agentdetect.detection.events import Event
@@ -85,7 +85,7 @@ class PodDetections:
 
 
 #: What an indexed event counts into: its rule, its pod's entry, and that entry's key.
-_Indexed = tuple[RuleStats, PodDetections, PodKey]
+Indexed = tuple[RuleStats, PodDetections, PodKey]
 
 
 @dataclass(slots=True)
@@ -130,11 +130,11 @@ class Aggregator:
         #: Profiles whose host detections changed since the last flush.
         self.host_dirty: set[ProfileKey] = set()
         #: (profile, rule, pod namespace) -> pod name -> what an event of that rule from that pod
-        #: counts into: add_all's way straight to it (one lookup in a small dict, one in a table
-        #: of the namespace's pods), where the (profile, namespace, pod) key and the pod's rules
-        #: dict each cost a lookup in memory the cache no longer holds once pods number in the
-        #: thousands. Holds only what ``pods`` holds: entries go when their pod or profile does.
-        self._index: dict[tuple[ProfileKey, str, str], dict[str, _Indexed]] = {}
+        #: counts into: the counting path's way straight to it (see indexed), where the (profile,
+        #: namespace, pod) key and the pod's rules dict each cost a lookup in memory the cache no
+        #: longer holds once pods number in the thousands. Holds only what ``pods`` holds:
+        #: entries go when their pod or profile does.
+        self._index: dict[tuple[ProfileKey, str, str], dict[str, Indexed]] = {}
 
     def add_at(self, event: Event, match: Match, stream: str, stamp_ns: int) -> None:
         """``add`` for a line of a followed stream: a line at or before what the record (the
@@ -229,47 +229,18 @@ class Aggregator:
             pod.dirty = True
             self.dirty.add(key)
 
-    def add_all(self, events: Iterable[Event], matches: Iterable[Match | None]) -> None:
-        """:meth:`add` for a batch, the match of each event beside it (None: not counted). The
-        common case, another event of a rule a (profile, pod) entry already has, is counted in
-        line here, through the index: this runs once per matched event. The lines that count
-        are add's own, repeated on purpose (a call per event is what this saves); a test holds
-        the two paths to the same records (test_the_batch_path_counts_as_the_line_path)."""
-        index, dirty = self._index, self.dirty
-        for event, match in zip(events, matches, strict=True):
-            if match is None:
-                continue
-            table = index.get((match.profile, match.rule, event.namespace))
-            hit = None if table is None else table.get(event.pod)
-            if hit is None:
-                self._add_and_index(event, match)
-                continue
-            rule, pod, key = hit
-            time = event.time
-            rule.count += 1
-            if time > rule.last:
-                rule.last = time
-            elif time < rule.first:
-                rule.first = time
-            if event.killed:
-                rule.killed += 1
-            pod.events += 1
-            if time > pod.last:
-                pod.last = time
-            if not pod.dirty:
-                pod.dirty = True
-                dirty.add(key)
-
-    def _add_and_index(self, event: Event, match: Match) -> None:
-        self.add(event, match)
-        if not event.pod:
-            return
-        key = (match.profile, event.namespace, event.pod)
-        pod = self.pods.get(key)
-        rule = None if pod is None else pod.rules.get(match.rule)
-        if pod is not None and rule is not None:
-            table = self._index.setdefault((match.profile, match.rule, event.namespace), {})
-            table[event.pod] = (rule, pod, key)
+    def indexed(self, match: Match, namespace: str, pod: str) -> dict[str, Indexed]:
+        """The index table of ``match``'s rule in ``namespace``: pod name to what an event of
+        that rule from that pod counts into, with ``pod`` in it once its entry has the rule.
+        The counting path (detection.count) remembers the table itself, so a table this
+        aggregator lets go of is emptied first (forget_profile): never a way to a dropped entry."""
+        table = self._index.setdefault((match.profile, match.rule, namespace), {})
+        key = (match.profile, namespace, pod)
+        entry = self.pods.get(key)
+        rule = None if entry is None else entry.rules.get(match.rule)
+        if entry is not None and rule is not None:
+            table[pod] = (rule, entry, key)
+        return table
 
     def mark_dirty(self, key: PodKey) -> None:
         """Write this entry at the next flush (again: the last write failed)."""
@@ -295,7 +266,7 @@ class Aggregator:
 
     def forget_profile(self, profile: ProfileKey) -> None:
         for t in [t for t in self._index if t[0] == profile]:
-            del self._index[t]
+            self._index.pop(t).clear()
         for k in [k for k in self.pods if k[0] == profile]:
             del self.pods[k]
             self.dirty.discard(k)

@@ -10,7 +10,6 @@ every event and walking it was most of the cost per event.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -362,86 +361,8 @@ def _event_of(doc: _Line, stats: ParseStats) -> Event | None:
     )
 
 
-def parse_lines(
-    lines: Iterable[bytes | str], stats: ParseStats, where: list[int] | None = None
-) -> list[Event]:
-    """The events of a batch of lines, in order; ``stats`` says why the other lines gave none,
-    and ``where``, if given, receives the index of each event's line.
-
-    A loop over the batch rather than a call per line: the common line (an ASCII kprobe of
-    our hooks with its argument where Tetragon puts it) takes the short path below, inline,
-    with its counts kept in locals; any other line, malformed, of another kind or with its
-    arguments elsewhere, goes through the whole of the checks (_parse_one, _event_of), so
-    that both answer alike on every line (tests/unit/detection/test_typed_decoder.py)."""
-    events: list[Event] = []
-    append = events.append
-    decode, hooks, killed_actions, no_pod = _decode, HOOK_OF_FUNCTION, KILLED_ACTIONS, _NO_POD_TYPED
-    index = -1
-    short = 0
-    for line in lines:
-        index += 1
-        if len(line) <= MAX_LINE_BYTES and line.isascii():
-            try:
-                doc = decode(line)
-            except msgspec.MsgspecError:
-                event = _parse_one(line, stats)
-            else:
-                kprobe = doc.process_kprobe
-                time = doc.time
-                if kprobe is not None and time is not None:
-                    hook = hooks.get(kprobe.function_name)
-                    args = kprobe.args
-                    policy = kprobe.policy_name
-                    if hook is not None and args and policy:
-                        target = ""
-                        port = 0
-                        if hook == "tcp_connect":
-                            sock = args[0].sock_arg
-                            if sock is not None:
-                                target, port = sock.daddr, sock.dport
-                        elif hook == "fd_install":
-                            file = args[1].file_arg if len(args) > 1 else None
-                            if file is not None:
-                                target = file.path
-                        else:
-                            target = args[0].string_arg or ""
-                        if target:
-                            process = kprobe.process
-                            pod = process.pod or no_pod
-                            # As _event_of builds it (the differential test holds both to
-                            # the reference parser); positional: cheaper than keywords.
-                            append(
-                                Event(
-                                    policy,
-                                    hook,
-                                    pod.namespace,
-                                    pod.name,
-                                    pod.workload,
-                                    process.binary,
-                                    target,
-                                    port,
-                                    kprobe.action in killed_actions,
-                                    time if len(time) == 30 else normalize_time(time),
-                                    doc.node_name or "",
-                                )
-                            )
-                            short += 1
-                            if where is not None:
-                                where.append(index)
-                            continue
-                event = _event_of(doc, stats)
-        else:
-            event = _parse_one(line, stats)
-        if event is not None:
-            append(event)
-            if where is not None:
-                where.append(index)
-    stats.lines += index + 1
-    stats.events += short
-    return events
-
-
 def parse_line(line: bytes | str, stats: ParseStats) -> Event | None:
-    """One line in, an :class:`Event` or ``None`` out; ``stats`` says why not."""
-    events = parse_lines((line,), stats)
-    return events[0] if events else None
+    """One line in, an :class:`Event` or ``None`` out; ``stats`` says why not. The pipeline
+    counts most lines without an Event (detection.count); every line it does not, this reads."""
+    stats.lines += 1
+    return _parse_one(line, stats)

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 from itertools import islice
 
 from agentdetect.detection.aggregate import Aggregator
-from agentdetect.detection.events import ParseStats, parse_line, parse_lines
+from agentdetect.detection.count import LineCounter
+from agentdetect.detection.events import ParseStats
 from agentdetect.detection.match import Matcher
 from agentdetect.policy.board import ProfileBoard
 
@@ -41,6 +42,7 @@ class Pipeline:
         self.lock = threading.Lock()  # held while feeding and while a writer takes a snapshot
         self._version = -1
         self._matcher = Matcher([])
+        self._counter = LineCounter(self._matcher, self.aggregator)
 
     def _current_matcher(self) -> Matcher:
         if self.board.version != self._version:
@@ -54,41 +56,35 @@ class Pipeline:
     def unmatched(self) -> int:
         return self._matcher.unmatched
 
+    def _current_counter(self) -> LineCounter:
+        """The counting path of the current matcher and aggregator (either can be replaced: a
+        profile change, a restore from the records)."""
+        matcher = self._current_matcher()
+        counter = self._counter
+        if counter.matcher is not matcher or counter.aggregator is not self.aggregator:
+            counter = self._counter = LineCounter(matcher, self.aggregator)
+        return counter
+
     def feed(self, line: bytes | str, stream: str | None = None, stamp_ns: int = 0) -> None:
         """One line; with the followed Tetragon ``stream`` it came from and its kubelet
         timestamp, a line the (profile, pod) record already counts is passed over."""
         with self.lock:
-            event = parse_line(line, self.stats)
-            if event is None:
-                return
-            match = self._current_matcher().match(event)
-            if match is None:
-                return
             if stream is None:
-                self.aggregator.add(event, match)
+                self._current_counter().count((line,), self.stats)
             else:
-                self.aggregator.add_at(event, match, stream, stamp_ns)
+                self._current_counter().count((line,), self.stats, stream, (stamp_ns,))
 
     def feed_many(self, lines: Iterable[bytes | str]) -> None:
-        """The hot loop for files and benchmarks: one lock and one matcher check per batch,
-        lines parsed a batch at a time."""
+        """The hot loop for files and benchmarks: one lock and one matcher check per batch."""
         with self.lock:
-            matcher = self._current_matcher()
-            stats, add_all, match_all = self.stats, self.aggregator.add_all, matcher.match_all
+            count, stats = self._current_counter().count, self.stats
             it = iter(lines)
             while batch := list(islice(it, _BATCH)):
-                events = parse_lines(batch, stats)
-                add_all(events, match_all(events))
+                count(batch, stats)
 
     def feed_stream(self, batch: Sequence[tuple[bytes, int]], stream: str) -> None:
         """:meth:`feed` for a batch of one stream's lines with their positions (the node
         agent's reads of the export file): one lock and one matcher check per batch."""
         with self.lock:
-            matcher = self._current_matcher()
-            add_at, match = self.aggregator.add_at, matcher.match
-            where: list[int] = []
-            events = parse_lines([line for line, _ in batch], self.stats, where)
-            for event, at in zip(events, where, strict=True):
-                m = match(event)
-                if m is not None:
-                    add_at(event, m, stream, batch[at][1])
+            lines = [line for line, _ in batch]
+            self._current_counter().count(lines, self.stats, stream, [stamp for _, stamp in batch])

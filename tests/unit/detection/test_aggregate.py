@@ -14,7 +14,7 @@ from agentdetect.detection.match import Match
 from agentdetect.detection.pipeline import Pipeline
 from agentdetect.local.samples import Scenario, kprobe_event, stream
 from agentdetect.policy.board import ProfileBoard, ProfileKey
-from tests.unit.detect_helpers import event, example, line, make_profile, policy_of, state_of, ts
+from tests.unit.detect_helpers import event, line, make_profile, policy_of, small_board, state_of, ts
 
 P1: ProfileKey = ("AgentDetectionProfile", "team-a", "llm")
 P2: ProfileKey = ("ClusterAgentDetectionProfile", None, "creds")
@@ -284,49 +284,8 @@ def test_take_dirty_is_sorted_with_cluster_profiles_without_namespace() -> None:
 # ---- the pipeline ------------------------------------------------------------------------------
 
 
-def _board() -> tuple[ProfileBoard, list[bytes]]:
-    llm = example("llm-egress.yaml")
-    sandbox = example("enforce-agent-sandbox.yaml")
-    board = ProfileBoard()
-    board.publish(state_of(llm))
-    board.publish(state_of(sandbox))
-    net = policy_of(llm, "tcp_connect")
-    lines = [
-        line(
-            hook="tcp_connect",
-            policy=net,
-            namespace="support",
-            pod="bot-1",
-            target="104.18.6.192",
-            time=ts(1),
-        ),
-        line(
-            hook="tcp_connect",
-            policy=net,
-            namespace="support",
-            pod="bot-1",
-            target="10.42.0.7",
-            port=8000,
-            time=ts(2),
-        ),
-        line(hook="tcp_connect", policy=net, namespace="support", pod="bot-2", target="1.1.1.1", time=ts(3)),
-        line(
-            hook="execve",
-            policy=policy_of(sandbox, "execve"),
-            namespace="agents",
-            pod="sb-1",
-            target="/usr/bin/curl",
-            killed=True,
-            time=ts(4),
-        ),
-        b"not json",
-        b'{"process_exec": {}}',
-    ]
-    return board, lines
-
-
 def test_pipeline_feed_and_feed_many_agree() -> None:
-    board, lines = _board()
+    board, lines = small_board()
     one, many = Pipeline(board), Pipeline(board)
     for raw in lines:
         one.feed(raw)
@@ -350,7 +309,7 @@ def test_pipeline_feed_and_feed_many_agree() -> None:
     assert one.aggregator.pods[(sb_key, "agents", "sb-1")].rules["/usr/bin/curl"].action == "Killed"
 
 
-def test_pipeline_follows_the_board() -> None:
+def test_pipeline_follows_thesmall_board() -> None:
     board = ProfileBoard()
     pipeline = Pipeline(board)
     profile = make_profile({"processes": {"presets": ["shells"]}}, name="sh", namespace="team-a")
@@ -426,7 +385,7 @@ def test_pipeline_over_a_sample_stream_respects_caps() -> None:
 
 @pytest.mark.parametrize("batch", [1, 7, 1000])
 def test_feed_many_in_batches_is_the_same(batch: int) -> None:
-    board, lines = _board()
+    board, lines = small_board()
     whole = Pipeline(board)
     whole.feed_many(lines * 10)
     batched = Pipeline(board)
@@ -548,91 +507,3 @@ def test_host_process_counts_are_a_record_too() -> None:
     assert (host.events, host.first, host.last) == (4, ts(10), ts(30))
     assert host_detections(host) is not None
     assert host_record_of({"kind": P2[0], "metadata": {"name": "x"}, "status": {}}) is None
-
-
-def _busy_stream() -> tuple[ProfileBoard, list[bytes]]:
-    """The benchmark's ten profiles and a stream over them, shuffled so that times go back and
-    forth, with some kills, lines of the small board's profiles, and lines that are not events."""
-    from bench.events import board_and_scenarios
-
-    board, scenarios = board_and_scenarios([f"team-{i}" for i in range(10)])
-    lines = list(stream(scenarios, pods=30, count=6_000))
-    small_board, small = _board()
-    for state in small_board.snapshot()[1]:
-        board.publish(state)
-    rng = __import__("random").Random(3)
-    killed = [
-        orjson.dumps(
-            kprobe_event(
-                hook=s.hook,
-                policy=s.policy,
-                namespace=s.namespace,
-                pod=f"app-{i % 3}-{i:05d}",
-                target=s.targets[0][0],
-                port=s.targets[0][1],
-                killed=True,
-                time=ts(i),
-            )
-        )
-        for i, s in enumerate(scenarios)
-    ]
-    lines += killed * 3 + small * 5
-    rng.shuffle(lines)
-    return board, lines
-
-
-def test_the_batch_path_counts_as_the_line_path() -> None:
-    """feed_many (parse_lines, match_all, add_all, each with a short path of its own) and
-    feed_stream leave the same records, counts and dirty marks as feeding line by line."""
-    board, lines = _busy_stream()
-    one, many, streamed = Pipeline(board), Pipeline(board), Pipeline(board)
-    for i, raw in enumerate(lines):
-        one.feed(raw, "s", i)
-    many.feed_many(lines)
-    for start in range(0, len(lines), 97):
-        streamed.feed_stream([(raw, start + i) for i, raw in enumerate(lines[start : start + 97])], "s")
-    for other in (many, streamed):
-        assert other.aggregator.pods.keys() == one.aggregator.pods.keys()
-        for key, pod in one.aggregator.pods.items():
-            theirs = other.aggregator.pods[key]
-            assert (theirs.rules, theirs.events, theirs.last, theirs.dirty, theirs.workload, theirs.node) == (
-                pod.rules,
-                pod.events,
-                pod.last,
-                pod.dirty,
-                pod.workload,
-                pod.node,
-            )
-        assert other.aggregator.dirty == one.aggregator.dirty
-        assert other.stats == one.stats
-        assert other.unmatched == one.unmatched
-    assert streamed.aggregator.pods == one.aggregator.pods  # stream positions too
-    assert one.stats.events > 6_000 and one.unmatched > 0
-    assert any(r.killed for p in one.aggregator.pods.values() for r in p.rules.values())
-
-
-def test_the_batch_path_forgets_with_the_pod_and_the_profile() -> None:
-    """add_all's index holds only what the aggregator holds: after a pod or a profile is
-    forgotten, its next events start a new entry, on the batch path as line by line."""
-    board, lines = _busy_stream()
-    half = len(lines) // 2
-    one, many = Pipeline(board), Pipeline(board)
-    for raw in lines[:half]:
-        one.feed(raw)
-    many.feed_many(lines[:half])
-    (profile, namespace, pod), *_ = sorted(k for k in one.aggregator.pods if k[0][1] == "team-3")
-    dropped_profile = ("AgentDetectionProfile", "team-5", "agents")
-    for p in (one, many):
-        assert p.aggregator.forget_pod(namespace, pod) >= 1
-        p.aggregator.forget_profile(dropped_profile)
-        assert not any(k[0] == dropped_profile for k in p.aggregator.pods)
-    for raw in lines[half:]:
-        one.feed(raw)
-    many.feed_many(lines[half:])
-    assert many.aggregator.pods == one.aggregator.pods
-    assert many.aggregator.dirty == one.aggregator.dirty
-    again = Pipeline(board)
-    again.feed_many(lines[half:])
-    key = (profile, namespace, pod)
-    assert many.aggregator.pods[key].rules == again.aggregator.pods[key].rules  # the second half only
-    assert any(k[0] == dropped_profile for k in many.aggregator.pods)  # counted again, from the second half

@@ -9,15 +9,12 @@ import json
 from pathlib import Path
 
 import orjson
-import pytest
 
 from agentdetect.detection.events import (
     MAX_LINE_BYTES,
-    Event,
     ParseStats,
     parse_line,
     parse_line_reference,
-    parse_lines,
 )
 from agentdetect.local.samples import stream
 from tests.unit.detect_helpers import EXAMPLES
@@ -80,26 +77,3 @@ def test_the_typed_decoder_answers_as_the_reference_parser_on_every_line() -> No
         mine, theirs = ParseStats(), ParseStats()
         assert parse_line(line, mine) == parse_line_reference(line, theirs), line[:300]
         assert mine == theirs, (line[:300], mine, theirs)
-
-
-@pytest.mark.parametrize("batch", [7, 256, 100_000])
-def test_batches_answer_as_the_reference_parser_line_by_line(batch: int) -> None:
-    """parse_lines, which the pipeline calls, takes a short path for the common line: the same
-    events, in order, with each event's line index, and the same counts, whatever the batching."""
-    lines = corpus()
-    lines += broken(lines)
-    every: list[bytes | str] = [*lines, *(line.decode("utf-8", "replace") for line in lines[:200])]
-    expected, theirs = [], ParseStats()
-    for i, line in enumerate(every):
-        event = parse_line_reference(line, theirs)
-        if event is not None:
-            expected.append((i, event))
-    got: list[tuple[int, Event]] = []
-    mine = ParseStats()
-    for start in range(0, len(every), batch):
-        where: list[int] = []
-        events = parse_lines(every[start : start + batch], mine, where)
-        assert len(where) == len(events)
-        got += [(start + i, e) for i, e in zip(where, events, strict=True)]
-    assert got == expected
-    assert mine == theirs

@@ -1,0 +1,228 @@
+"""The counting path (detection.count, behind every Pipeline.feed*) against the whole path it
+short-cuts, line by line: parse_line, Matcher.match, then Aggregator.add or add_at. Both must
+leave the same records (counts, first and last, kills, examples, stream positions), the same
+dirty marks and the same parse, match and aggregate counts, whatever the batching, through
+forgotten pods and profiles, a changed board, a restore from the records, re-read streams and
+a full memory of keys."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import orjson
+import pytest
+
+from agentdetect.detection import count
+from agentdetect.detection.aggregate import Aggregator
+from agentdetect.detection.events import ParseStats, parse_line
+from agentdetect.detection.match import Matcher
+from agentdetect.detection.pipeline import Pipeline
+from agentdetect.detection.records import detection_object, record_of
+from agentdetect.local.samples import kprobe_event, stream
+from agentdetect.policy.board import ProfileBoard
+from agentdetect.policy.profiles import parse_profile
+from tests.unit.detect_helpers import line, policy_of, small_board, state_of, ts
+from tests.unit.detection.test_typed_decoder import broken, corpus
+
+
+class WholePath:
+    """The reference: each line through the three stages, as before the counting path."""
+
+    def __init__(self, board: ProfileBoard, aggregator: Aggregator | None = None) -> None:
+        self.board = board
+        self.aggregator = aggregator or Aggregator()
+        self.stats = ParseStats()
+        self.unmatched = 0
+
+    def feed(
+        self, lines: Sequence[bytes | str], stream: str | None = None, stamps: Sequence[int] = ()
+    ) -> None:
+        matcher = Matcher(self.board.snapshot()[1])
+        for i, raw in enumerate(lines):
+            event = parse_line(raw, self.stats)
+            if event is None:
+                continue
+            match = matcher.match(event)
+            if match is None:
+                continue
+            if stream is None:
+                self.aggregator.add(event, match)
+            else:
+                self.aggregator.add_at(event, match, stream, stamps[i])
+        self.unmatched += matcher.unmatched
+
+
+def assert_same(pipeline: Pipeline, reference: WholePath) -> None:
+    mine, theirs = pipeline.aggregator, reference.aggregator
+    assert mine.pods.keys() == theirs.pods.keys()
+    for key, pod in theirs.pods.items():
+        assert mine.pods[key] == pod, key  # rules, times, examples, stream positions, dirty mark
+    assert mine.dirty == theirs.dirty
+    assert mine.host == theirs.host and mine.host_dirty == theirs.host_dirty
+    assert mine.stats == theirs.stats
+    assert mine.rule_totals() == theirs.rule_totals()
+    assert pipeline.stats == reference.stats
+    assert pipeline.unmatched == reference.unmatched
+
+
+def positioned(lines: list[bytes], stamps: list[int]) -> list[tuple[bytes, int]]:
+    return list(zip(lines, stamps, strict=True))
+
+
+def _host_line(policy: str, second: int, target: str = "/root/.ssh/id_ed25519") -> bytes:
+    raw = line(hook="fd_install", policy=policy, namespace="x", pod="x", target=target, time=ts(second))
+    doc = orjson.loads(raw)
+    del doc["process_kprobe"]["process"]["pod"]  # what Tetragon exports for a host process
+    return orjson.dumps(doc)
+
+
+def busy_stream(seed: int = 3) -> tuple[ProfileBoard, list[bytes]]:
+    """The benchmark's ten profiles and a stream over them, shuffled so that times go back and
+    forth: kills, times of fewer than nine fractional digits, host processes (matched by a
+    cluster profile, and not), the small board's lines, and the parser tests' broken lines."""
+    from bench.events import board_and_scenarios
+
+    board, scenarios = board_and_scenarios([f"team-{i}" for i in range(10)])
+    lines = list(stream(scenarios, pods=30, count=6_000))
+    small, small_lines = small_board()
+    for state in small.snapshot()[1]:
+        board.publish(state)
+    hosts = parse_profile(
+        {
+            "kind": "ClusterAgentDetectionProfile",
+            "metadata": {"name": "node-secrets"},
+            "spec": {"hostProcesses": True, "files": {"presets": ["ssh-keys"]}},
+        }
+    )
+    board.publish(state_of(hosts))
+    host_policy = policy_of(hosts, "fd_install")
+    killed = [
+        orjson.dumps(
+            kprobe_event(
+                hook=s.hook,
+                policy=s.policy,
+                namespace=s.namespace,
+                pod=f"app-{i % 3}-{i:05d}",
+                target=s.targets[0][0],
+                port=s.targets[0][1],
+                killed=True,
+                time=ts(i),
+            )
+        )
+        for i, s in enumerate(scenarios)
+    ]
+    short_times = [raw.replace(b".000000000Z", b".5Z") for raw in lines[:300]]
+    host = [_host_line(host_policy, i, ("/root/.ssh/id_rsa", "/etc/hostname")[i % 2]) for i in range(40)]
+    host += [_host_line(scenarios[1].policy, i) for i in range(5)]  # a namespaced policy's: unmatched
+    lines += killed * 3 + short_times + host + small_lines * 5
+    lines += broken(corpus())[:3_000]
+    random.Random(seed).shuffle(lines)
+    return board, lines
+
+
+@pytest.mark.parametrize("batch", [1, 97, 256, 100_000])
+def test_feed_many_counts_as_the_whole_path(batch: int) -> None:
+    board, lines = busy_stream()
+    pipeline, reference = Pipeline(board), WholePath(board)
+    for start in range(0, len(lines), batch):
+        pipeline.feed_many(lines[start : start + batch])
+    reference.feed(lines)
+    assert_same(pipeline, reference)
+    # Not a vacuous comparison: most lines took the short path, and every kind of line is here.
+    assert reference.stats.events > 6_000 and reference.unmatched > 0 and reference.stats.malformed > 0
+    assert any(r.killed for p in reference.aggregator.pods.values() for r in p.rules.values())
+    assert reference.aggregator.host and len(pipeline._counter._tables) > 0
+
+
+def test_line_by_line_feed_counts_as_the_whole_path() -> None:
+    board, lines = busy_stream(seed=5)
+    lines = lines[:4_000]
+    pipeline, reference = Pipeline(board), WholePath(board)
+    for raw in lines:
+        pipeline.feed(raw)
+    reference.feed(lines)
+    assert_same(pipeline, reference)
+
+
+def test_a_followed_stream_counts_as_the_whole_path_and_passes_over_what_it_counted() -> None:
+    """Stream positions: timestamps that repeat, the stream read again from the start (a
+    restarted follower), a second stream (a restarted Tetragon pod), line by line and in batches."""
+    board, lines = busy_stream(seed=7)
+    stamps = [i // 3 for i in range(len(lines))]  # three lines per kubelet timestamp
+    half = len(lines) // 2
+    batched, single, reference = Pipeline(board), Pipeline(board), WholePath(board)
+    plan = [("s", lines, stamps), ("s", lines[:half], stamps[:half]), ("t", lines[:half], stamps[:half])]
+    for name, these, their_stamps in plan:
+        for start in range(0, len(these), 97):
+            batched.feed_stream(positioned(these, their_stamps)[start : start + 97], name)
+        for raw, stamp in zip(these, their_stamps, strict=True):
+            single.feed(raw, name, stamp)
+        reference.feed(these, name, their_stamps)
+    assert_same(batched, reference)
+    assert_same(single, reference)
+    assert reference.aggregator.stats.already_counted > half // 2  # the re-read was passed over
+
+
+def test_a_restore_from_the_records_counts_as_the_whole_path() -> None:
+    """The operator restarts: a new aggregator from the AgentDetections, the stream read again
+    from the start. Its first lines are counted already, by position; the rest go on."""
+    board, lines = busy_stream(seed=11)
+    stamps = list(range(len(lines)))
+    half = len(lines) // 2
+    first = Pipeline(board)
+    first.feed_stream(positioned(lines, stamps)[:half], "s")
+    objects = [detection_object(key, pod).dump() for key, pod in first.aggregator.pods.items()]
+
+    def restored() -> Aggregator:
+        agg = Aggregator()
+        for body in objects:
+            record = record_of(body)
+            assert record is not None
+            agg.restore(*record)
+        return agg
+
+    pipeline, reference = Pipeline(board), WholePath(board, restored())
+    pipeline.feed_stream(positioned(lines, stamps)[:100], "s")  # the old aggregator's tables
+    pipeline.aggregator = restored()  # what DetectionService._restore does
+    pipeline.stats, pipeline._matcher.unmatched = ParseStats(), 0
+    for start in range(0, len(lines), 256):
+        pipeline.feed_stream(positioned(lines, stamps)[start : start + 256], "s")
+    reference.feed(lines, "s", stamps)
+    assert_same(pipeline, reference)
+    assert reference.aggregator.stats.already_counted > 0
+
+
+def test_forgotten_pods_and_profiles_and_a_changed_board_count_as_the_whole_path() -> None:
+    """A table the counting path remembers never leads to an entry the aggregator dropped:
+    after a pod or a profile is forgotten, its next events start a new entry, and a profile
+    taken off the board stops matching."""
+    board, lines = busy_stream(seed=13)
+    third = len(lines) // 3
+    pipeline, reference = Pipeline(board), WholePath(board)
+    pipeline.feed_many(lines[:third])
+    reference.feed(lines[:third])
+    (profile, namespace, pod), *_ = sorted(k for k in reference.aggregator.pods if k[0][1] == "team-3")
+    dropped = ("AgentDetectionProfile", "team-5", "agents")
+    for agg in (pipeline.aggregator, reference.aggregator):
+        assert agg.forget_pod(namespace, pod) >= 1
+        agg.forget_profile(dropped)
+    pipeline.feed_many(lines[third : 2 * third])
+    reference.feed(lines[third : 2 * third])
+    assert_same(pipeline, reference)
+    assert (profile, namespace, pod) in reference.aggregator.pods  # counted again, from the second third
+    assert any(k[0] == dropped for k in reference.aggregator.pods)
+    board.remove(("AgentDetectionProfile", "team-4", "agents"))
+    pipeline.feed_many(lines[2 * third :])
+    reference.feed(lines[2 * third :])
+    assert_same(pipeline, reference)
+
+
+def test_a_full_memory_of_keys_starts_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(count, "_LIMIT", 7)
+    board, lines = busy_stream(seed=17)
+    pipeline, reference = Pipeline(board), WholePath(board)
+    pipeline.feed_many(lines)
+    reference.feed(lines)
+    assert_same(pipeline, reference)
+    assert len(pipeline._counter._tables) <= 7
