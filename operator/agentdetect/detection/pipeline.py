@@ -82,7 +82,7 @@ class Pipeline:
             while batch := list(islice(it, _BATCH)):
                 count(batch, stats)
 
-    def feed_stream(self, batch: Sequence[tuple[bytes, int]], stream: str) -> None:
+    def feed_stream(self, batch: Sequence[tuple[bytes | str, int]], stream: str) -> None:
         """:meth:`feed` for a batch of one stream's lines with their positions (the node
         agent's reads of the export file): one lock and one matcher check per batch."""
         with self.lock:

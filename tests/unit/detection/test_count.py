@@ -66,7 +66,7 @@ def assert_same(pipeline: Pipeline, reference: WholePath) -> None:
     assert pipeline.unmatched == reference.unmatched
 
 
-def positioned(lines: list[bytes], stamps: list[int]) -> list[tuple[bytes, int]]:
+def positioned(lines: list[bytes | str], stamps: list[int]) -> list[tuple[bytes | str, int]]:
     return list(zip(lines, stamps, strict=True))
 
 
@@ -77,7 +77,7 @@ def _host_line(policy: str, second: int, target: str = "/root/.ssh/id_ed25519") 
     return orjson.dumps(doc)
 
 
-def busy_stream(seed: int = 3) -> tuple[ProfileBoard, list[bytes]]:
+def busy_stream(seed: int = 3) -> tuple[ProfileBoard, list[bytes | str]]:
     """The benchmark's ten profiles and a stream over them, shuffled so that times go back and
     forth: kills, times of fewer than nine fractional digits, host processes (matched by a
     cluster profile, and not), the small board's lines, and the parser tests' broken lines."""
@@ -118,7 +118,9 @@ def busy_stream(seed: int = 3) -> tuple[ProfileBoard, list[bytes]]:
     lines += killed * 3 + short_times + host + small_lines * 5
     lines += broken(corpus())[:3_000]
     random.Random(seed).shuffle(lines)
-    return board, lines
+    # Lines as text too (Pipeline.feed takes either), some of them events of the stream.
+    every: list[bytes | str] = [*lines, *(raw.decode("utf-8", "replace") for raw in lines[:500])]
+    return board, every
 
 
 @pytest.mark.parametrize("batch", [1, 97, 256, 100_000])
