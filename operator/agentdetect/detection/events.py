@@ -289,8 +289,10 @@ def _parse_one(line: bytes | str, stats: ParseStats) -> Event | None:
             return None
     try:
         doc = _decode(line)
-    except msgspec.ValidationError:
-        # Valid JSON of the wrong shape: not an object, or one of our fields mistyped. The
+    except (msgspec.ValidationError, RecursionError):
+        # Valid JSON of the wrong shape: not an object, or one of our fields mistyped. Or
+        # JSON nested deeper than the decoder recurses (msgspec raises RecursionError where
+        # orjson's limit is 1,024 levels): a hostile line must not stop the follower. The
         # reference parser tells a non-event from a malformed event; so does this, by asking
         # it (rare lines only).
         return _by_reference(line, stats)

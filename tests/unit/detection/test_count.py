@@ -116,7 +116,8 @@ def busy_stream(seed: int = 3) -> tuple[ProfileBoard, list[bytes | str]]:
     host = [_host_line(host_policy, i, ("/root/.ssh/id_rsa", "/etc/hostname")[i % 2]) for i in range(40)]
     host += [_host_line(scenarios[1].policy, i) for i in range(5)]  # a namespaced policy's: unmatched
     lines += killed * 3 + short_times + host + small_lines * 5
-    lines += broken(corpus())[:3_000]
+    bad = broken(corpus())
+    lines += bad[:3_000] + bad[-30:]  # cut, retyped and garbage lines; the last: deep nesting
     random.Random(seed).shuffle(lines)
     # Lines as text too (Pipeline.feed takes either), some of them events of the stream.
     every: list[bytes | str] = [*lines, *(raw.decode("utf-8", "replace") for raw in lines[:500])]

@@ -64,6 +64,10 @@ def broken(lines: list[bytes]) -> list[bytes]:
     ]
     out += [b'{"process_kprobe": null}', b'{"process_kprobe": {}}', b'{"process_exec": {}}', b'{"x": 1}']
     out.append(b'{"process_exec": {"pad": "' + b"x" * MAX_LINE_BYTES + b'"}}')
+    # Nested past msgspec's recursion (which raises RecursionError) and past orjson's 1,024 levels.
+    for depth in (900, 1_100, 5_000):
+        out.append(b'{"x":' + b"[" * depth + b"]" * depth + b"}")
+        out.append(lines[0].replace(b'"time":"', b'"deep":' + b"[" * depth + b"]" * depth + b',"time":"', 1))
     return out
 
 
