@@ -184,29 +184,16 @@ class Matcher:
             rule = rules.processes.lookup(event.target)
         return None if rule is None else Match(rules.key, rule)
 
-    def _remember(self, key: tuple[str, str, str, str, int], event: Event) -> Match | None:
-        found = self._answer(event)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = found
-        return found
-
     def match(self, event: Event) -> Match | None:
-        return self.match_all((event,))[0]
-
-    def match_all(self, events: Iterable[Event]) -> list[Match | None]:
-        """Each event's match, in order: a loop over the batch rather than a call per event."""
-        out: list[Match | None] = []
-        append, cache, remember = out.append, self._cache, self._remember
-        missed = 0
-        for event in events:
-            key = (event.policy, event.hook, event.namespace, event.target, event.port)
-            try:
-                found = cache[key]
-            except KeyError:
-                found = remember(key, event)
-            if found is None:
-                missed += 1
-            append(found)
-        self.unmatched += missed
-        return out
+        """The event's match, or None (counted in ``unmatched``)."""
+        key = (event.policy, event.hook, event.namespace, event.target, event.port)
+        try:
+            found = self._cache[key]
+        except KeyError:
+            found = self._answer(event)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = found
+        if found is None:
+            self.unmatched += 1
+        return found
