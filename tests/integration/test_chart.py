@@ -17,7 +17,10 @@ import orjson
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
+from agentdetect.app import runner
+from agentdetect.cluster.kube import Cluster
 from agentdetect.local import binaries
 from agentdetect.local.controlplane import ControlPlane, kubeconfig_dict
 from agentdetect.local.samples import kprobe_event
@@ -195,7 +198,9 @@ class Release:
     """The chart's ServiceAccount and RBAC (and peering object) applied for real, and a
     kubeconfig holding a token for that ServiceAccount."""
 
-    def __init__(self, control_plane: ControlPlane, namespace: str, tetragon_ns: str, workdir: Path) -> None:
+    def __init__(
+        self, control_plane: ControlPlane, namespace: str, tetragon_ns: str, workdir: Path, *values: str
+    ) -> None:
         self.name = f"ad-{uuid.uuid4().hex[:6]}"
         self.namespace = namespace
         docs = template(
@@ -205,6 +210,7 @@ class Release:
             "--set=crds.enabled=false",  # installed by the installed_crds fixture, for the session
             f"--set=detection.tetragon.namespace={tetragon_ns}",
             "--set=detection.tetragon.selector=app.kubernetes.io/name=tetragon",
+            *values,
         )
         self.objects = [d for d in docs if d["kind"] not in ("Deployment", "Service", "PodDisruptionBudget")]
         control_plane.kubectl(
@@ -271,6 +277,8 @@ def test_chart_rbac_grants_what_the_operator_does_and_no_more(
     assert can(control_plane, "list", "agentdetections.agentdetect.io", "-A")
     assert can(control_plane, "get", "pods", "--subresource=log", "-n", tetragon_ns)
     assert can(control_plane, "create", "events", "-n", namespace)
+    # A policy deleted by hand is restored unless its namespace is terminating (a GET).
+    assert can(control_plane, "get", f"namespaces/{namespace}")
     assert can(control_plane, "patch", f"clusterkopfpeerings.kopf.dev/{release.name}")
     # ... and nothing it has no use for.
     assert not can(control_plane, "get", "secrets", "-A")
@@ -281,6 +289,43 @@ def test_chart_rbac_grants_what_the_operator_does_and_no_more(
     assert not can(control_plane, "create", "pods", "-n", namespace)
     assert not can(control_plane, "patch", "clusterkopfpeerings.kopf.dev/someone-else")
     assert not can(control_plane, "*", "*")
+
+
+def test_watch_namespaces_rbac_lets_the_sweep_list_and_a_deletion_be_restored(
+    control_plane: ControlPlane, installed_crds: list[str], namespace: str, tetragon_ns: str, tmp_path: Path
+) -> None:
+    """With watchNamespaces the chart grants the namespaced policies only in those namespaces:
+    the sweep's LIST of every policy of ours (handlers.verify) is made per watched namespace,
+    and the namespace GET before restoring a deleted policy is allowed in every mode."""
+    release = Release(
+        control_plane, namespace, tetragon_ns, tmp_path, f"--set=watchNamespaces={{{namespace}}}"
+    )
+    try:
+        cluster = Cluster(runner.api_client(release.kubeconfig))
+        policy = {
+            "apiVersion": "cilium.io/v1alpha1",
+            "kind": "TracingPolicyNamespaced",
+            "metadata": {
+                "name": "agentdetect-listed",
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "agentdetect"},
+            },
+            "spec": {},
+        }
+        client.CustomObjectsApi(control_plane.api_client()).create_namespaced_custom_object(
+            "cilium.io", "v1alpha1", namespace, "tracingpoliciesnamespaced", policy
+        )
+        listed = cluster.list_ours([namespace])
+        assert [(p["kind"], p["metadata"]["name"]) for p in listed] == [
+            ("TracingPolicyNamespaced", "agentdetect-listed")
+        ]
+        with pytest.raises(ApiException) as refused:  # what the sweep did before: every namespace
+            cluster.list_ours()
+        assert refused.value.status == 403
+        assert cluster.namespace_active(namespace)
+        assert not cluster.namespace_active(f"{namespace}-gone")
+    finally:
+        release.delete(control_plane)
 
 
 def test_two_replicas_with_the_chart_identity_one_active_then_failover(

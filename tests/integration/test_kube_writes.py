@@ -180,3 +180,16 @@ def test_a_refused_event_is_logged_not_raised(api: Any, caplog: pytest.LogCaptur
     body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "no-such-ns-y"}}
     Cluster(api).post_event(body, "Normal", "Applied", "x")
     assert "could not post Event Applied on Pod p: Not Found" in caplog.text
+
+
+def test_an_event_to_an_api_server_that_is_away_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The reconcile that posts an Event has written the status already: a connection error
+    (urllib3's, not an ApiException) must not fail it into a retry."""
+    cfg = client.Configuration()
+    cfg.host = "https://127.0.0.1:1"  # nothing listens on port 1
+    cfg.retries = 0
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}}
+    Cluster(client.ApiClient(cfg)).post_event(body, "Normal", "Applied", "x")
+    assert "could not post Event Applied on Pod p:" in caplog.text

@@ -314,6 +314,43 @@ def test_a_deletion_the_watch_missed_is_restored_from_a_list(
     assert restored["metadata"]["name"] == name and restored["spec"] == net["spec"]
 
 
+def test_a_profile_deleted_while_the_watch_was_away_is_forgotten(
+    control_plane: ControlPlane,
+    api: Any,
+    operator: OperatorThread,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf's relist after a watch gap reports no deletion, so the profile's DELETED event
+    never comes. Here the operator is made to miss it; the reconcile its policies' deletion
+    or the sweep asks for finds the profile gone (a GET) and forgets it, or its rules would
+    keep matching events and its policies keep counting against the policy-filter budget."""
+    apply(control_plane, PROFILE.format(ns=namespace))
+    wait_condition(api, "chatbot", namespace, "Applied")
+    reconciler = operator.reconciler
+    assert reconciler is not None
+    key = ("AgentDetectionProfile", namespace, "chatbot")
+    assert reconciler.board.has(key)
+    assert [k for k, _ in reconciler.desired.items() if k.namespace == namespace]
+    real_forget = reconciler.forget
+    missed: list[tuple[Any, ...]] = []
+
+    def forget(kind: str, name: str, ns: str | None, uid: str | None = None, only_uid: bool = False) -> bool:
+        if not only_uid:  # the DELETED event's path: missed
+            missed.append((kind, name, ns))
+            return False
+        return real_forget(kind, name, ns, uid, only_uid=True)
+
+    monkeypatch.setattr(reconciler, "forget", forget)
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, "agentdetectionprofiles", "chatbot"
+    )
+    eventually(lambda: not reconciler.board.has(key), timeout=15, what="the deleted profile forgotten")
+    assert missed, "the DELETED event was not the one missed"
+    assert reconciler.reconciled.uid(key) is None
+    assert not [k for k, _ in reconciler.desired.items() if k.namespace == namespace]
+
+
 def test_profile_in_one_namespace_never_touches_another(
     control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str
 ) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import kopf
@@ -133,8 +133,9 @@ class ResolveSweep:
             self.sweep()
 
     def sweep(self) -> None:
-        """One pass. A failure ends the pass (the API server is likely away: the next pass
-        tries again) and is logged once a minute, not once per profile per pass."""
+        """One pass. A failure ends its part of the pass (the API server is likely away: the
+        next pass tries again) and is logged once a minute, not once per profile per pass; a
+        failed verify does not keep the hostnames from being resolved again."""
         if self.active is not None and not self.active():
             return
         if self.verify is not None:
@@ -147,7 +148,6 @@ class ResolveSweep:
                     type(exc).__name__,
                     str(exc)[:200],
                 )
-                return
         _, states = self.reconciler.board.snapshot()
         for state in states:
             if self._stop.is_set():
@@ -178,7 +178,9 @@ def build_registry(
     rollup: DetectionRollup | None = None,
     progress: MemoryProgress | None = None,
     active: Callable[[], bool] | None = None,
+    namespaces: Sequence[str] = (),
 ) -> kopf.OperatorRegistry:
+    """The operator's handlers; ``namespaces`` are the watched ones (none: the whole cluster)."""
     registry = kopf.OperatorRegistry()
     config = reconciler.config
     metrics = metrics or Metrics()
@@ -275,17 +277,23 @@ def build_registry(
     def reconcile_by_key(
         kind: str, name: str, namespace: str | None, owned: list[dict[str, Any]] | None = None
     ) -> tuple[dict[str, Any], Outcome] | None:
-        """The profile read afresh and reconciled: it and the outcome, or None if it is gone."""
+        """The profile read afresh and reconciled: it and the outcome, or None if it is gone.
+        Gone while the watch was away (kopf lists again after a gap but reports no deletion),
+        it is forgotten here as its DELETED event would have: otherwise its policies keep
+        counting against the policy-filter budget and its rules keep matching events."""
+        uid = reconciler.reconciled.uid((kind, namespace, name))
         body = reconciler.cluster.get_profile(kind, name, namespace)
         if body is None:
+            if uid is not None:
+                forget_profile(kind, name, namespace, uid, only_uid=True)
             return None
         return body, measured(body, owned)
 
     def verify() -> None:
         """Profiles whose policies a LIST shows other than the watch did are reconciled from
         the LIST (Reconciler.unsettled)."""
-        listed = reconciler.cluster.list_ours()
-        for kind, namespace, name in reconciler.unsettled(listed):
+        listed = reconciler.cluster.list_ours(namespaces)
+        for kind, namespace, name in reconciler.unsettled(listed, namespaces):
             log.info(
                 "%s %s/%s: its policies are not as last applied (a watch event missed); "
                 "reconciling from a list",
@@ -340,12 +348,18 @@ def build_registry(
                 await asyncio.to_thread(profile_deleted, _kind, body)
 
     def profile_deleted(kind: str, body: kopf.Body) -> None:
-        reconciler.forget(kind, body.metadata.name or "", body.metadata.namespace, body.metadata.uid)
+        forget_profile(kind, body.metadata.name or "", body.metadata.namespace, body.metadata.uid)
+
+    def forget_profile(
+        kind: str, name: str, namespace: str | None, uid: str | None, only_uid: bool = False
+    ) -> None:
+        if not reconciler.forget(kind, name, namespace, uid, only_uid=only_uid):
+            return  # one of the same name was reconciled since: it is not the one gone
         if diffbase is not None:
-            diffbase.forget(body.metadata.uid)
+            diffbase.forget(uid)
         if progress is not None:
-            progress.forget(body.metadata.uid)
-        key = (kind, body.metadata.namespace, body.metadata.name or "")
+            progress.forget(uid)
+        key = (kind, namespace, name)
         metrics.forget_profile(key)
         if detection is not None:
             detection.profile_deleted(key)

@@ -108,7 +108,16 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
     if rollup is not None:
         metrics.watch_rollup(rollup)
     progress = MemoryProgress()
-    registry = build_registry(reconciler, detection, metrics, diffbase, rollup, progress, active=gate)
+    registry = build_registry(
+        reconciler,
+        detection,
+        metrics,
+        diffbase,
+        rollup,
+        progress,
+        active=gate,
+        namespaces=options.namespaces or (),
+    )
     quiet_kopf_logs()
     kubeconfig_path = str(kubeconfig) if kubeconfig else None
 

@@ -7,12 +7,13 @@ import functools
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -142,12 +143,22 @@ class Cluster:
             items.extend(_with_kind(resp, kind))
         return items
 
-    def list_ours(self) -> list[dict[str, Any]]:
-        """Every policy agentdetect made, of both kinds, in every namespace: two LISTs."""
+    def list_ours(self, namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Every policy agentdetect made, of both kinds: two LISTs, or with ``namespaces`` (the
+        operator's watchNamespaces) the namespaced kind listed in each of them only, since
+        the chart grants it there and nowhere else."""
+        selector = f"{LABEL_MANAGED_BY}={_MANAGED_BY}"
         items: list[dict[str, Any]] = []
         for kind, plural in POLICY_PLURALS.items():
+            if kind == "TracingPolicyNamespaced" and namespaces:
+                for namespace in namespaces:
+                    resp = self.custom.list_namespaced_custom_object(
+                        TETRAGON_GROUP, TETRAGON_VERSION, namespace, plural, label_selector=selector
+                    )
+                    items.extend(_with_kind(resp, kind))
+                continue
             resp = self.custom.list_cluster_custom_object(
-                TETRAGON_GROUP, TETRAGON_VERSION, plural, label_selector=f"{LABEL_MANAGED_BY}={_MANAGED_BY}"
+                TETRAGON_GROUP, TETRAGON_VERSION, plural, label_selector=selector
             )
             items.extend(_with_kind(resp, kind))
         return items
@@ -304,6 +315,12 @@ class Cluster:
             log.warning(
                 "could not post Event %s on %s %s: %s", reason, body.get("kind"), meta.get("name"), exc.reason
             )
+        except urllib3.exceptions.HTTPError as exc:
+            # The API server away: an Event is news, not state, and the reconcile that posts
+            # it has already written the status; it must not fail (and retry) for it.
+            log.warning(
+                "could not post Event %s on %s %s: %s", reason, body.get("kind"), meta.get("name"), exc
+            )
 
     # ---- profiles and namespaces -----------------------------------------------------------
 
@@ -333,6 +350,10 @@ class Cluster:
         except ApiException as exc:
             if exc.status == 404:
                 return False
+            if exc.status == 403:
+                # An identity without get on namespaces (an older chart's RBAC): not knowing,
+                # putting the policy back is the safe side; a terminating namespace refuses it.
+                return True
             raise
         return not (ns.status is not None and ns.status.phase == "Terminating")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,10 +291,16 @@ class Reconciler:
         with self._locks_guard:
             return self._locks.setdefault((kind, namespace, name), threading.Lock())
 
-    def forget(self, kind: str, name: str, namespace: str | None, uid: str | None = None) -> None:
+    def forget(
+        self, kind: str, name: str, namespace: str | None, uid: str | None = None, only_uid: bool = False
+    ) -> bool:
         """The profile is gone; its policies go with it by garbage collection. Under the
-        profile's lock: a reconcile in flight (a re-resolution) must not publish it again."""
+        profile's lock: a reconcile in flight (a re-resolution) must not publish it again.
+        With ``only_uid``, only if the profile last reconciled under that name is the one with
+        ``uid`` (a GET found it gone, and one of the same name may have been created since)."""
         with self._lock(kind, namespace, name):
+            if only_uid and self.reconciled.uid((kind, namespace, name)) != uid:
+                return False
             self.reconciled.forget((kind, namespace, name), uid)
             if kind == "ClusterAgentDetectionProfile":
                 self.cluster_selections.drop(name)
@@ -302,6 +308,7 @@ class Reconciler:
             self.desired.forget_owner(kind, name, namespace)
         with self._failing_guard:
             self._failing.pop((kind, namespace, name), None)
+        return True
 
     def failed(self, body: Mapping[str, Any], error: str) -> None:
         """A reconcile raised and kopf will retry it: a Warning ReconcileError Event when the
@@ -564,13 +571,14 @@ class Reconciler:
         labels = desired["metadata"]["labels"]
         return (labels[LABEL_PROFILE_KIND], labels[LABEL_PROFILE_NAME], labels.get(LABEL_PROFILE_NAMESPACE))
 
-    def unsettled(self, listed: list[dict[str, Any]]) -> list[ProfileKey]:
-        """The profiles whose policies in ``listed`` (a LIST of all of ours) are not what this
-        process applied: changed or missing ones, and ones of a profile it reconciled that the
-        profile does not render. The watch shows all of that as it happens, unless it was down
-        (an API server restart, a standby replica) when it happened: kopf lists again after
-        such a gap but reports no deletion, and its index keeps what is gone. A reconcile
-        given ``listed`` (:meth:`reconcile`) puts them right."""
+    def unsettled(self, listed: list[dict[str, Any]], namespaces: Collection[str] = ()) -> list[ProfileKey]:
+        """The profiles whose policies in ``listed`` (a LIST of all of ours, or with
+        ``namespaces`` of the namespaced ones in those only) are not what this process applied:
+        changed or missing ones, and ones of a profile it reconciled that the profile does not
+        render. The watch shows all of that as it happens, unless it was down (an API server
+        restart, a standby replica) when it happened: kopf lists again after such a gap but
+        reports no deletion, and its index keeps what is gone. A reconcile given ``listed``
+        (:meth:`reconcile`) puts them right."""
         out: set[ProfileKey] = set()
         seen: set[ObjectKey] = set()
         known = {(kind, namespace, name) for kind, namespace, name, _, _ in self.reconciled.versions()}
@@ -583,8 +591,9 @@ class Reconciler:
             elif self.desired.get(key) is None and owner_of(obj) in known:
                 out.add(owner_of(obj))
         for key, doc in self.desired.items():
-            if key not in seen:
-                out.add(owner_of(doc))
+            if key in seen or (namespaces and key.namespace and key.namespace not in namespaces):
+                continue  # listed, or in a namespace the LIST did not cover: not known missing
+            out.add(owner_of(doc))
         return sorted(out, key=str)
 
     def cluster_profiles_affected_by(

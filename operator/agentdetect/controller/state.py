@@ -166,6 +166,12 @@ class Reconciled:
         with self._lock:
             return bool(uid) and uid in self._forgotten
 
+    def uid(self, key: ProfileKey) -> str | None:
+        """The uid of the profile last reconciled under ``key``."""
+        with self._lock:
+            found = self._versions.get(key)
+            return None if found is None else found[0]
+
     def versions(self) -> set[ProfileVersion]:
         with self._lock:
             return {(*key, uid, generation) for key, (uid, generation) in self._versions.items()}

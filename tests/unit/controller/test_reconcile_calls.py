@@ -337,6 +337,17 @@ def test_unsettled_sees_changes_and_strays_of_profiles_it_knows() -> None:
     assert reconciler.unsettled([*_listed(cluster), other]) == []
 
 
+def test_unsettled_judges_missing_policies_only_where_the_list_looked() -> None:
+    """With watchNamespaces the LIST covers those namespaces only: a policy elsewhere is not
+    known to be missing because that LIST did not show it."""
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    _run(reconciler, cluster, Profile())
+    assert reconciler.unsettled([], ["team"]) == [PROFILE_KEY]  # listed there, and gone
+    assert reconciler.unsettled([], ["elsewhere"]) == []
+    assert reconciler.unsettled([]) == [PROFILE_KEY]
+
+
 def _handled(reconciler: Reconciler, cluster: FakeCluster, profile: Profile) -> None:
     """As the kopf handler runs a reconcile (app/handlers.py): a failure is reported, kopf retries."""
     try:
