@@ -311,15 +311,13 @@ class Cluster:
             self._send(
                 "POST", f"/api/v1/namespaces/{quote(namespace or 'default', safe='')}/events", event, _JSON
             )
-        except ApiException as exc:
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
+            # Refused, or the API server away (urllib3's errors): an Event is news, not state,
+            # and the reconcile that posts it has already written the status; it must not fail
+            # (and retry) for it.
+            why = exc.reason if isinstance(exc, ApiException) else exc
             log.warning(
-                "could not post Event %s on %s %s: %s", reason, body.get("kind"), meta.get("name"), exc.reason
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            # The API server away: an Event is news, not state, and the reconcile that posts
-            # it has already written the status; it must not fail (and retry) for it.
-            log.warning(
-                "could not post Event %s on %s %s: %s", reason, body.get("kind"), meta.get("name"), exc
+                "could not post Event %s on %s %s: %s", reason, body.get("kind"), meta.get("name"), why
             )
 
     # ---- profiles and namespaces -----------------------------------------------------------

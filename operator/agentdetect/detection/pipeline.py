@@ -69,10 +69,7 @@ class Pipeline:
         """One line; with the followed Tetragon ``stream`` it came from and its kubelet
         timestamp, a line the (profile, pod) record already counts is passed over."""
         with self.lock:
-            if stream is None:
-                self._current_counter().count((line,), self.stats)
-            else:
-                self._current_counter().count((line,), self.stats, stream, (stamp_ns,))
+            self._current_counter().count((line,), self.stats, stream, (stamp_ns,))
 
     def feed_many(self, lines: Iterable[bytes | str]) -> None:
         """The hot loop for files and benchmarks: one lock and one matcher check per batch."""
