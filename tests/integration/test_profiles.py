@@ -14,7 +14,7 @@ from agentdetect.app.runner import OperatorThread
 from agentdetect.cluster.kube import Cluster
 from agentdetect.controller.reconcile import Config
 from agentdetect.local.controlplane import ControlPlane
-from tests.integration.helpers import gone, policies, profile, wait_condition
+from tests.integration.helpers import gone, policies, profile, ready, wait_condition
 from tests.waiting import eventually
 
 PROFILE = """
@@ -349,6 +349,40 @@ def test_a_profile_deleted_while_the_watch_was_away_is_forgotten(
     assert missed, "the DELETED event was not the one missed"
     assert reconciler.reconciled.uid(key) is None
     assert not [k for k, _ in reconciler.desired.items() if k.namespace == namespace]
+
+
+def test_a_failure_left_by_another_replica_is_reconciled_by_the_sweep(
+    api: Any, control_plane: ControlPlane, operator: OperatorThread, namespace: str
+) -> None:
+    """kopf keeps a failed reconcile's retry in the memory of the replica that failed. If that
+    replica goes and one that handled the same spec before takes over, kopf sees nothing to do
+    and the profile keeps the failure its status shows. Here that status is written as the
+    replica that failed left it; the sweep (every 2 s in these tests) reconciles the profile,
+    which names no hostname, so nothing else would."""
+    apply(
+        control_plane,
+        f"""
+apiVersion: agentdetect.io/v1alpha1
+kind: AgentDetectionProfile
+metadata: {{name: plain, namespace: {namespace}}}
+spec:
+  selector: {{matchLabels: {{app: plain}}}}
+  processes: {{presets: [shells]}}
+""",
+    )
+    obj = wait_condition(api, "plain", namespace, "Applied")
+    conditions = [
+        {**c, "status": "False", "reason": "ApplyFailed", "message": "the API server said 500"}
+        if c["type"] == "Ready"
+        else c
+        for c in obj["status"]["conditions"]
+    ]
+    client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "agentdetectionprofiles", "plain", {"status": {"conditions": conditions}}
+    )
+    left = ready(profile(api, "plain", namespace))
+    assert left is not None and left["reason"] == "ApplyFailed"
+    wait_condition(api, "plain", namespace, "Applied", timeout=15)
 
 
 def test_profile_in_one_namespace_never_touches_another(

@@ -15,7 +15,7 @@ from agentdetect.api.conditions import Reason
 from agentdetect.api.models import GROUP, VERSION
 from agentdetect.app.metrics import Metrics
 from agentdetect.cluster.kube import POLICY_PLURALS, PROFILE_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
-from agentdetect.controller.reconcile import Outcome, Reconciler
+from agentdetect.controller.reconcile import Outcome, Reconciler, reconcile_owed
 from agentdetect.controller.state import owner_of
 from agentdetect.detection.rollup import DetectionRollup
 from agentdetect.detection.service import DetectionService, prune_orphans
@@ -46,6 +46,8 @@ def _first_in(index: Any, namespace: str, name: str) -> str | None:
 
 #: The kopf index of the policies each profile owns (:func:`owned_policy`), by this id.
 OWNED_POLICIES = "owned_policies"
+#: The kopf index of the profiles whose status owes a reconcile (reconcile_owed), by this id.
+RECONCILE_OWED = "reconcile_owed"
 
 
 def owned_policy(kind: str, body: Mapping[str, Any]) -> dict[ProfileKey, dict[str, Any]]:
@@ -99,9 +101,11 @@ class ResolveSweep:
     place the operator lists them: a change or deletion the watch missed while it was down
     would otherwise wait for the profile's next reconcile), then profiles that name
     hostnames are reconciled again (hostnames move; their policies change only when the
-    address set did). Not a kopf timer: kopf puts its finalizer on every object a timer runs
-    for, and a profile must never hang on deletion while the operator is down. A standby
-    replica (``active`` says no) does neither."""
+    address set did), and so are those whose status still owes a reconcile (``owed``:
+    reconcile_owed), whatever became of the retry kopf kept in another replica's memory.
+    Not a kopf timer: kopf puts its finalizer on every object a timer runs for, and a profile
+    must never hang on deletion while the operator is down. A standby replica (``active``
+    says no) does none of it."""
 
     def __init__(
         self,
@@ -110,12 +114,14 @@ class ResolveSweep:
         interval: float,
         verify: Callable[[], object] | None = None,
         active: Callable[[], bool] | None = None,
+        owed: Callable[[], Iterable[ProfileKey]] | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.reconcile_by_key = reconcile_by_key
         self.interval = interval
         self.verify = verify
         self.active = active
+        self.owed = owed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="agentdetect-re-resolve", daemon=True)
         self._log = RateLimitedLog(log)
@@ -149,21 +155,23 @@ class ResolveSweep:
                     str(exc)[:200],
                 )
         _, states = self.reconciler.board.snapshot()
-        for state in states:
+        keys: list[ProfileKey] = [
+            (p.kind, p.namespace, p.name) for p in (s.profile for s in states) if hostnames_of(p.spec)
+        ]
+        if self.owed is not None:
+            keys += sorted(set(self.owed()).difference(keys), key=str)
+        for kind, namespace, name in keys:
             if self._stop.is_set():
                 return
-            p = state.profile
-            if not hostnames_of(p.spec):
-                continue
             try:
-                self.reconcile_by_key(p.kind, p.name, p.namespace)
+                self.reconcile_by_key(kind, name, namespace)
             except Exception as exc:
                 self._log.warning(
                     "sweep",
-                    "re-resolving %s %s/%s failed (%s: %s); the next pass tries again",
-                    p.kind,
-                    p.namespace or "-",
-                    p.name,
+                    "reconciling %s %s/%s failed (%s: %s); the next pass tries again",
+                    kind,
+                    namespace or "-",
+                    name,
                     type(exc).__name__,
                     str(exc)[:200],
                 )
@@ -304,7 +312,25 @@ def build_registry(
             mine = [p for p in listed if owner_of(p) == (kind, namespace, name)]
             reconcile_by_key(kind, name, namespace, mine)
 
-    sweep = ResolveSweep(reconciler, reconcile_by_key, config.resolve_interval, verify=verify, active=active)
+    owed_index: list[Mapping[ProfileKey, Any]] = []
+
+    def owed() -> list[ProfileKey]:
+        """The keys of kopf's index of profiles owing a reconcile, read from the sweep's thread
+        (a change landing mid-copy: taken again)."""
+        for _ in range(100):
+            try:
+                return [key for index in owed_index for key in list(index)]
+            except RuntimeError:
+                continue
+        return []
+
+    sweep = ResolveSweep(
+        reconciler, reconcile_by_key, config.resolve_interval, verify=verify, active=active, owed=owed
+    )
+
+    @kopf.on.startup(registry=registry, id="reconcile-owed")
+    def attach_owed(**kwargs: Any) -> None:
+        owed_index.append(kwargs[RECONCILE_OWED])
 
     if detection is not None:
         reconciler.detecting = detection.detecting
@@ -333,6 +359,19 @@ def build_registry(
         sweep.stop()
 
     for kind, plural in PROFILE_PLURALS.items():
+
+        @kopf.index(
+            GROUP,
+            VERSION,
+            plural,
+            registry=registry,
+            id=RECONCILE_OWED,
+            when=lambda body, **_: reconcile_owed(body),
+        )
+        async def index_owed(body: kopf.Body, _kind: str = kind, **_: Any) -> dict[ProfileKey, bool]:
+            """In the event loop, no I/O: a profile leaves the index as its status settles
+            (kopf drops an object its ``when`` no longer matches)."""
+            return {(_kind, body.metadata.namespace, body.metadata.name or ""): True}
 
         @kopf.on.resume(GROUP, VERSION, plural, registry=registry, id="reconcile")
         @kopf.on.create(GROUP, VERSION, plural, registry=registry, id="reconcile")

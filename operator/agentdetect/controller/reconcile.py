@@ -244,6 +244,21 @@ def budget_condition(owned: int, budget: int) -> tuple[bool, str, str]:
 #: The end of a ReconcileError Event's message: kopf retries the reconcile.
 RETRYING = "; retrying"
 
+#: Ready's reasons on an outcome with ``retry_after`` (Reconciler._reconcile): kopf retries it.
+RETRIED_REASONS = frozenset({Reason.TETRAGON_NOT_INSTALLED, Reason.APPLY_FAILED})
+
+
+def reconcile_owed(body: Mapping[str, Any]) -> bool:
+    """Whether the profile's status says a reconcile is still owed: it does not describe the
+    current spec (observedGeneration behind), or Ready is False for a reason kopf retries. That
+    retry lives in the memory of the replica that failed (MemoryProgress): if it goes, the
+    one taking over knows the spec as handled and runs nothing until the spec changes."""
+    status = body.get("status") or {}
+    if status.get("observedGeneration") != (body.get("metadata") or {}).get("generation"):
+        return True
+    ready = condition_states(status.get("conditions") or []).get(ConditionType.READY)
+    return ready is not None and ready[0] == "False" and ready[1] in RETRIED_REASONS
+
 
 class Reconciler:
     def __init__(

@@ -458,3 +458,39 @@ def test_the_sweep_lists_first_and_a_standby_replica_sweeps_nothing(caplog: pyte
     # again (with watchNamespaces, an older build's cluster-wide LIST was refused every pass).
     assert calls == ["verify", "prof", "verify", "prof", "verify", "prof", "verify", "prof"]
     assert len(caplog.records) == 1 and "the next pass tries again" in caplog.records[0].getMessage()
+
+
+def test_reconcile_owed_reads_the_status_as_kopf_cannot() -> None:
+    from agentdetect.controller.reconcile import reconcile_owed
+
+    def body(observed: int | None, reason: str, status: str = "False") -> dict[str, Any]:
+        ready = {"type": "Ready", "status": status, "reason": reason}
+        return {
+            "metadata": {"generation": 2},
+            "status": {"observedGeneration": observed, "conditions": [ready]},
+        }
+
+    assert reconcile_owed({"metadata": {"generation": 1}})  # never reconciled
+    assert reconcile_owed(body(1, "Applied", "True"))  # the spec changed since
+    assert not reconcile_owed(body(2, "Applied", "True"))
+    assert reconcile_owed(body(2, "ApplyFailed"))  # kopf retries these ...
+    assert reconcile_owed(body(2, "TetragonNotInstalled"))
+    assert not reconcile_owed(body(2, "InvalidSpec"))  # ... not these: a new spec is needed
+    assert not reconcile_owed(body(2, "EnforcementNotAllowed"))
+
+
+def test_the_sweep_reconciles_what_is_owed_once_and_after_the_hostnames() -> None:
+    from agentdetect.app.handlers import ResolveSweep
+    from agentdetect.controller.reconcile import Config, Reconciler
+    from agentdetect.policy.board import ProfileBoard, ProfileState
+
+    reconciler = Reconciler(cluster=None, config=Config(), board=ProfileBoard())  # type: ignore[arg-type]
+    spec = {"network": {"destinations": [{"name": "gw", "hostnames": ["h.example.com"]}]}}
+    reconciler.board.publish(ProfileState(_profile(spec), (), {}))
+    calls: list[str] = []
+    owed = [("AgentDetectionProfile", "team-a", "prof"), ("ClusterAgentDetectionProfile", None, "failed")]
+    sweep = ResolveSweep(
+        reconciler, lambda kind, name, namespace: calls.append(name), interval=3600, owed=lambda: owed
+    )
+    sweep.sweep()
+    assert calls == ["prof", "failed"]
