@@ -384,6 +384,19 @@ spec:
     assert left is not None and left["reason"] == "ApplyFailed"
     wait_condition(api, "plain", namespace, "Applied", timeout=15)
 
+    def applied_events() -> list[Any] | None:
+        items = (
+            client.CoreV1Api(api)
+            .list_namespaced_event(namespace, field_selector="involvedObject.name=plain")
+            .items
+        )
+        found = [e for e in items if e.reason == "Applied"]
+        return found if len(found) >= 2 else None
+
+    # The recovery is a transition from what the status showed (the GET's), not from what this
+    # replica last wrote itself: one Applied Event for the create, one for the recovery.
+    assert len(eventually(applied_events, timeout=10, what="an Applied Event for the recovery")) == 2
+
 
 def test_profile_in_one_namespace_never_touches_another(
     control_plane: ControlPlane, api: Any, operator: OperatorThread, namespace: str

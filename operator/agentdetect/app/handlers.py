@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -263,9 +264,11 @@ def build_registry(
             if type == "DELETED":
                 detection.pod_deleted(body.metadata.namespace or "", body.metadata.name or "")
 
-    def measured(body: Any, owned: list[dict[str, Any]] | None = None) -> Outcome:
+    def measured(
+        body: Any, owned: list[dict[str, Any]] | None = None, read_at: float | None = None
+    ) -> Outcome:
         with metrics.reconcile(body["kind"]) as record:
-            outcome = reconciler.reconcile(body, owned)
+            outcome = reconciler.reconcile(body, owned, read_at)
             record.ready, record.reason = outcome.ready, outcome.reason
             record.applied, record.pruned = outcome.applied, outcome.pruned
         if outcome.reason != "Deleted":
@@ -290,12 +293,13 @@ def build_registry(
         it is forgotten here as its DELETED event would have: otherwise its policies keep
         counting against the policy-filter budget and its rules keep matching events."""
         uid = reconciler.reconciled.uid((kind, namespace, name))
+        read_at = time.monotonic()
         body = reconciler.cluster.get_profile(kind, name, namespace)
         if body is None:
             if uid is not None:
                 forget_profile(kind, name, namespace, uid, only_uid=True)
             return None
-        return body, measured(body, owned)
+        return body, measured(body, owned, read_at)
 
     def verify() -> None:
         """Profiles whose policies a LIST shows other than the watch did are reconciled from

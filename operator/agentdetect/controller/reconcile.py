@@ -340,11 +340,15 @@ class Reconciler:
 
     # ---- the one entry point ---------------------------------------------------------------
 
-    def reconcile(self, body: Mapping[str, Any], owned: list[dict[str, Any]] | None = None) -> Outcome:
+    def reconcile(
+        self, body: Mapping[str, Any], owned: list[dict[str, Any]] | None = None, read_at: float | None = None
+    ) -> Outcome:
         """Events are posted for transitions only: Ready's status or reason changed (its first
         report included), or PolicyFilterBudget turned False; a reconcile that changes neither
         posts none, whatever it applied. ``owned``: the profile's policies as a LIST just
-        showed them, in place of the watch's view (see :meth:`unsettled`)."""
+        showed them, in place of the watch's view (see :meth:`unsettled`). ``read_at``: when
+        ``body`` was read with a GET (time.monotonic), which shows every write finished before
+        it; a body from kopf's watch may lag this process's own last write."""
         meta = body["metadata"]
         key = (body["kind"], meta.get("namespace"), meta["name"])
         with self._lock(*key):
@@ -382,9 +386,10 @@ class Reconciler:
             changed = {k: v for k, v in new_status.items() if status.get(k) != v}
             if changed:
                 self.cluster.patch_status(body["kind"], meta["name"], meta.get("namespace"), changed)
-            # What the profile said before: what this process last wrote, which the body read
-            # may not show yet; else what the body says (after a restart, another replica's).
-            before = self.reconciled.reported(key, uid)
+            # What the profile said before: what this process last wrote, which a body from the
+            # watch may not show yet; else what the body says (after a restart, or a GET since
+            # that write: another replica may have written after this one, before a failback).
+            before = self.reconciled.reported(key, uid, read_at)
             if before is None:
                 before = condition_states(status.get("conditions") or [])
             after = condition_states(new_status["conditions"])

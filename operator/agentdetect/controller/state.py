@@ -9,6 +9,7 @@ holds it (app/handlers.py, :data:`OwnedLookup`)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -133,21 +134,26 @@ class Reconciled:
     def __init__(self) -> None:
         self._versions: dict[ProfileKey, tuple[str, int]] = {}
         self._detecting: dict[ProfileKey, tuple[str, str] | None] = {}
-        self._reported: dict[ProfileKey, tuple[str, ConditionStates]] = {}
+        self._reported: dict[ProfileKey, tuple[str, ConditionStates, float]] = {}
         self._forgotten: set[str] = set()
         self._lock = threading.Lock()
 
     def report(self, key: ProfileKey, uid: str, states: ConditionStates) -> None:
-        """The conditions this process last wrote to the profile's status."""
+        """The conditions this process last wrote to the profile's status (written already:
+        a read of the profile that starts after this shows them)."""
         with self._lock:
-            self._reported[key] = (uid, dict(states))
+            self._reported[key] = (uid, dict(states), time.monotonic())
 
-    def reported(self, key: ProfileKey, uid: str) -> ConditionStates | None:
+    def reported(self, key: ProfileKey, uid: str, read_at: float | None = None) -> ConditionStates | None:
         """What :meth:`report` last recorded for this very profile (a profile deleted and made
-        again under the same name is another), or None if this process wrote nothing yet."""
+        again under the same name is another), or None if this process wrote nothing yet, or
+        if the body was read (``read_at``, monotonic) after that report: such a read shows
+        this process's write or a later one, another replica's among them, and is the truth."""
         with self._lock:
             got = self._reported.get(key)
-            return dict(got[1]) if got is not None and got[0] == uid else None
+            if got is None or got[0] != uid or (read_at is not None and read_at > got[2]):
+                return None
+            return dict(got[1])
 
     def settle(self, key: ProfileKey, uid: str, generation: int, detecting: tuple[str, str] | None) -> None:
         with self._lock:

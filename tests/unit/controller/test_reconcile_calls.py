@@ -4,6 +4,7 @@ whose policies a fake index (the policy watch's, in the operator) reports."""
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import pytest
@@ -413,3 +414,25 @@ def test_a_profile_made_again_reports_its_failure_afresh() -> None:
     assert events == [("Warning", "ReconcileError")] * 3
     reconciler.failed(second.body, "E" * 5000)  # a long message is cut to Kubernetes' limit
     assert len(reconciler._failing[(ADP, "team", "chatbot")][1]) == 1024
+
+
+def test_a_body_read_after_the_last_report_is_the_truth_for_events() -> None:
+    """A body from kopf's watch may lag this process's own last status write, so a transition
+    is judged from what it wrote; a body read (GET) after that write shows it, or another
+    replica's later one (a failback), and is judged from its own status."""
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    assert events == [("Normal", "Applied")]
+    read_before = time.monotonic()
+    # Another replica, active meanwhile, failed the profile and wrote so.
+    profile.body["status"]["conditions"] = [
+        {**c, "status": "False", "reason": "ApplyFailed"} if c["type"] == "Ready" else c
+        for c in profile.body["status"]["conditions"]
+    ]
+    reconciler.reconcile(copy.deepcopy(profile.body))  # as from the watch: no transition seen
+    reconciler.reconcile(copy.deepcopy(profile.body), read_at=read_before)  # read before the write
+    assert events == [("Normal", "Applied")]
+    reconciler.reconcile(copy.deepcopy(profile.body), read_at=time.monotonic())
+    assert events == [("Normal", "Applied")] * 2
