@@ -268,7 +268,9 @@ def test_counts_wait_for_the_count_refresh_and_new_rules_do_not(node_lab: NodeLa
     cluster = Cluster(api_client(lab.control_plane.kubeconfig))
     settings = agent_settings(node, lab.files[node].path)
     settings.count_refresh = 3600.0
-    agent = NodeAgent(cluster, settings).start()
+    # Refresh windows are whole periods of the clock (writer._window): on the wall clock, a run
+    # crossing the hour would refresh for real (a CI run at 11:00:00 UTC did). Mid-window, fixed.
+    agent = NodeAgent(cluster, settings, clock=lambda: 1800.0).start()
     lab.agents[node] = agent
     assert agent.begun.wait(60)
     lab.write("chatbot-0-0", "tcp_connect", "104.18.6.192", n=2)
