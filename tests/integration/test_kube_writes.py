@@ -12,6 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agentdetect.api.models import GROUP, VERSION
 from agentdetect.cluster.kube import FIELD_MANAGER, TETRAGON_GROUP, TETRAGON_VERSION, Cluster, owner_reference
+from agentdetect.cluster.recorder import EventCounts, EventRecorder
 from agentdetect.local.controlplane import ControlPlane
 
 pytestmark = pytest.mark.usefixtures("profile_crds", "policy_kinds")
@@ -149,13 +150,21 @@ def test_status_patch_merges_and_a_missing_profile_is_not_an_error(
     cluster.patch_status("AgentDetectionProfile", "gone", namespace, {"observedGeneration": 1})
 
 
+def _recorder(api: Any, **kwargs: Any) -> EventRecorder:
+    return EventRecorder(Cluster(api).create_event, FIELD_MANAGER, f"{GROUP}/operator", **kwargs)
+
+
 def test_event_is_stored_as_kubectl_describe_reads_it(api: Any, namespace: str) -> None:
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "AgentDetectionProfile",
         "metadata": {"name": "budget-profile", "namespace": namespace, "uid": UID},
     }
-    Cluster(api).post_event(body, "Warning", "BudgetExceeded", "m" * 2000)
+    recorder = _recorder(api)
+    recorder.record(body, "Warning", "BudgetExceeded", "m" * 2000)
+    assert recorder.flush(10)
+    recorder.close()
+    assert recorder.counts == EventCounts(posted=1)
     (event,) = client.CoreV1Api(api).list_namespaced_event(namespace).items
     assert event.metadata is not None and event.source is not None
     assert (event.metadata.name or "").startswith("budget-profile.")
@@ -176,20 +185,29 @@ def test_event_is_stored_as_kubectl_describe_reads_it(api: Any, namespace: str) 
     assert event.first_timestamp is not None and event.first_timestamp == event.last_timestamp
 
 
-def test_a_refused_event_is_logged_not_raised(api: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_refused_event_is_logged_and_not_tried_again(api: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A 404 (no such namespace) is the API server's answer, and would be again."""
     body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "no-such-ns-y"}}
-    Cluster(api).post_event(body, "Normal", "Applied", "x")
-    assert "could not post Event Applied on Pod p: Not Found" in caplog.text
+    recorder = _recorder(api, retry_after=0.01)
+    recorder.record(body, "Normal", "Applied", "x")
+    assert recorder.flush(10)
+    recorder.close()
+    assert recorder.counts == EventCounts(refused=1)
+    assert "could not post Event Applied on Pod p: Not Found (refused; not tried again)" in caplog.text
 
 
-def test_an_event_to_an_api_server_that_is_away_is_logged_not_raised(
+def test_an_event_to_an_api_server_that_is_away_is_tried_again_then_given_up(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The reconcile that posts an Event has written the status already: a connection error
-    (urllib3's, not an ApiException) must not fail it into a retry."""
+    """A connection error (urllib3's, not an ApiException) is tried again, then given up."""
     cfg = client.Configuration()
     cfg.host = "https://127.0.0.1:1"  # nothing listens on port 1
     cfg.retries = 0
     body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}}
-    Cluster(client.ApiClient(cfg)).post_event(body, "Normal", "Applied", "x")
+    recorder = _recorder(client.ApiClient(cfg), max_tries=3, retry_after=0.01)
+    recorder.record(body, "Normal", "Applied", "x")
+    assert recorder.flush(10)
+    recorder.close()
+    assert recorder.counts == EventCounts(abandoned=1)
     assert "could not post Event Applied on Pod p:" in caplog.text
+    assert "(try 2 of 3; again in 0.0 s)" in caplog.text and "(gave up after 3 tries)" in caplog.text

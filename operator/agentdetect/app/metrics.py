@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from agentdetect.cluster.recorder import EventRecorder
     from agentdetect.detection.nodeagent import NodeAgent
     from agentdetect.detection.pipeline import Pipeline
     from agentdetect.detection.rollup import DetectionRollup
@@ -233,6 +234,30 @@ class ReadinessCollector(Collector):
         yield family
 
 
+class EventsCollector(Collector):
+    """What became of the Kubernetes Events the operator recorded (cluster/recorder.py)."""
+
+    def __init__(self, recorder: EventRecorder) -> None:
+        self.recorder = recorder
+
+    def collect(self) -> Iterator[Metric]:
+        counts, queued = self.recorder.snapshot()
+        family = CounterMetricFamily(
+            "agentdetect_kubernetes_events",
+            "Kubernetes Events the operator recorded, by result (posted; refused by the API server; "
+            "dropped, the queue full; abandoned, every try failed or the operator stopped).",
+            labels=["result"],
+        )
+        for result in ("posted", "refused", "dropped", "abandoned"):
+            family.add_metric([result], getattr(counts, result))
+        yield family
+        yield GaugeMetricFamily(
+            "agentdetect_kubernetes_events_queued",
+            "Kubernetes Events recorded and not yet posted.",
+            value=queued,
+        )
+
+
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
@@ -288,6 +313,9 @@ class Metrics:
 
     def watch_readiness(self, active: Callable[[], bool] | None = None) -> None:
         self.registry.register(ReadinessCollector(self, active))
+
+    def watch_events(self, recorder: EventRecorder) -> None:
+        self.registry.register(EventsCollector(recorder))
 
     def watch_detection(self, service: DetectionService) -> None:
         self.registry.register(DetectionCollector(service))

@@ -16,6 +16,7 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
+from agentdetect.api.models import GROUP
 from agentdetect.app.handlers import (
     MemoryDiffBase,
     MemoryProgress,
@@ -24,7 +25,8 @@ from agentdetect.app.handlers import (
     settings_for,
 )
 from agentdetect.app.metrics import Metrics
-from agentdetect.cluster.kube import Cluster
+from agentdetect.cluster.kube import FIELD_MANAGER, Cluster
+from agentdetect.cluster.recorder import EventRecorder
 from agentdetect.controller.reconcile import Config, Reconciler
 from agentdetect.detection.peering import PeeringGate
 from agentdetect.detection.rollup import DetectionRollup
@@ -58,6 +60,8 @@ class Runtime:
     #: Node mode: profile status from the node agents' AgentDetections.
     rollup: DetectionRollup | None = None
     progress: MemoryProgress | None = None
+    #: Kubernetes Events, posted from a queue of their own; closed when the operator stops.
+    events: EventRecorder | None = None
 
 
 @dataclass
@@ -86,7 +90,8 @@ class ServeOptions:
 def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | None = None) -> Runtime:
     options = options or ServeOptions()
     cluster = Cluster(api_client(kubeconfig))
-    reconciler = Reconciler(cluster, cfg, emit=cluster.post_event)
+    events = EventRecorder(cluster.create_event, FIELD_MANAGER, f"{GROUP}/operator")
+    reconciler = Reconciler(cluster, cfg, emit=events.record)
     gate = None
     if options.peering is not None and options.priority is not None:
         # kopf peers per namespace when it watches namespaces; the first one speaks for all.
@@ -102,6 +107,7 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
     metrics = Metrics()
     metrics.watch_policy_filter(reconciler.policy_filter_policies, lambda: cfg.policy_filter_budget)
     metrics.watch_readiness(gate)
+    metrics.watch_events(events)
     if detection is not None:
         metrics.watch_detection(detection)
     diffbase = MemoryDiffBase()
@@ -129,7 +135,7 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
             os.environ["KUBECONFIG"] = kubeconfig_path
         return kopf.login_with_kubeconfig(**kwargs)
 
-    return Runtime(reconciler, registry, detection, metrics, diffbase, rollup, progress)
+    return Runtime(reconciler, registry, detection, metrics, diffbase, rollup, progress, events)
 
 
 async def serve(
@@ -170,6 +176,8 @@ async def serve(
             ),
         )
     finally:
+        if runtime.events is not None:
+            await asyncio.to_thread(runtime.events.close)
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import datetime
 import functools
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,7 +11,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
-import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -273,52 +270,11 @@ class Cluster:
 
     # ---- Events --------------------------------------------------------------------------
 
-    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """A Kubernetes Event on ``body``, from any thread (kopf.event needs kopf's handler
-        context, which the re-resolution sweep and the detection threads do not have). An
-        Event about a cluster-scoped object is stored in ``default`` and names no namespace in
-        involvedObject, which is where ``kubectl describe`` looks for it. Best effort: a
-        refused Event (a terminating namespace, a missing permission) is logged, not raised."""
-        meta = body.get("metadata") or {}
-        namespace = meta.get("namespace")
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name') or 'agentdetect'}."[:200]},
-            "involvedObject": {
-                k: v
-                for k, v in (
-                    ("apiVersion", body.get("apiVersion")),
-                    ("kind", body.get("kind")),
-                    ("name", meta.get("name")),
-                    ("uid", meta.get("uid")),
-                    ("namespace", namespace or None),
-                )
-                if v is not None
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": FIELD_MANAGER},
-            "reportingComponent": f"{GROUP}/operator",
-            "reportingInstance": socket.gethostname()[:128],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            self._send(
-                "POST", f"/api/v1/namespaces/{quote(namespace or 'default', safe='')}/events", event, _JSON
-            )
-        except (ApiException, urllib3.exceptions.HTTPError) as exc:
-            # Refused, or the API server away (urllib3's errors): an Event is news, not state,
-            # and the reconcile that posts it has already written the status; it must not fail
-            # (and retry) for it.
-            why = exc.reason if isinstance(exc, ApiException) else exc
-            log.warning(
-                "could not post Event %s on %s %s: %s", reason, body.get("kind"), meta.get("name"), why
-            )
+    def create_event(self, namespace: str, event: dict[str, Any]) -> None:
+        """POST one core/v1 Event; raises what the API server answers (cluster/recorder.py
+        decides what to try again). From any thread: kopf.event needs kopf's handler context,
+        which the re-resolution sweep and the detection threads do not have."""
+        self._send("POST", f"/api/v1/namespaces/{quote(namespace, safe='')}/events", event, _JSON)
 
     # ---- profiles and namespaces -----------------------------------------------------------
 

@@ -3,11 +3,16 @@ scrape time (so the per-event path pays nothing for them)."""
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import pytest
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentdetect.app.metrics import Metrics
+from agentdetect.cluster.recorder import EventRecorder
 from agentdetect.controller.reconcile import Config
 from agentdetect.detection.service import DetectionService
 from agentdetect.policy.board import ProfileBoard
@@ -116,6 +121,7 @@ def test_no_label_clashes_with_what_a_scrape_adds() -> None:
     metrics.watch_detection(service)
     metrics.watch_readiness()
     metrics.watch_policy_filter(lambda: 1, lambda: 64)
+    metrics.watch_events(EventRecorder(lambda namespace, event: None, "agentdetect", "rc"))
     metrics.set_ready(("AgentDetectionProfile", "support", llm.name), True)
     service.pipeline.feed(
         line(
@@ -131,6 +137,34 @@ def test_no_label_clashes_with_what_a_scrape_adds() -> None:
         rec.ready, rec.reason = True, "Applied"
     names = {label for name, labels in samples(metrics) for label, _ in labels}
     assert names and not names & TARGET_LABELS, names & TARGET_LABELS
+
+
+def test_kubernetes_events_are_counted_by_result_at_scrape_time() -> None:
+    """Every result exists from the start (an alert on abandoned Events needs the series at 0)."""
+    gate = threading.Event()
+
+    def create(namespace: str, event: dict[str, Any]) -> None:
+        assert gate.wait(10)
+        if event["reason"] == "Refused":
+            raise ApiException(status=403, reason="Forbidden")
+
+    recorder = EventRecorder(create, "agentdetect", "agentdetect.io/operator")
+    metrics = Metrics()
+    metrics.watch_events(recorder)
+    body = {"kind": "AgentDetectionProfile", "metadata": {"name": "p", "namespace": "ns"}}
+    assert samples(metrics)[("agentdetect_kubernetes_events_total", (("result", "abandoned"),))] == 0
+    for reason in ("Applied", "Refused", "Applied"):
+        recorder.record(body, "Normal", reason, "m")
+    assert samples(metrics)[("agentdetect_kubernetes_events_queued", ())] == 3
+    gate.set()
+    assert recorder.flush(10)
+    got = samples(metrics)
+    assert got[("agentdetect_kubernetes_events_queued", ())] == 0
+    assert {
+        result: got[("agentdetect_kubernetes_events_total", (("result", result),))]
+        for result in ("posted", "refused", "dropped", "abandoned")
+    } == {"posted": 2, "refused": 1, "dropped": 0, "abandoned": 0}
+    recorder.close()
 
 
 def test_readiness_is_a_gauge_per_profile_and_errors_are_born_at_zero() -> None:

@@ -1,0 +1,247 @@
+"""Kubernetes Events, posted from a queue of their own as client-go's recorder posts them
+(``tools/record/event.go``: ``recordToSink``, ``recordEvent``, ``maxTriesPerEvent``).
+
+A reconcile used to post its Event itself, after writing the status. One failed POST then lost
+that transition's Event for good: the status already said the new state, so no later reconcile
+saw a transition to report. Now the reconcile puts the Event on this queue and goes on, and one
+thread posts the queue in order:
+
+- a POST the API server did not answer (a connection error, 429, a 5xx) is tried again, up to
+  12 times, 10 s apart, the first wait a random part of that so that replicas do not retry in
+  step (client-go's figures);
+- a POST it refused (403, 404, 422, a terminating namespace) is logged and dropped: the same
+  request would be refused again;
+- a full queue (1,000 Events, client-go's ``maxQueuedEvents``) drops the new Event with a log
+  line rather than make a reconcile wait.
+
+Each Event carries the time it was recorded, not the time it was posted. The counts by outcome
+are exported as ``agentdetect_kubernetes_events`` (app/metrics.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+#: client-go: maxTriesPerEvent, defaultSleepDuration, maxQueuedEvents (tools/record/event.go).
+MAX_TRIES: Final = 12
+RETRY_AFTER: Final = 10.0
+MAX_QUEUED: Final = 1000
+#: Statuses of a request the API server did not carry out but may later: too many requests, or
+#: the server (or a proxy in front of it) failing. Every other status is a refusal.
+_RETRIED_STATUSES: Final = frozenset({0, 429, 500, 502, 503, 504})
+
+#: Posts one Event into a namespace; raises ApiException or a urllib3 error when it fails.
+CreateEvent = Callable[[str, dict[str, Any]], None]
+
+
+def event_for(
+    body: Mapping[str, Any],
+    type_: str,
+    reason: str,
+    message: str,
+    component: str,
+    reporting_component: str,
+    now: datetime.datetime | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The core/v1 Event about ``body`` and the namespace it is stored in. An Event about a
+    cluster-scoped object is stored in ``default`` and names no namespace in involvedObject,
+    which is where ``kubectl describe`` looks for it."""
+    meta = body.get("metadata") or {}
+    namespace = meta.get("namespace")
+    stamp = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta.get('name') or 'agentdetect'}."[:200]},
+        "involvedObject": {
+            k: v
+            for k, v in (
+                ("apiVersion", body.get("apiVersion")),
+                ("kind", body.get("kind")),
+                ("name", meta.get("name")),
+                ("uid", meta.get("uid")),
+                ("namespace", namespace or None),
+            )
+            if v is not None
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component},
+        "reportingComponent": reporting_component,
+        "reportingInstance": socket.gethostname()[:128],
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    return namespace or "default", event
+
+
+def retried(exc: Exception) -> bool:
+    """Whether a failed POST may succeed if sent again (see the module docstring)."""
+    if isinstance(exc, ApiException):
+        return (exc.status or 0) in _RETRIED_STATUSES
+    return isinstance(exc, urllib3.exceptions.HTTPError)
+
+
+@dataclass
+class EventCounts:
+    posted: int = 0
+    #: The API server refused it; not tried again.
+    refused: int = 0
+    #: The queue was full when it was recorded.
+    dropped: int = 0
+    #: Every try failed, or the recorder was closed before it could be posted.
+    abandoned: int = 0
+
+
+@dataclass
+class _Queued:
+    namespace: str
+    event: dict[str, Any]
+    what: str
+
+
+class EventRecorder:
+    """One queue and one posting thread per operator instance; the thread starts with the first
+    Event. ``jitter`` draws the part of ``retry_after`` the first wait takes (tests fix it)."""
+
+    def __init__(
+        self,
+        create: CreateEvent,
+        component: str,
+        reporting_component: str,
+        *,
+        max_queued: int = MAX_QUEUED,
+        max_tries: int = MAX_TRIES,
+        retry_after: float = RETRY_AFTER,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._create = create
+        self.component, self.reporting_component = component, reporting_component
+        self.max_queued, self.max_tries, self.retry_after = max_queued, max_tries, retry_after
+        self._jitter = jitter
+        self.counts = EventCounts()
+        self._queue: collections.deque[_Queued] = collections.deque()
+        #: Guards the queue, the counts, ``_busy`` and the thread; notified on each change.
+        self._cond = threading.Condition()
+        self._busy = False  # an Event is taken off the queue and not yet settled
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def record(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Queue an Event about ``body``; never blocks on the API server and never raises for it."""
+        namespace, event = event_for(body, type_, reason, message, self.component, self.reporting_component)
+        what = f"{reason} on {body.get('kind')} {(body.get('metadata') or {}).get('name')}"
+        with self._cond:
+            if self._closing.is_set():
+                self.counts.abandoned += 1
+                log.warning("could not post Event %s: the operator is stopping", what)
+                return
+            if len(self._queue) >= self.max_queued:
+                self.counts.dropped += 1
+                log.warning("could not post Event %s: %d Events already queued", what, len(self._queue))
+                return
+            self._queue.append(_Queued(namespace, event, what))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="agentdetect-events", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def snapshot(self) -> tuple[EventCounts, int]:
+        """The counts by outcome, and how many Events are recorded and not yet settled."""
+        with self._cond:
+            return dataclasses.replace(self.counts), len(self._queue) + (1 if self._busy else 0)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every Event recorded so far is settled; False if ``timeout`` ran out first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop: what is queued gets one more try each within ``timeout`` (client-go's shutdown
+        tries once too), and what is left after it is logged as abandoned."""
+        self._closing.set()
+        with self._cond:
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        with self._cond:
+            left = len(self._queue)
+            if left:
+                self.counts.abandoned += left
+                self._queue.clear()
+                log.warning("%d Events not posted: the operator stopped before they were", left)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing.is_set():
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                item = self._queue.popleft()
+                self._busy = True
+            outcome = "abandoned"
+            try:
+                outcome = self._post(item)
+            except Exception as exc:  # a bug must not stop every later Event
+                log.error("could not post Event %s: %r", item.what, exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    setattr(self.counts, outcome, getattr(self.counts, outcome) + 1)
+                    self._cond.notify_all()
+
+    def _post(self, item: _Queued) -> str:
+        """Posts one Event, trying again while the failure is one the server may get over;
+        returns the EventCounts field that counts the outcome."""
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                self._create(item.namespace, item.event)
+                return "posted"
+            except (ApiException, urllib3.exceptions.HTTPError) as exc:
+                why = exc.reason if isinstance(exc, ApiException) else exc
+                if not retried(exc):
+                    log.warning("could not post Event %s: %s (refused; not tried again)", item.what, why)
+                    return "refused"
+                if tries >= self.max_tries or self._closing.is_set():
+                    log.warning("could not post Event %s: %s (gave up after %d tries)", item.what, why, tries)
+                    return "abandoned"
+                delay = self.retry_after * (self._jitter() if tries == 1 else 1.0)
+                log.warning(
+                    "could not post Event %s: %s (try %d of %d; again in %.1f s)",
+                    item.what,
+                    why,
+                    tries,
+                    self.max_tries,
+                    delay,
+                )
+            # Closing cuts the wait short, and the next try is then the last (client-go's
+            # shutdown tries once more too).
+            self._closing.wait(delay)
