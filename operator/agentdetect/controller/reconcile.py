@@ -579,15 +579,27 @@ class Reconciler:
 
     # ---- event-driven checks (no API calls unless something is off) ------------------------
 
-    def drifted(self, event_type: str, obj: Mapping[str, Any]) -> tuple[str, str, str | None] | None:
+    def drifted(
+        self, event_type: str, obj: Mapping[str, Any], watched: bool = True
+    ) -> tuple[str, str, str | None] | None:
         """The profile (kind, name, namespace) whose policy a watched event shows changed or
-        gone, from what was applied, never from the edited object's own labels; else None."""
+        gone, from what was applied, never from the edited object's own labels; else None.
+        An object as this process applied it before its current version is its own earlier
+        write coming back late, not drift. ``watched``: ``obj`` is from the watch, whose order
+        tells that no such late write can follow the current version (a LIST does not: it may
+        be ahead of the watch)."""
         key = key_of(dict(obj))
         desired = self.desired.get(key)
         if desired is None:
             return None  # not ours (any more), or not reconciled yet: resume will see to it
-        if event_type != "DELETED" and in_sync(desired, dict(obj)):
-            return None
+        if event_type != "DELETED":
+            live = dict(obj)
+            if in_sync(desired, live):
+                if watched:
+                    self.desired.caught_up(key)
+                return None
+            if any(in_sync(doc, live) for doc in self.desired.earlier(key)):
+                return None
         labels = desired["metadata"]["labels"]
         return (labels[LABEL_PROFILE_KIND], labels[LABEL_PROFILE_NAME], labels.get(LABEL_PROFILE_NAMESPACE))
 
@@ -605,7 +617,7 @@ class Reconciler:
         for obj in listed:
             key = key_of(obj)
             seen.add(key)
-            drifted = self.drifted("MODIFIED", obj)
+            drifted = self.drifted("MODIFIED", obj, watched=False)
             if drifted is not None:
                 out.add((drifted[0], drifted[2], drifted[1]))
             elif self.desired.get(key) is None and owner_of(obj) in known:

@@ -16,6 +16,7 @@ from typing import Any
 from agentdetect.api.models import ClusterProfileSpec
 from agentdetect.cluster.kube import ObjectKey, ProfileVersion
 from agentdetect.policy.board import ProfileKey
+from agentdetect.policy.render import ANNOTATION_HASH
 
 
 def owner_of(doc: Mapping[str, Any]) -> ProfileKey:
@@ -48,21 +49,63 @@ def condition_states(conditions: list[dict[str, Any]]) -> ConditionStates:
     return {str(c.get("type")): (str(c.get("status")), str(c.get("reason"))) for c in conditions}
 
 
+#: How long a superseded policy's own watch event is still expected: the watch lags the
+#: applies by far less (a lag past this is a broken watch, and kopf lists again after one).
+EARLIER_FOR = 60.0
+#: Superseded versions kept per policy while their watch events may still come.
+MAX_EARLIER = 4
+
+
+def _spec_hash(doc: Mapping[str, Any]) -> str | None:
+    return (doc["metadata"].get("annotations") or {}).get(ANNOTATION_HASH)
+
+
 class AppliedPolicies:
     """What was last applied (recorded just before the apply) or confirmed, per policy: drift
     events compare against it without a round trip to the API server. Kept by profile too, so
-    a reconcile finds its own without going through every profile's."""
+    a reconcile finds its own without going through every profile's.
 
-    def __init__(self) -> None:
+    Also the versions applied before the current one, until the watch shows the current one:
+    the watch can lag the applies (a burst of creates, a re-resolution right after a spec
+    change), and the event of an earlier apply arriving after a later one is this process's
+    own write, not someone's edit. The watch delivers one object's changes in order, so once it
+    shows the current version no earlier one of ours can follow."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._docs: dict[ObjectKey, dict[str, Any]] = {}
         self._by_owner: dict[ProfileKey, set[ObjectKey]] = {}
+        #: Per policy, (superseded at, doc) of versions applied before the current one.
+        self._earlier: dict[ObjectKey, list[tuple[float, dict[str, Any]]]] = {}
+        self._clock = clock
         self._lock = threading.Lock()
 
     def record(self, key: ObjectKey, doc: dict[str, Any]) -> None:
         with self._lock:
+            before = self._docs.get(key)
+            earlier = self._earlier.get(key)
             self._drop(key)
             self._docs[key] = doc
             self._by_owner.setdefault(owner_of(doc), set()).add(key)
+            if before is not None and _spec_hash(before) != _spec_hash(doc):
+                now = self._clock()
+                kept = [(t, d) for t, d in earlier or () if now - t < EARLIER_FOR]
+                earlier = [*kept[-(MAX_EARLIER - 1) :], (now, before)]
+            if earlier:
+                self._earlier[key] = earlier
+
+    def earlier(self, key: ObjectKey) -> list[dict[str, Any]]:
+        """The versions applied before the current one whose watch events may still come."""
+        if key not in self._earlier:  # the common case, without the lock
+            return []
+        with self._lock:
+            now = self._clock()
+            return [d for t, d in self._earlier.get(key, ()) if now - t < EARLIER_FOR]
+
+    def caught_up(self, key: ObjectKey) -> None:
+        """The watch showed the current version: no earlier one of ours can come after it."""
+        if key in self._earlier:
+            with self._lock:
+                self._earlier.pop(key, None)
 
     def get(self, key: ObjectKey) -> dict[str, Any] | None:
         with self._lock:
@@ -95,6 +138,7 @@ class AppliedPolicies:
 
     def _drop(self, key: ObjectKey) -> None:
         """Under the lock."""
+        self._earlier.pop(key, None)
         doc = self._docs.pop(key, None)
         if doc is None:
             return

@@ -436,3 +436,50 @@ def test_a_body_read_after_the_last_report_is_the_truth_for_events() -> None:
     assert events == [("Normal", "Applied")]
     reconciler.reconcile(copy.deepcopy(profile.body), read_at=time.monotonic())
     assert events == [("Normal", "Applied")] * 2
+
+
+def test_a_late_watch_event_of_an_earlier_apply_is_not_drift() -> None:
+    """Review finding (c): a policy applied at one spec, then at the next before the watch
+    delivered the first apply. That first event, arriving after the second apply, showed the
+    policy unlike what was last applied and read as someone's edit: a restore (an apply) and
+    a false PolicyRestored Warning. The watch delivers one object's changes in order, so once
+    it shows the current version, the earlier one showing again is someone's doing."""
+    cluster, events = FakeCluster(), no_events()
+    cluster.lag = True
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    net = next(k for k in cluster.live if k.name.startswith("chatbot-net-"))
+    first = copy.deepcopy(cluster.live[net])
+    spec = copy.deepcopy(SPEC)
+    spec["network"]["destinations"][0]["ports"] = [8001]
+    profile.change(spec)
+    _run(reconciler, cluster, profile)
+    second = copy.deepcopy(cluster.live[net])
+    assert first["spec"] != second["spec"]
+
+    assert reconciler.drifted("MODIFIED", first) is None  # the first apply, delivered late
+    assert reconciler.drifted("MODIFIED", second) is None  # the watch caught up
+    # Now the first version again is someone putting it back.
+    assert reconciler.drifted("MODIFIED", first) == (ADP, "chatbot", "team")
+    edited = copy.deepcopy(second)
+    edited["spec"]["kprobes"] = []
+    assert reconciler.drifted("MODIFIED", edited) == (ADP, "chatbot", "team")
+
+
+def test_a_list_showing_the_current_version_does_not_end_the_wait() -> None:
+    """A LIST (the sweep's) may be ahead of the watch: the earlier apply's event may still come
+    after it."""
+    cluster, events = FakeCluster(), no_events()
+    cluster.lag = True
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    net = next(k for k in cluster.live if k.name.startswith("chatbot-net-"))
+    first = copy.deepcopy(cluster.live[net])
+    spec = copy.deepcopy(SPEC)
+    spec["network"]["destinations"][0]["ports"] = [8001]
+    profile.change(spec)
+    _run(reconciler, cluster, profile)
+    assert reconciler.unsettled(_listed(cluster)) == []
+    assert reconciler.drifted("MODIFIED", first) is None

@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from agentdetect.cluster.kube import ObjectKey
-from agentdetect.controller.state import AppliedPolicies, Reconciled, owned_by
+from agentdetect.controller.state import EARLIER_FOR, MAX_EARLIER, AppliedPolicies, Reconciled, owned_by
 
 ADP = "AgentDetectionProfile"
 
@@ -78,3 +78,41 @@ def test_reconciled_versions_detecting_and_forgotten_uids() -> None:
     r.forget((ADP, "team", "a"), "u1")
     assert r.is_forgotten("u1") and not r.is_forgotten("u2") and not r.is_forgotten(None)
     assert r.versions() == {(ADP, "team", "b", "u2", 1)}
+
+
+def _version(spec_hash: str) -> dict[str, Any]:
+    doc = _doc("net", "p")
+    doc["metadata"]["annotations"] = {"agentdetect.io/spec-hash": spec_hash}
+    return doc
+
+
+def test_earlier_versions_are_kept_until_the_watch_catches_up_or_they_expire() -> None:
+    now = [100.0]
+    applied = AppliedPolicies(clock=lambda: now[0])
+    key = ObjectKey("TracingPolicyNamespaced", "team", "net")
+    v1, v2, v3 = _version("h1"), _version("h2"), _version("h3")
+    applied.record(key, v1)
+    assert applied.earlier(key) == []
+    applied.record(key, v1)  # the same version again (an unchanged reconcile): nothing earlier
+    assert applied.earlier(key) == []
+    applied.record(key, v2)
+    applied.record(key, v2)
+    assert applied.earlier(key) == [v1]
+    applied.record(key, v3)
+    assert applied.earlier(key) == [v1, v2]
+    applied.caught_up(key)
+    assert applied.earlier(key) == []
+
+    applied.record(key, v1)  # v3 superseded at 100
+    now[0] = 130.0
+    applied.record(key, v2)  # v1 superseded at 130
+    assert applied.earlier(key) == [v3, v1]
+    now[0] = 100.0 + EARLIER_FOR
+    assert applied.earlier(key) == [v1]  # v3's event is no longer waited for
+    now[0] = 130.0 + EARLIER_FOR
+    assert applied.earlier(key) == []
+    for i in range(10):
+        applied.record(key, _version(f"x{i}"))
+    assert len(applied.earlier(key)) == MAX_EARLIER
+    applied.discard(key)
+    assert applied.earlier(key) == []
