@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -34,6 +35,8 @@ FIELD_MANAGER = "agentdetect"
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
 _JSON = "application/json"
+#: An Event POST's connect and read timeouts, seconds.
+_EVENT_TIMEOUT = urllib3.Timeout(connect=5.0, read=15.0)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,13 @@ class Cluster:
     # Authentication (token refresh included) and TLS stay the client's own.
 
     def _send(
-        self, method: str, path: str, body: Any, content_type: str, query: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        content_type: str,
+        query: Mapping[str, str] | None = None,
+        timeout: urllib3.Timeout | None = None,
     ) -> None:
         """One write; the response body is not decoded. A status outside 2xx raises the
         ApiException subclass the generated client would (NotFoundException for 404, ...)."""
@@ -85,9 +94,14 @@ class Cluster:
         url = self.api.configuration.host + path
         if query:
             url += "?" + urlencode(query)
-        resp = self.api.rest_client.pool_manager.request(
-            method, url, body=orjson.dumps(body), headers=headers, preload_content=True
-        )
+        pool = self.api.rest_client.pool_manager
+        data = orjson.dumps(body)
+        if timeout is None:  # the pool's own default, as the generated client sends
+            resp = pool.request(method, url, body=data, headers=headers, preload_content=True)
+        else:
+            resp = pool.request(
+                method, url, body=data, headers=headers, preload_content=True, timeout=timeout
+            )
         if not 200 <= resp.status <= 299:
             ApiException.from_response(http_resp=resp, body=resp.data.decode("utf-8", "replace"), data=None)
 
@@ -273,8 +287,10 @@ class Cluster:
     def create_event(self, namespace: str, event: dict[str, Any]) -> None:
         """POST one core/v1 Event; raises what the API server answers (cluster/recorder.py
         decides what to try again). From any thread: kopf.event needs kopf's handler context,
-        which the re-resolution sweep and the detection threads do not have."""
-        self._send("POST", f"/api/v1/namespaces/{quote(namespace, safe='')}/events", event, _JSON)
+        which the re-resolution sweep and the detection threads do not have. With a timeout:
+        one hung connection must not hold every later Event (a timeout is tried again)."""
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/events"
+        self._send("POST", path, event, _JSON, timeout=_EVENT_TIMEOUT)
 
     # ---- profiles and namespaces -----------------------------------------------------------
 

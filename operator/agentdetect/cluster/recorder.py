@@ -1,18 +1,26 @@
-"""Kubernetes Events, posted from a queue of their own as client-go's recorder posts them
-(``tools/record/event.go``: ``recordToSink``, ``recordEvent``, ``maxTriesPerEvent``).
+"""Kubernetes Events, posted from a queue of their own, modelled on client-go's recorder
+(``tools/record/event.go``: ``recordToSink``, ``recordEvent``, ``makeEvent``).
 
 A reconcile used to post its Event itself, after writing the status. One failed POST then lost
 that transition's Event for good: the status already said the new state, so no later reconcile
 saw a transition to report. Now the reconcile puts the Event on this queue and goes on, and one
 thread posts the queue in order:
 
-- a POST the API server did not answer (a connection error, 429, a 5xx) is tried again, up to
-  12 times, 10 s apart, the first wait a random part of that so that replicas do not retry in
-  step (client-go's figures);
+- a POST the API server did not carry out (a connection error or timeout, 429, 500, 502, 503,
+  504) is tried again, up to 12 times, 10 s apart, the first wait a random part of that so
+  that replicas do not retry in step (client-go's figures). client-go's recorder tries again
+  on transport errors only and leaves 429 and 5xx to its REST client's own retries, which
+  this Python client does not have; ``Retry-After`` is not read;
 - a POST it refused (403, 404, 422, a terminating namespace) is logged and dropped: the same
   request would be refused again;
+- each Event is named when it is recorded (the object's name and the time in nanoseconds, as
+  client-go's ``makeEvent``), so a POST tried again after the server stored it but the answer
+  was lost (a timeout, a reset connection) gets 409 AlreadyExists, counted as posted, and not
+  a second copy;
 - a full queue (1,000 Events, client-go's ``maxQueuedEvents``) drops the new Event with a log
-  line rather than make a reconcile wait.
+  line rather than make a reconcile wait;
+- stopping cuts a wait between tries short: each Event still queued, the one waiting
+  included, gets one more try, and what is left after ``close``'s timeout is abandoned.
 
 Each Event carries the time it was recorded, not the time it was posted. The counts by outcome
 are exported as ``agentdetect_kubernetes_events`` (app/metrics.py).
@@ -56,18 +64,21 @@ def event_for(
     message: str,
     component: str,
     reporting_component: str,
-    now: datetime.datetime | None = None,
+    now_ns: int,
 ) -> tuple[str, dict[str, Any]]:
-    """The core/v1 Event about ``body`` and the namespace it is stored in. An Event about a
-    cluster-scoped object is stored in ``default`` and names no namespace in involvedObject,
-    which is where ``kubectl describe`` looks for it."""
+    """The core/v1 Event about ``body``, recorded at ``now_ns`` (ns since the epoch, which also
+    names it), and the namespace it is stored in. An Event about a cluster-scoped object is
+    stored in ``default`` and names no namespace in involvedObject, which is where
+    ``kubectl describe`` looks for it."""
     meta = body.get("metadata") or {}
     namespace = meta.get("namespace")
-    stamp = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    seconds = now_ns // 1_000_000_000
+    stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    base = (meta.get("name") or "agentdetect")[:200].rstrip("-.")
     event = {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": f"{meta.get('name') or 'agentdetect'}."[:200]},
+        "metadata": {"name": f"{base}.{now_ns:x}"},
         "involvedObject": {
             k: v
             for k, v in (
@@ -93,7 +104,8 @@ def event_for(
 
 
 def retried(exc: Exception) -> bool:
-    """Whether a failed POST may succeed if sent again (see the module docstring)."""
+    """Whether a failed POST may succeed if sent again (see the module docstring). A 409 is
+    not: it is :meth:`EventRecorder._post`'s to read as an earlier try stored."""
     if isinstance(exc, ApiException):
         return (exc.status or 0) in _RETRIED_STATUSES
     return isinstance(exc, urllib3.exceptions.HTTPError)
@@ -106,7 +118,8 @@ class EventCounts:
     refused: int = 0
     #: The queue was full when it was recorded.
     dropped: int = 0
-    #: Every try failed, or the recorder was closed before it could be posted.
+    #: Every try failed, the recorder was closed before it could be posted, or posting it
+    #: raised something unexpected (logged).
     abandoned: int = 0
 
 
@@ -143,25 +156,44 @@ class EventRecorder:
         self._busy = False  # an Event is taken off the queue and not yet settled
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_ns = 0  # names are unique even if the clock repeats or steps back
 
     def record(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Queue an Event about ``body``; never blocks on the API server and never raises for it."""
-        namespace, event = event_for(body, type_, reason, message, self.component, self.reporting_component)
         what = f"{reason} on {body.get('kind')} {(body.get('metadata') or {}).get('name')}"
+        why = ""
         with self._cond:
+            now_ns = self._last_ns = max(time.time_ns(), self._last_ns + 1)
             if self._closing.is_set():
                 self.counts.abandoned += 1
-                log.warning("could not post Event %s: the operator is stopping", what)
-                return
-            if len(self._queue) >= self.max_queued:
+                why = "the operator is stopping"
+            elif len(self._queue) >= self.max_queued:
                 self.counts.dropped += 1
-                log.warning("could not post Event %s: %d Events already queued", what, len(self._queue))
-                return
-            self._queue.append(_Queued(namespace, event, what))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="agentdetect-events", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
+                why = f"{len(self._queue)} Events already queued"
+            elif not self._started():
+                self.counts.dropped += 1
+                why = "no thread to post it from"
+            else:
+                namespace, event = event_for(
+                    body, type_, reason, message, self.component, self.reporting_component, now_ns
+                )
+                self._queue.append(_Queued(namespace, event, what))
+                self._cond.notify_all()
+        if why:
+            log.warning("could not post Event %s: %s", what, why)
+
+    def _started(self) -> bool:
+        """Under the lock: the posting thread runs, started now if it was not (a failed start
+        is tried again with the next Event)."""
+        if self._thread is None:
+            thread = threading.Thread(target=self._run, name="agentdetect-events", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread"
+                log.error("could not start the Event thread: %s", exc)
+                return False
+            self._thread = thread
+        return True
 
     def snapshot(self) -> tuple[EventCounts, int]:
         """The counts by outcome, and how many Events are recorded and not yet settled."""
@@ -169,7 +201,8 @@ class EventRecorder:
             return dataclasses.replace(self.counts), len(self._queue) + (1 if self._busy else 0)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every Event recorded so far is settled; False if ``timeout`` ran out first."""
+        """Wait until no Event is queued or being posted (those recorded meanwhile included);
+        False if ``timeout`` ran out first."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._queue or self._busy:
@@ -227,6 +260,11 @@ class EventRecorder:
                 return "posted"
             except (ApiException, urllib3.exceptions.HTTPError) as exc:
                 why = exc.reason if isinstance(exc, ApiException) else exc
+                if isinstance(exc, ApiException) and exc.status == 409:
+                    if tries > 1:
+                        return "posted"  # an earlier try was stored; its answer was lost
+                    log.warning("could not post Event %s: %s (its name is taken)", item.what, why)
+                    return "refused"
                 if not retried(exc):
                     log.warning("could not post Event %s: %s (refused; not tried again)", item.what, why)
                     return "refused"
@@ -242,6 +280,5 @@ class EventRecorder:
                     self.max_tries,
                     delay,
                 )
-            # Closing cuts the wait short, and the next try is then the last (client-go's
-            # shutdown tries once more too).
+            # Closing cuts the wait short, and the next try is then the last.
             self._closing.wait(delay)

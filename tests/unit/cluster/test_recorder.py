@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -177,9 +178,9 @@ def test_close_cuts_a_retry_wait_short_and_tries_once_more(caplog: pytest.LogCap
             break
         threading.Event().wait(0.01)
     assert "again in 30.0 s" in caplog.text
-    started = datetime.datetime.now()
+    started = time.monotonic()
     events.close(timeout=10)
-    assert (datetime.datetime.now() - started).total_seconds() < 5  # not 30 s (jitter 0.5)
+    assert time.monotonic() - started < 5  # not 30 s (jitter 0.5)
     # Applied: tried, waited, cut short, tried once more (503), abandoned; Queued: one try, posted.
     assert server.tries == 3 and server.created == [("ns", "Queued")]
     assert events.counts == EventCounts(posted=1, abandoned=1)
@@ -198,11 +199,13 @@ def test_a_bug_in_the_post_does_not_stop_later_events() -> None:
     events.close()
 
 
-def test_the_event_carries_the_time_it_was_recorded() -> None:
+def test_the_event_carries_the_time_it_was_recorded_and_is_named_by_it() -> None:
     at = datetime.datetime(2026, 11, 25, 10, 0, 0, tzinfo=datetime.UTC)
-    namespace, event = event_for(BODY, "Warning", "BudgetExceeded", "x" * 2000, "agentdetect", "rc", now=at)
+    now_ns = int(at.timestamp()) * 1_000_000_000 + 123
+    namespace, event = event_for(BODY, "Warning", "BudgetExceeded", "x" * 2000, "agentdetect", "rc", now_ns)
     assert namespace == "ns"
     assert event["firstTimestamp"] == event["lastTimestamp"] == "2026-11-25T10:00:00Z"
+    assert event["metadata"] == {"name": f"p.{now_ns:x}"}
     assert event["involvedObject"] == {
         "apiVersion": "agentdetect.io/v1alpha1",
         "kind": "AgentDetectionProfile",
@@ -210,7 +213,7 @@ def test_the_event_carries_the_time_it_was_recorded() -> None:
         "uid": "u-1",
         "namespace": "ns",
     }
-    assert len(event["message"]) == 1024 and event["metadata"] == {"generateName": "p."}
+    assert len(event["message"]) == 1024
 
 
 def test_an_event_about_a_cluster_scoped_object_is_stored_in_default() -> None:
@@ -219,5 +222,58 @@ def test_an_event_about_a_cluster_scoped_object_is_stored_in_default() -> None:
         "kind": "ClusterAgentDetectionProfile",
         "metadata": {"name": "c"},
     }
-    namespace, event = event_for(body, "Normal", "Applied", "m", "agentdetect", "rc")
+    namespace, event = event_for(body, "Normal", "Applied", "m", "agentdetect", "rc", 1)
     assert namespace == "default" and "namespace" not in event["involvedObject"]
+
+
+def test_a_long_name_is_cut_to_stay_a_valid_event_name() -> None:
+    body = {"kind": "AgentDetectionProfile", "metadata": {"name": "a" * 199 + "-b" * 20, "namespace": "ns"}}
+    _, event = event_for(body, "Normal", "Applied", "m", "agentdetect", "rc", 2**60)
+    name = event["metadata"]["name"]
+    assert name == "a" * 199 + f".{2**60:x}" and len(name) <= 253
+
+
+def test_each_event_has_a_name_of_its_own() -> None:
+    """Names are made from the clock, which may repeat a reading."""
+    names: list[str] = []
+    events = EventRecorder(lambda namespace, event: names.append(event["metadata"]["name"]), "c", "rc")
+    for _ in range(200):
+        events.record(BODY, "Normal", "Applied", "m")
+    assert events.flush(10)
+    assert len(set(names)) == 200
+    events.close()
+
+
+def test_a_try_the_server_stored_but_did_not_answer_is_not_posted_twice() -> None:
+    """The first POST timed out after the server stored the Event; the second finds its name
+    taken (409): posted once, counted once. A 409 on the first try is a refusal."""
+    timeout = urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out")  # type: ignore[arg-type]
+    server = Server(timeout, status(409), status(409))
+    events = recorder(server)
+    events.record(BODY, "Normal", "Applied", "m")
+    events.record(BODY, "Normal", "Taken", "m")
+    assert events.flush(10)
+    assert server.tries == 3
+    assert events.counts == EventCounts(posted=1, refused=1)
+    events.close()
+
+
+def test_a_thread_that_cannot_start_drops_the_event_and_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Server()
+    events = recorder(server)
+    start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    events.record(BODY, "Normal", "Lost", "m")  # does not raise into the reconcile
+    assert events.counts == EventCounts(dropped=1)
+    assert "could not start the Event thread: can't start new thread" in caplog.text
+    monkeypatch.setattr(threading.Thread, "start", start)
+    events.record(BODY, "Normal", "Applied", "m")
+    assert events.flush(10)
+    assert server.created == [("ns", "Applied")]
+    events.close()
