@@ -300,7 +300,7 @@ def test_a_deletion_the_watch_missed_is_restored_from_a_list(
     monkeypatch.setattr(
         reconciler,
         "drifted",
-        lambda type_, obj: None if type_ == "DELETED" else real_drifted(type_, obj),
+        lambda type_, obj, **kw: None if type_ == "DELETED" else real_drifted(type_, obj, **kw),
     )
 
     client.CustomObjectsApi(api).delete_namespaced_custom_object(

@@ -584,10 +584,11 @@ class Reconciler:
     ) -> tuple[str, str, str | None] | None:
         """The profile (kind, name, namespace) whose policy a watched event shows changed or
         gone, from what was applied, never from the edited object's own labels; else None.
-        An object as this process applied it before its current version is its own earlier
-        write coming back late, not drift. ``watched``: ``obj`` is from the watch, whose order
-        tells that no such late write can follow the current version (a LIST does not: it may
-        be ahead of the watch)."""
+        An object from the watch (``watched``) as this process applied it before its current
+        version is its own earlier write coming back late, not drift; the watch's order tells
+        when no such late write can follow any more. A LIST is a consistent read: an earlier
+        version in it is an apply still in flight or someone's revert, and a reconcile of
+        either posts no Event."""
         key = key_of(dict(obj))
         desired = self.desired.get(key)
         if desired is None:
@@ -598,7 +599,7 @@ class Reconciler:
                 if watched:
                     self.desired.caught_up(key)
                 return None
-            if any(in_sync(doc, live) for doc in self.desired.earlier(key)):
+            if watched and any(in_sync(doc, live) for doc in self.desired.earlier(key)):
                 return None
         labels = desired["metadata"]["labels"]
         return (labels[LABEL_PROFILE_KIND], labels[LABEL_PROFILE_NAME], labels.get(LABEL_PROFILE_NAMESPACE))

@@ -86,12 +86,12 @@ class AppliedPolicies:
             self._drop(key)
             self._docs[key] = doc
             self._by_owner.setdefault(owner_of(doc), set()).add(key)
+            now = self._clock()
+            kept = [(t, d) for t, d in earlier or () if now - t < EARLIER_FOR]
             if before is not None and _spec_hash(before) != _spec_hash(doc):
-                now = self._clock()
-                kept = [(t, d) for t, d in earlier or () if now - t < EARLIER_FOR]
-                earlier = [*kept[-(MAX_EARLIER - 1) :], (now, before)]
-            if earlier:
-                self._earlier[key] = earlier
+                kept = [*kept[max(0, len(kept) - (MAX_EARLIER - 1)) :], (now, before)]
+            if kept:
+                self._earlier[key] = kept
 
     def earlier(self, key: ObjectKey) -> list[dict[str, Any]]:
         """The versions applied before the current one whose watch events may still come."""
@@ -102,10 +102,16 @@ class AppliedPolicies:
             return [d for t, d in self._earlier.get(key, ()) if now - t < EARLIER_FOR]
 
     def caught_up(self, key: ObjectKey) -> None:
-        """The watch showed the current version: no earlier one of ours can come after it."""
+        """The watch showed the current version: no earlier one of ours can come after it.
+        Unless the current version is also an earlier one (a spec changed and changed back):
+        the event may be of that earlier apply, and what was applied between may still come,
+        so those wait for their time to run out."""
         if key in self._earlier:
             with self._lock:
-                self._earlier.pop(key, None)
+                doc = self._docs.get(key)
+                current = _spec_hash(doc) if doc is not None else None
+                if all(_spec_hash(d) != current for _, d in self._earlier.get(key, ())):
+                    self._earlier.pop(key, None)
 
     def get(self, key: ObjectKey) -> dict[str, Any] | None:
         with self._lock:

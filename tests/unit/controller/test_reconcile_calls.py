@@ -483,3 +483,29 @@ def test_a_list_showing_the_current_version_does_not_end_the_wait() -> None:
     _run(reconciler, cluster, profile)
     assert reconciler.unsettled(_listed(cluster)) == []
     assert reconciler.drifted("MODIFIED", first) is None
+    # A LIST is a consistent read: the earlier version in one is an apply in flight or a
+    # revert, and the sweep reconciles it (which posts no Event).
+    reverted = [first if key_of(d) == net else d for d in _listed(cluster)]
+    assert reconciler.unsettled(reverted) == [PROFILE_KEY]
+
+
+def test_a_spec_changed_and_changed_back_waits_for_every_late_event() -> None:
+    """A, B, then A again, all before the watch delivered any: the first A's event matches the
+    current version, and B's may still follow it."""
+    cluster, events = FakeCluster(), no_events()
+    cluster.lag = True
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    net = next(k for k in cluster.live if k.name.startswith("chatbot-net-"))
+    a = copy.deepcopy(cluster.live[net])
+    spec = copy.deepcopy(SPEC)
+    spec["network"]["destinations"][0]["ports"] = [8001]
+    profile.change(spec)
+    _run(reconciler, cluster, profile)
+    b = copy.deepcopy(cluster.live[net])
+    profile.change(SPEC)
+    _run(reconciler, cluster, profile)
+    assert reconciler.drifted("MODIFIED", a) is None  # the first A
+    assert reconciler.drifted("MODIFIED", b) is None  # B, after it
+    assert reconciler.drifted("MODIFIED", a) is None  # the second A

@@ -111,8 +111,25 @@ def test_earlier_versions_are_kept_until_the_watch_catches_up_or_they_expire() -
     assert applied.earlier(key) == [v1]  # v3's event is no longer waited for
     now[0] = 130.0 + EARLIER_FOR
     assert applied.earlier(key) == []
+    applied.record(key, v2)  # the same version again: what ran out is let go
+    assert key not in applied._earlier
     for i in range(10):
         applied.record(key, _version(f"x{i}"))
     assert len(applied.earlier(key)) == MAX_EARLIER
     applied.discard(key)
+    assert applied.earlier(key) == []
+
+
+def test_the_watch_showing_a_version_that_is_also_an_earlier_one_ends_no_wait() -> None:
+    applied = AppliedPolicies(clock=lambda: 0.0)
+    key = ObjectKey("TracingPolicyNamespaced", "team", "net")
+    a, b = _version("a"), _version("b")
+    applied.record(key, a)
+    applied.record(key, b)
+    applied.record(key, a)  # changed back
+    assert applied.earlier(key) == [a, b]
+    applied.caught_up(key)  # may be the first A's event: B's may follow
+    assert applied.earlier(key) == [a, b]
+    applied.record(key, _version("c"))
+    applied.caught_up(key)
     assert applied.earlier(key) == []
