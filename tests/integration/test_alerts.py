@@ -40,7 +40,7 @@ def alert_annotations(rules: dict[str, Any], alert: str, **expanded: str) -> dic
 def test_every_alert_has_a_runbook_and_a_description() -> None:
     rules = rendered_rules()
     alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
-    assert len(alerts) == 7
+    assert len(alerts) == 8
     runbooks = (Path(__file__).resolve().parents[2] / "docs" / "runbooks.md").read_text()
     for rule in alerts:
         assert rule["annotations"]["description"] and rule["annotations"]["summary"]
@@ -219,6 +219,35 @@ def test_promtool_checks_and_tests_every_alert(tmp_path: Path) -> None:
                     ],
                 }
                 for alert in ("AgentDetectStreamReconnects", "AgentDetectMalformedLines")
+            ],
+        },
+        {  # one Event abandoned; refused ones do not count
+            "interval": "1m",
+            "input_series": [
+                series("agentdetect_kubernetes_events_total", "0x5 1x30", result="abandoned"),
+                series("agentdetect_kubernetes_events_total", "0x5 3x30", result="refused"),
+                series("agentdetect_kubernetes_events_total", "0x35", result="dropped"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "4m", "alertname": "AgentDetectKubernetesEventsLost", "exp_alerts": []},
+                {
+                    "eval_time": "8m",
+                    "alertname": "AgentDetectKubernetesEventsLost",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"severity": "warning"},
+                            "exp_annotations": alert_annotations(
+                                rules,
+                                "AgentDetectKubernetesEventsLost",
+                                description=(
+                                    "1 Event(s) on profiles (transitions, PolicyRestored) were dropped "
+                                    "or given up in the last 15 minutes; the operator's log names each."
+                                ),
+                            ),
+                        }
+                    ],
+                },
+                {"eval_time": "30m", "alertname": "AgentDetectKubernetesEventsLost", "exp_alerts": []},
             ],
         },
     ]

@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentdetect.app.metrics import Metrics
+from agentdetect.cluster.recorder import EventRecorder
 from agentdetect.controller.reconcile import Config
 from agentdetect.detection.service import DetectionService
 from agentdetect.policy.board import ProfileBoard
@@ -31,6 +32,7 @@ def exported() -> set[str]:
     metrics.watch_detection(service)
     metrics.watch_policy_filter(lambda: 0, lambda: 64)
     metrics.watch_readiness()
+    metrics.watch_events(EventRecorder(lambda namespace, event: None, "agentdetect", "rc"))
     # From the families, not the samples: a labelled family with no data yet has no samples.
     names: set[str] = set()
     for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
