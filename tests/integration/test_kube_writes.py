@@ -4,7 +4,13 @@ generated client raised, against the real API server."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import socket
+import threading
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from kubernetes import client
@@ -211,3 +217,79 @@ def test_an_event_to_an_api_server_that_is_away_is_tried_again_then_given_up(
     assert recorder.counts == EventCounts(abandoned=1)
     assert "could not post Event Applied on Pod p:" in caplog.text
     assert "(try 2 of 3; again in 0.0 s)" in caplog.text and "(gave up after 3 tries)" in caplog.text
+
+
+class _Forwarder:
+    """A TCP port that refuses connections until :meth:`open`, then relays them to ``target``:
+    the API server away, then back, without restarting the one the other tests share. TLS
+    goes through it end to end (the certificate names 127.0.0.1, whatever the port)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._listener: socket.socket | None = None
+
+    def open(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for end in (src, dst):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+
+def test_an_event_recorded_while_the_api_server_is_away_is_stored_when_it_is_back(
+    api: Any, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding (d): the Event of a transition whose POST failed was lost, since the
+    status already showed the new state. Now the POST is tried again until the server is back."""
+    server = urlsplit(api.configuration.host)
+    forwarder = _Forwarder((server.hostname or "127.0.0.1", server.port or 443))
+    cfg = copy.copy(api.configuration)
+    cfg.host = f"https://127.0.0.1:{forwarder.port}"
+    # The kubeconfig loader's hook loads the kubeconfig again before a request, host included.
+    cfg.refresh_api_key_hook = None
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "AgentDetectionProfile",
+        "metadata": {"name": "away", "namespace": namespace, "uid": UID},
+    }
+    recorder = _recorder(client.ApiClient(cfg), retry_after=0.2, jitter=lambda: 1.0)
+    try:
+        recorder.record(body, "Normal", "Applied", "3 policies applied")
+        for _ in range(500):
+            if "(try 1 of 12; again in 0.2 s)" in caplog.text:
+                break
+            time.sleep(0.01)
+        assert "(try 1 of 12; again in 0.2 s)" in caplog.text  # refused: nothing listens yet
+        forwarder.open()
+        assert recorder.flush(30)
+    finally:
+        recorder.close()
+        forwarder.close()
+    assert recorder.counts == EventCounts(posted=1)
+    (event,) = client.CoreV1Api(api).list_namespaced_event(namespace).items
+    got = (event.involved_object.name, event.reason, event.message)
+    assert got == ("away", "Applied", "3 policies applied")
