@@ -438,74 +438,61 @@ def test_a_body_read_after_the_last_report_is_the_truth_for_events() -> None:
     assert events == [("Normal", "Applied")] * 2
 
 
+class TwoApplies:
+    """A profile reconciled at SPEC, then at a spec with another port, before the policy watch
+    delivered either apply (the index lags): ``first`` and ``second`` are the network policy
+    as each apply left it."""
+
+    def __init__(self) -> None:
+        self.cluster, self.events = FakeCluster(), no_events()
+        self.cluster.lag = True
+        self.reconciler = _reconciler(self.cluster, self.events)
+        self.profile = Profile()
+        _run(self.reconciler, self.cluster, self.profile)
+        self.net = next(k for k in self.cluster.live if k.name.startswith("chatbot-net-"))
+        self.first = copy.deepcopy(self.cluster.live[self.net])
+        spec = copy.deepcopy(SPEC)
+        spec["network"]["destinations"][0]["ports"] = [8001]
+        self.profile.change(spec)
+        _run(self.reconciler, self.cluster, self.profile)
+        self.second = copy.deepcopy(self.cluster.live[self.net])
+        assert self.first["spec"] != self.second["spec"]
+
+
 def test_a_late_watch_event_of_an_earlier_apply_is_not_drift() -> None:
     """Review finding (c): a policy applied at one spec, then at the next before the watch
     delivered the first apply. That first event, arriving after the second apply, showed the
     policy unlike what was last applied and read as someone's edit: a restore (an apply) and
     a false PolicyRestored Warning. The watch delivers one object's changes in order, so once
     it shows the current version, the earlier one showing again is someone's doing."""
-    cluster, events = FakeCluster(), no_events()
-    cluster.lag = True
-    reconciler = _reconciler(cluster, events)
-    profile = Profile()
-    _run(reconciler, cluster, profile)
-    net = next(k for k in cluster.live if k.name.startswith("chatbot-net-"))
-    first = copy.deepcopy(cluster.live[net])
-    spec = copy.deepcopy(SPEC)
-    spec["network"]["destinations"][0]["ports"] = [8001]
-    profile.change(spec)
-    _run(reconciler, cluster, profile)
-    second = copy.deepcopy(cluster.live[net])
-    assert first["spec"] != second["spec"]
-
-    assert reconciler.drifted("MODIFIED", first) is None  # the first apply, delivered late
-    assert reconciler.drifted("MODIFIED", second) is None  # the watch caught up
+    t = TwoApplies()
+    assert t.reconciler.drifted("MODIFIED", t.first) is None  # the first apply, delivered late
+    assert t.reconciler.drifted("MODIFIED", t.second) is None  # the watch caught up
     # Now the first version again is someone putting it back.
-    assert reconciler.drifted("MODIFIED", first) == (ADP, "chatbot", "team")
-    edited = copy.deepcopy(second)
+    assert t.reconciler.drifted("MODIFIED", t.first) == (ADP, "chatbot", "team")
+    edited = copy.deepcopy(t.second)
     edited["spec"]["kprobes"] = []
-    assert reconciler.drifted("MODIFIED", edited) == (ADP, "chatbot", "team")
+    assert t.reconciler.drifted("MODIFIED", edited) == (ADP, "chatbot", "team")
 
 
 def test_a_list_showing_the_current_version_does_not_end_the_wait() -> None:
     """A LIST (the sweep's) may be ahead of the watch: the earlier apply's event may still come
     after it."""
-    cluster, events = FakeCluster(), no_events()
-    cluster.lag = True
-    reconciler = _reconciler(cluster, events)
-    profile = Profile()
-    _run(reconciler, cluster, profile)
-    net = next(k for k in cluster.live if k.name.startswith("chatbot-net-"))
-    first = copy.deepcopy(cluster.live[net])
-    spec = copy.deepcopy(SPEC)
-    spec["network"]["destinations"][0]["ports"] = [8001]
-    profile.change(spec)
-    _run(reconciler, cluster, profile)
-    assert reconciler.unsettled(_listed(cluster)) == []
-    assert reconciler.drifted("MODIFIED", first) is None
+    t = TwoApplies()
+    assert t.reconciler.unsettled(_listed(t.cluster)) == []
+    assert t.reconciler.drifted("MODIFIED", t.first) is None
     # A LIST is a consistent read: the earlier version in one is an apply in flight or a
     # revert, and the sweep reconciles it (which posts no Event).
-    reverted = [first if key_of(d) == net else d for d in _listed(cluster)]
-    assert reconciler.unsettled(reverted) == [PROFILE_KEY]
+    reverted = [t.first if key_of(d) == t.net else d for d in _listed(t.cluster)]
+    assert t.reconciler.unsettled(reverted) == [PROFILE_KEY]
 
 
 def test_a_spec_changed_and_changed_back_waits_for_every_late_event() -> None:
     """A, B, then A again, all before the watch delivered any: the first A's event matches the
     current version, and B's may still follow it."""
-    cluster, events = FakeCluster(), no_events()
-    cluster.lag = True
-    reconciler = _reconciler(cluster, events)
-    profile = Profile()
-    _run(reconciler, cluster, profile)
-    net = next(k for k in cluster.live if k.name.startswith("chatbot-net-"))
-    a = copy.deepcopy(cluster.live[net])
-    spec = copy.deepcopy(SPEC)
-    spec["network"]["destinations"][0]["ports"] = [8001]
-    profile.change(spec)
-    _run(reconciler, cluster, profile)
-    b = copy.deepcopy(cluster.live[net])
-    profile.change(SPEC)
-    _run(reconciler, cluster, profile)
-    assert reconciler.drifted("MODIFIED", a) is None  # the first A
-    assert reconciler.drifted("MODIFIED", b) is None  # B, after it
-    assert reconciler.drifted("MODIFIED", a) is None  # the second A
+    t = TwoApplies()
+    t.profile.change(SPEC)
+    _run(t.reconciler, t.cluster, t.profile)
+    assert t.reconciler.drifted("MODIFIED", t.first) is None  # the first A
+    assert t.reconciler.drifted("MODIFIED", t.second) is None  # B, after it
+    assert t.reconciler.drifted("MODIFIED", t.first) is None  # the second A
