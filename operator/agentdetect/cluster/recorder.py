@@ -213,8 +213,8 @@ class EventRecorder:
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop: what is queued gets one more try each within ``timeout`` (client-go's shutdown
-        tries once too), and what is left after it is logged as abandoned."""
+        """Stop: an Event waiting between tries and each one queued get one more try within
+        ``timeout``, and what is left after it is logged as abandoned."""
         self._closing.set()
         with self._cond:
             self._cond.notify_all()
