@@ -25,7 +25,7 @@ from agentdetect.app.handlers import (
     settings_for,
 )
 from agentdetect.app.metrics import Metrics
-from agentdetect.cluster.kube import FIELD_MANAGER, Cluster
+from agentdetect.cluster.kube import FIELD_MANAGER, Cluster, keepalive_options
 from agentdetect.cluster.recorder import EventRecorder
 from agentdetect.controller.reconcile import Config, Reconciler
 from agentdetect.detection.peering import PeeringGate
@@ -45,6 +45,8 @@ def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
         )
     # Enough connections for every reconcile worker thread at once.
     cfg.connection_pool_maxsize = 32
+    # A connection whose peer vanished is noticed and closed, as client-go's are.
+    cfg.socket_options = keepalive_options()
     return client.ApiClient(cfg)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +36,37 @@ FIELD_MANAGER = "agentdetect"
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
 _JSON = "application/json"
-#: An Event POST's connect and read timeouts, seconds.
-_EVENT_TIMEOUT = urllib3.Timeout(connect=5.0, read=15.0)
+#: An Event POST's (connect, read) timeouts, seconds: shorter, since the recorder tries it again.
+EVENT_TIMEOUT = (5.0, 15.0)
+#: Every other request's (connect, read) timeouts, seconds: without one, an API server that
+#: vanished mid-request (a node lost, a connection dropped by a middlebox) holds the calling
+#: thread, a kopf worker or the detection writer, for good. The read timeout is the longest
+#: silence between two reads, not the whole answer, and is longer than the API server's own
+#: limit: it answers a request it could not finish within --request-timeout (60 s by default,
+#: kube-apiserver's options) with 504 itself. Watches and log follows, which may be quiet for
+#: minutes, have their own (cluster/informer.py) or rely on TCP keepalive (keepalive_options).
+REQUEST_TIMEOUT = (10.0, 65.0)
+#: TCP keepalive as client-go dials the API server: probes after 30 s idle, 15 s apart, 9 of
+#: them (k8s.io/client-go/transport/cache.go: net.Dialer KeepAlive 30 s; Go's net package
+#: leaves the interval and count at 15 s and 9). A connection whose peer is gone without a
+#: word, which no read timeout may end (a followed log stream is quiet as long as Tetragon
+#: is), is then closed within about three minutes, and its follower reconnects.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 15, 9
+
+
+def keepalive_options() -> list[tuple[int, int, int]]:
+    """urllib3 socket options: its own defaults (no Nagle), which a list given replaces, and
+    TCP keepalive. Options the platform lacks are left out (macOS has no TCP_KEEPIDLE)."""
+    options = [*urllib3.connection.HTTPConnection.default_socket_options]
+    options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
 
 
 @dataclass(frozen=True)
@@ -61,14 +91,39 @@ def profile_version(body: Mapping[str, Any]) -> ProfileVersion:
     return (body["kind"], meta.get("namespace"), meta["name"], uid, generation)
 
 
+class WithTimeout:
+    """A generated API object whose every method is called with ``_request_timeout`` unless
+    the call names its own (the informers do: a watch is quiet for minutes)."""
+
+    def __init__(self, api: object, timeout: tuple[float, float]) -> None:
+        self._api = api
+        self._timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._api, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+        return functools.partial(attr, _request_timeout=self._timeout)
+
+
 class Cluster:
     """Thin typed wrapper over the generated client; one instance per operator."""
 
-    def __init__(self, api: client.ApiClient, field_manager: str = FIELD_MANAGER) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        field_manager: str = FIELD_MANAGER,
+        request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
+        event_timeout: tuple[float, float] = EVENT_TIMEOUT,
+    ) -> None:
         self.api = api
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
+        #: (connect, read) seconds of every call but the informers' and the Event POST.
+        self.request_timeout = request_timeout
+        self.custom: Any = WithTimeout(client.CustomObjectsApi(api), request_timeout)
+        self.core: Any = WithTimeout(client.CoreV1Api(api), request_timeout)
         self.field_manager = field_manager
+        self._timeout = urllib3.Timeout(connect=request_timeout[0], read=request_timeout[1])
+        self._event_timeout = urllib3.Timeout(connect=event_timeout[0], read=event_timeout[1])
         self._tetragon_seen_at = 0.0
 
     # ---- writes ----------------------------------------------------------------------------
@@ -96,12 +151,9 @@ class Cluster:
             url += "?" + urlencode(query)
         pool = self.api.rest_client.pool_manager
         data = orjson.dumps(body)
-        if timeout is None:  # the pool's own default, as the generated client sends
-            resp = pool.request(method, url, body=data, headers=headers, preload_content=True)
-        else:
-            resp = pool.request(
-                method, url, body=data, headers=headers, preload_content=True, timeout=timeout
-            )
+        resp = pool.request(
+            method, url, body=data, headers=headers, preload_content=True, timeout=timeout or self._timeout
+        )
         if not 200 <= resp.status <= 299:
             ApiException.from_response(http_resp=resp, body=resp.data.decode("utf-8", "replace"), data=None)
 
@@ -290,7 +342,7 @@ class Cluster:
         which the re-resolution sweep and the detection threads do not have. With a timeout:
         one hung connection must not hold every later Event (a timeout is tried again)."""
         path = f"/api/v1/namespaces/{quote(namespace, safe='')}/events"
-        self._send("POST", path, event, _JSON, timeout=_EVENT_TIMEOUT)
+        self._send("POST", path, event, _JSON, timeout=self._event_timeout)
 
     # ---- profiles and namespaces -----------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from kubernetes import client
 
+from agentdetect.cluster.kube import REQUEST_TIMEOUT, WithTimeout
 from agentdetect.detection.sources import RateLimitedLog, failure_reason
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class PeeringGate:
     def __init__(
         self, api: client.ApiClient, name: str, priority: int, namespace: str | None = None, ttl: float = 5.0
     ) -> None:
-        self.custom = client.CustomObjectsApi(api)
+        self.custom = WithTimeout(client.CustomObjectsApi(api), REQUEST_TIMEOUT)
         self.name = name
         self.priority = priority
         self.namespace = namespace

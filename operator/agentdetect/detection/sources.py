@@ -26,6 +26,8 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from agentdetect.cluster.kube import REQUEST_TIMEOUT
+
 log = logging.getLogger(__name__)
 #: Seconds of margin when a dropped stream is reopened (StreamState.since_seconds).
 CLOCK_SKEW_MARGIN_S = 60
@@ -237,7 +239,9 @@ class TetragonLogSource:
     def _discover_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.label_selector).items
+                pods = self.core.list_namespaced_pod(
+                    self.namespace, label_selector=self.label_selector, _request_timeout=REQUEST_TIMEOUT
+                ).items
                 live: set[str] = {
                     p.metadata.name
                     for p in pods
