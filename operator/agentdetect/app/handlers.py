@@ -15,8 +15,14 @@ import kopf
 from agentdetect.api.conditions import Reason
 from agentdetect.api.models import GROUP, VERSION
 from agentdetect.app.metrics import Metrics
-from agentdetect.cluster.kube import POLICY_PLURALS, PROFILE_PLURALS, TETRAGON_GROUP, TETRAGON_VERSION
-from agentdetect.controller.reconcile import Outcome, Reconciler, reconcile_owed
+from agentdetect.cluster.kube import (
+    POLICY_PLURALS,
+    PROFILE_PLURALS,
+    TETRAGON_GROUP,
+    TETRAGON_VERSION,
+    ObjectKey,
+)
+from agentdetect.controller.reconcile import Outcome, Reconciler, reconcile_owed, restored_message
 from agentdetect.controller.state import owner_of
 from agentdetect.detection.rollup import DetectionRollup
 from agentdetect.detection.service import DetectionService, prune_orphans
@@ -303,8 +309,11 @@ def build_registry(
 
     def verify() -> None:
         """Profiles whose policies a LIST shows other than the watch did are reconciled from
-        the LIST (Reconciler.unsettled)."""
+        the LIST (Reconciler.unsettled); what someone else changed or deleted meanwhile
+        (Reconciler.tampered) is said with PolicyRestored, as the watch path says it."""
+        began = reconciler.desired.now()
         listed = reconciler.cluster.list_ours(namespaces)
+        tampered = reconciler.tampered(listed, began, namespaces)
         for kind, namespace, name in reconciler.unsettled(listed, namespaces):
             log.info(
                 "%s %s/%s: its policies are not as last applied (a watch event missed); "
@@ -314,7 +323,18 @@ def build_registry(
                 name,
             )
             mine = [p for p in listed if owner_of(p) == (kind, namespace, name)]
-            reconcile_by_key(kind, name, namespace, mine)
+            done = reconcile_by_key(kind, name, namespace, mine)
+            if done is None or not done[1].applied:
+                continue
+            for key, deleted in tampered.get((kind, namespace, name), ()):
+                if deleted and key.namespace and not reconciler.cluster.namespace_active(key.namespace):
+                    continue  # the namespace controller emptied it
+                reconciler.emit(
+                    done[0],
+                    "Warning",
+                    Reason.POLICY_RESTORED,
+                    restored_message(key, deleted, seen_by="a periodic list; the watch did not see it"),
+                )
 
     owed_index: list[Mapping[ProfileKey, Any]] = []
 
@@ -443,14 +463,9 @@ def build_registry(
         if done is not None and done[1].applied:
             # Not a transition of the profile's conditions, but news: someone changed what it
             # detects with.
-            where = f"{namespace}/" if namespace else ""
-            reconciler.emit(
-                done[0],
-                "Warning",
-                Reason.POLICY_RESTORED,
-                f"{body.get('kind') or 'policy'} {where}{body.metadata.name} was "
-                f"{'deleted' if type == 'DELETED' else 'changed'} outside agentdetect; restored",
-            )
+            key = ObjectKey(body.get("kind") or "policy", namespace, body.metadata.name or "")
+            message = restored_message(key, deleted=type == "DELETED")
+            reconciler.emit(done[0], "Warning", Reason.POLICY_RESTORED, message)
 
     @kopf.on.event("", "v1", "namespaces", registry=registry, id="namespace-selection")
     def namespace_event(type: str | None, body: kopf.Body, status: kopf.Status, **_: Any) -> None:

@@ -151,6 +151,15 @@ def in_sync(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
     )
 
 
+def restored_message(key: ObjectKey, deleted: bool, seen_by: str = "") -> str:
+    """PolicyRestored's message: which policy, what was done to it, and, when not by the watch
+    as it happened, how it was found."""
+    where = f"{key.namespace}/" if key.namespace else ""
+    how = f" (found by {seen_by})" if seen_by else ""
+    what = "deleted" if deleted else "changed"
+    return f"{key.kind} {where}{key.name} was {what} outside agentdetect; restored{how}"
+
+
 def resolved_status(profile: Profile, resolved: Mapping[str, Resolution]) -> list[dict[str, Any]]:
     from agentdetect.api import catalog
 
@@ -560,6 +569,7 @@ class Reconciler:
                 # Not in the index yet is not in sync: an apply of what is there is a no-op.
                 self.cluster.apply(doc, owner)
                 applied += 1
+            self.desired.stored(key)  # applied, or shown by the watch or the list as it is
         pruned = 0
         for key in sorted(stale, key=str):
             # Forgotten before it is deleted: its DELETED watch event must not read as drift.
@@ -628,6 +638,29 @@ class Reconciler:
                 continue  # listed, or in a namespace the LIST did not cover: not known missing
             out.add(owner_of(doc))
         return sorted(out, key=str)
+
+    def tampered(
+        self, listed: list[dict[str, Any]], began: float, namespaces: Collection[str] = ()
+    ) -> dict[ProfileKey, list[tuple[ObjectKey, bool]]]:
+        """Per profile, its policies ``listed`` (a LIST begun at ``began``, on the clock of
+        ``desired``) shows changed or gone, each with whether it is gone, among those the API
+        server was known to hold as last applied before the LIST began: then no apply of ours
+        was in flight, and the difference is someone else's write. A reconcile puts them back
+        and the caller posts PolicyRestored, as the watch path does for what it sees; this is
+        what the watch did not see (it was down, or kopf listed again after a gap and reports
+        no deletion)."""
+        by_key = {key_of(obj): obj for obj in listed}
+        out: dict[ProfileKey, list[tuple[ObjectKey, bool]]] = {}
+        for key, doc in sorted(self.desired.items(), key=lambda item: str(item[0])):
+            if namespaces and key.namespace and key.namespace not in namespaces:
+                continue  # not covered by the LIST
+            stored_at = self.desired.stored_at(key)
+            if stored_at is None or stored_at >= began:
+                continue
+            live = by_key.get(key)
+            if live is None or not in_sync(doc, live):
+                out.setdefault(owner_of(doc), []).append((key, live is None))
+        return out
 
     def cluster_profiles_affected_by(
         self, namespace: str, labels: dict[str, str] | None, gone: bool

@@ -76,15 +76,25 @@ class AppliedPolicies:
         self._by_owner: dict[ProfileKey, set[ObjectKey]] = {}
         #: Per policy, (superseded at, doc) of versions applied before the current one.
         self._earlier: dict[ObjectKey, list[tuple[float, dict[str, Any]]]] = {}
+        #: Per policy, when the API server was known to hold the current version (an apply of
+        #: it returned, or the watch showed it): a LIST begun after that time which shows it
+        #: otherwise shows someone else's write, not one of ours in flight.
+        self._stored_at: dict[ObjectKey, float] = {}
         self._clock = clock
         self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return self._clock()
 
     def record(self, key: ObjectKey, doc: dict[str, Any]) -> None:
         with self._lock:
             before = self._docs.get(key)
             earlier = self._earlier.get(key)
+            stored_at = self._stored_at.get(key)
             self._drop(key)
             self._docs[key] = doc
+            if stored_at is not None and before == doc:  # the same version recorded again
+                self._stored_at[key] = stored_at
             self._by_owner.setdefault(owner_of(doc), set()).add(key)
             now = self._clock()
             kept = [(t, d) for t, d in earlier or () if now - t < EARLIER_FOR]
@@ -101,11 +111,25 @@ class AppliedPolicies:
             now = self._clock()
             return [d for t, d in self._earlier.get(key, ()) if now - t < EARLIER_FOR]
 
+    def stored(self, key: ObjectKey) -> None:
+        """The API server holds the current version now (its apply returned, or the watch or
+        the index showed it), unless that is known already."""
+        if key not in self._stored_at:
+            with self._lock:
+                if key in self._docs:
+                    self._stored_at.setdefault(key, self._clock())
+
+    def stored_at(self, key: ObjectKey) -> float | None:
+        """When the API server was first known to hold the current version, if it was."""
+        with self._lock:
+            return self._stored_at.get(key)
+
     def caught_up(self, key: ObjectKey) -> None:
         """The watch showed the current version: no earlier one of ours can come after it.
         Unless the current version is also an earlier one (a spec changed and changed back):
         the event may be of that earlier apply, and what was applied between may still come,
         so those wait for their time to run out."""
+        self.stored(key)
         if key in self._earlier:
             with self._lock:
                 doc = self._docs.get(key)
@@ -145,6 +169,7 @@ class AppliedPolicies:
     def _drop(self, key: ObjectKey) -> None:
         """Under the lock."""
         self._earlier.pop(key, None)
+        self._stored_at.pop(key, None)
         doc = self._docs.pop(key, None)
         if doc is None:
             return

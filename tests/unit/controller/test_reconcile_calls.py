@@ -11,8 +11,9 @@ import pytest
 
 from agentdetect.cluster.kube import ObjectKey, key_of
 from agentdetect.controller.reconcile import Config, Reconciler
-from agentdetect.controller.state import owned_by
+from agentdetect.controller.state import AppliedPolicies, owned_by
 from agentdetect.policy.board import ProfileKey
+from agentdetect.policy.render import ANNOTATION_HASH
 from agentdetect.policy.resolve import StaticResolver
 
 ADP = "AgentDetectionProfile"
@@ -496,3 +497,65 @@ def test_a_spec_changed_and_changed_back_waits_for_every_late_event() -> None:
     assert t.reconciler.drifted("MODIFIED", t.first) is None  # the first A
     assert t.reconciler.drifted("MODIFIED", t.second) is None  # B, after it
     assert t.reconciler.drifted("MODIFIED", t.first) is None  # the second A
+
+
+class Clocked:
+    """A profile reconciled (its applies returned) at t=10 on the reconciler's clock."""
+
+    def __init__(self) -> None:
+        self.now = [10.0]
+        self.cluster, self.events = FakeCluster(), no_events()
+        self.reconciler = _reconciler(self.cluster, self.events)
+        self.reconciler.desired = AppliedPolicies(clock=lambda: self.now[0])
+        self.profile = Profile()
+        _run(self.reconciler, self.cluster, self.profile)
+        self.keys = sorted(self.cluster.live, key=str)
+        self.now[0] = 20.0
+
+
+def test_a_list_begun_after_the_applies_returned_shows_what_someone_else_did() -> None:
+    """Review finding (a): a policy changed or deleted while the watch was away was put back by
+    the sweep's LIST without a PolicyRestored Event; tampered() is what the sweep says it from."""
+    t = Clocked()
+    assert t.reconciler.tampered(_listed(t.cluster), began=15.0) == {}
+    gone, edited = t.keys[0], t.keys[1]
+    del t.cluster.live[gone]
+    t.cluster.live[edited]["spec"]["kprobes"] = []
+    found = t.reconciler.tampered(_listed(t.cluster), began=15.0)
+    assert found == {PROFILE_KEY: sorted([(gone, True), (edited, False)], key=lambda f: str(f[0]))}
+    # With watchNamespaces, only what the LIST covered is judged.
+    assert t.reconciler.tampered([], began=15.0, namespaces=["elsewhere"]) == {}
+    assert set(t.reconciler.tampered([], began=15.0, namespaces=["team"])[PROFILE_KEY]) == {
+        (k, True) for k in t.keys
+    }
+
+
+def test_a_list_begun_before_an_apply_returned_is_not_someone_elses_doing() -> None:
+    """The LIST may have been read before an apply of ours landed (the sweep and a reconcile run
+    side by side): what it shows of that policy says nothing about anyone else."""
+    t = Clocked()
+    del t.cluster.live[t.keys[0]]
+    assert t.reconciler.tampered(_listed(t.cluster), began=10.0) == {}  # not after the applies
+    # A new version recorded, its apply not returned yet (or failed): not judged, whenever the
+    # LIST began.
+    t.cluster.live = {}
+    newer = copy.deepcopy(t.reconciler.desired.get(t.keys[1]))
+    assert newer is not None
+    newer["metadata"]["annotations"] = {ANNOTATION_HASH: "another"}
+    t.reconciler.desired.record(t.keys[1], newer)
+    found = t.reconciler.tampered([], began=30.0)[PROFILE_KEY]
+    assert (t.keys[1], True) not in found and (t.keys[0], True) in found
+
+
+def test_policies_a_reconcile_finds_as_they_should_be_count_as_stored() -> None:
+    """After a restart nothing in memory says what was applied; the first reconcile, finding the
+    policies in sync in the watch's index, applies nothing and knows them stored from then."""
+    t = Clocked()
+    restarted = _reconciler(t.cluster, no_events())
+    restarted.desired = AppliedPolicies(clock=lambda: t.now[0])
+    t.cluster.calls.clear()
+    _run(restarted, t.cluster, t.profile)
+    assert [c for c in t.cluster.api_calls() if c[0] == "apply"] == []
+    del t.cluster.live[t.keys[2]]
+    assert restarted.tampered(_listed(t.cluster), began=25.0) == {PROFILE_KEY: [(t.keys[2], True)]}
+    assert restarted.tampered(_listed(t.cluster), began=20.0) == {}

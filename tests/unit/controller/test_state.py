@@ -133,3 +133,29 @@ def test_the_watch_showing_a_version_that_is_also_an_earlier_one_ends_no_wait() 
     applied.record(key, _version("c"))
     applied.caught_up(key)
     assert applied.earlier(key) == []
+
+
+def test_when_the_server_held_the_current_version_is_kept_until_another_is_recorded() -> None:
+    """What Reconciler.tampered reads: a LIST begun after this time shows someone else's write
+    where it differs, never an apply of ours in flight."""
+    now = [10.0]
+    applied = AppliedPolicies(clock=lambda: now[0])
+    key = ObjectKey("TracingPolicyNamespaced", "team", "a1")
+    applied.stored(key)
+    assert applied.stored_at(key) is None  # nothing recorded: nothing to have stored
+    applied.record(key, _doc("a1", "a"))
+    assert applied.stored_at(key) is None  # recorded just before the apply, which may fail
+    applied.stored(key)
+    now[0] = 20.0
+    applied.stored(key)  # known already: the first time is kept
+    assert applied.stored_at(key) == 10.0
+    applied.record(key, _doc("a1", "a"))  # the same version (a reconcile that changes nothing)
+    assert applied.stored_at(key) == 10.0
+    changed = _doc("a1", "a")
+    changed["metadata"]["annotations"] = {"agentdetect.io/spec-hash": "2"}
+    applied.record(key, changed)  # a new version: not stored until its apply returns
+    assert applied.stored_at(key) is None
+    applied.caught_up(key)  # or the watch shows it
+    assert applied.stored_at(key) == 20.0
+    applied.discard(key)
+    assert applied.stored_at(key) is None
