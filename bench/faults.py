@@ -133,6 +133,8 @@ class Lab:
     namespaces: int = 10
     peering_lifetime: int = 20
     converge_timeout: float = 300.0
+    #: The operators' --resolve-interval (the sweep, and its LIST of every policy); None: theirs.
+    resolve_interval: float | None = None
     #: Events written per policy per round, and the pause between rounds.
     per_round: int = 1
     round_s: float = 0.5
@@ -220,6 +222,7 @@ class Lab:
             f"--priority={priority if priority is not None else next(self._priorities)}",
             f"--peering-lifetime={self.peering_lifetime}",
             "--log-format=json",
+            *([f"--resolve-interval={self.resolve_interval}"] if self.resolve_interval else []),
         )
         self.operators.append(op)
         return op.start()

@@ -171,14 +171,20 @@ class ControlPlane:
         if self._owns_workdir and self.workdir is not None and not os.environ.get("AGENTDETECT_KEEP_CP"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def restart(self, name: str, down_for: float = 0.0) -> float:
-        """Stop one component (SIGTERM), keep it down ``down_for`` seconds, start it again on the
-        same port and data; returns the seconds until it answered again. For fault tests: an
-        API server restart ends every watch and every proxied log stream."""
+    def restart(
+        self, name: str, down_for: float = 0.0, while_down: Callable[[], object] | None = None
+    ) -> float:
+        """Stop one component (SIGTERM), keep it down ``down_for`` seconds (calling
+        ``while_down`` first), start it again on the same port and data; returns the seconds
+        until it answered again. For fault tests: an API server restart ends every watch and
+        every proxied log stream, and its watch cache starts afresh, so a client resuming a
+        watch from before is told to list again (410) and hears of no deletion meanwhile."""
         proc = next((p for p in self.processes if p.name == name), None)
         if proc is None:
             raise ControlPlaneError(f"no component named {name!r}")
         proc.stop()
+        if while_down is not None:
+            while_down()
         time.sleep(down_for)
         began = time.monotonic()
         proc.start()
