@@ -20,6 +20,7 @@ import pytest
 from bench.faults import CLUSTER_PROFILE, FLUSH_INTERVAL, POD, SCENARIOS, Lab, event_line, lab
 from kubernetes import client
 
+from agentdetect.api.models import GROUP, VERSION
 from tests.kwoknode import append_log_lines, cri_timestamp
 
 PROFILES = 12
@@ -67,17 +68,67 @@ def test_the_check_sees_a_miscount(faults_lab: Lab) -> None:
     assert faults_lab.check().clean
 
 
+PROFILE_LABEL = "agentdetect.io/profile-name"
+
+
 def _policy_restored_events(lab: Lab) -> list[Any]:
     events = client.CoreV1Api(lab.api).list_event_for_all_namespaces(field_selector="reason=PolicyRestored")
     return list(events.items)
 
 
-def test_no_policy_was_reported_restored_that_nobody_touched(faults_lab: Lab) -> None:
-    """Every fault above (kills, a failover, an API server restart, churn) with the sweep
-    comparing a LIST of every policy against what was applied every 5 s: a policy of ours in
-    flight, or one the watch had not shown yet, is never taken for someone else's edit."""
-    assert len(faults_lab.operators) >= 3, "the scenarios above did not run: nothing was checked"
-    assert [(e.involved_object.name, e.message) for e in _policy_restored_events(faults_lab)] == []
+def _applied(lab: Lab, ns: str, name: str) -> list[str]:
+    """The policies of a profile the lab created, once it is Applied."""
+    deadline = time.monotonic() + 60
+    while not (mine := [a for a in lab.applied if a[1:3] == (ns, name)]):
+        assert time.monotonic() < deadline, f"{ns}/{name} was not Applied"
+        time.sleep(0.5)
+        lab._refresh_applied()
+    return mine[0][3]
+
+
+def test_a_profile_deleted_in_the_foreground_goes_with_its_policies_and_no_alarm(faults_lab: Lab) -> None:
+    """Argo CD prunes with foreground deletion: the garbage collector deletes the policies while
+    the profile is still there, being deleted (here held so by a finalizer of the test's, as
+    any other controller's may). Each deletion's watch event, and the sweep's LIST, read as a
+    tamper: the operator put the policies back, fighting the collector, and posted
+    PolicyRestored for what the profile's own owner did."""
+    lab = faults_lab
+    if not any(op.proc is not None and op.proc.poll() is None for op in lab.operators):
+        lab.start_operator()
+    ns, name = lab.create_profile("foreground")
+    policies = _applied(lab, ns, name)
+    custom: Any = client.CustomObjectsApi(lab.api)
+    hold = {"metadata": {"finalizers": ["test.agentdetect.io/hold"]}}
+    custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "agentdetectionprofiles", name, hold)
+    custom.delete_namespaced_custom_object(
+        GROUP, VERSION, ns, "agentdetectionprofiles", name, propagation_policy="Foreground"
+    )
+
+    def left() -> list[str]:
+        found = custom.list_namespaced_custom_object(
+            "cilium.io", "v1alpha1", ns, "tracingpoliciesnamespaced", label_selector=f"{PROFILE_LABEL}={name}"
+        )["items"]
+        return [p["metadata"]["name"] for p in found]
+
+    deadline = time.monotonic() + 60
+    while left():
+        assert time.monotonic() < deadline, (left(), policies)
+        time.sleep(0.5)
+    time.sleep(12.0)  # the drift events handled, and two sweep passes (every 5 s here)
+    try:
+        assert left() == []
+        assert [e.message for e in _policy_restored_events(lab) if e.involved_object.name == name] == []
+    finally:
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, "agentdetectionprofiles", name, {"metadata": {"finalizers": None}}
+        )
+    deadline = time.monotonic() + 30
+    while any(
+        p["metadata"]["name"] == name
+        for p in custom.list_namespaced_custom_object(GROUP, VERSION, ns, "agentdetectionprofiles")["items"]
+    ):
+        assert time.monotonic() < deadline, "the profile was not deleted"
+        time.sleep(0.5)
 
 
 def _etcd_delete(etcd_url: str, key: str) -> int:
@@ -97,12 +148,7 @@ def test_a_policy_deleted_while_the_watch_was_away_is_restored_and_said_so(fault
     if not any(op.proc is not None and op.proc.poll() is None for op in lab.operators):
         lab.start_operator()
     ns, name = lab.create_profile("tampered")
-    deadline = time.monotonic() + 60
-    while not (mine := [a for a in lab.applied if a[1:3] == (ns, name)]):
-        assert time.monotonic() < deadline, "the profile was not Applied"
-        time.sleep(0.5)
-        lab._refresh_applied()
-    victim = mine[0][3][0]  # applied, and its apply returned: the operator knows it stored
+    victim = _applied(lab, ns, name)[0]  # applied, and its apply returned: the operator knows it stored
     deleted: list[int] = []
     lab.control_plane.restart(
         "kube-apiserver",
@@ -130,6 +176,17 @@ def test_a_policy_deleted_while_the_watch_was_away_is_restored_and_said_so(fault
     custom.get_namespaced_custom_object("cilium.io", "v1alpha1", ns, "tracingpoliciesnamespaced", victim)
     converged, check = lab.converge(time.monotonic())
     assert converged is not None, check
+
+
+def test_no_policy_was_reported_restored_that_nobody_touched(faults_lab: Lab) -> None:
+    """Every fault above (kills, a failover, an API server restart, churn, a foreground
+    deletion) with the sweep comparing a LIST of every policy against what was applied every
+    5 s: a policy of ours in flight, or one the watch had not shown yet, is never taken for
+    someone else's edit. The one tamper above was reported: the check could have failed."""
+    assert len(faults_lab.operators) >= 3, "the scenarios above did not run: nothing was checked"
+    found = [(e.involved_object.name, e.message) for e in _policy_restored_events(faults_lab)]
+    assert [name for name, _ in found if name.startswith("tampered-")], "the tamper test did not run"
+    assert [(name, message) for name, message in found if not name.startswith("tampered-")] == []
 
 
 def test_the_operators_were_quiet_through_it_all(faults_lab: Lab) -> None:

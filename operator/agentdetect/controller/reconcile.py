@@ -363,6 +363,11 @@ class Reconciler:
         with self._lock(*key):
             if self.reconciled.is_forgotten(meta.get("uid")):
                 return Outcome(False, Reason.DELETED, "the profile was deleted")
+            if meta.get("deletionTimestamp"):
+                # Being deleted: in a foreground deletion (Argo CD's pruning, kubectl
+                # --cascade=foreground) the garbage collector deletes its policies first, and
+                # applying them again would fight it (and read as their restore).
+                return Outcome(False, Reason.DELETED, "the profile is being deleted")
             now = now_rfc3339()
             status = dict(body.get("status") or {})
             outcome, new_status = self._reconcile(body, status, now, owned)
