@@ -310,7 +310,8 @@ def build_registry(
     def verify() -> None:
         """Profiles whose policies a LIST shows other than the watch did are reconciled from
         the LIST (Reconciler.unsettled); what someone else changed or deleted meanwhile
-        (Reconciler.tampered) is said with PolicyRestored, as the watch path says it."""
+        (Reconciler.tampered) and this reconcile put back is said with PolicyRestored, as the
+        watch path says it."""
         began = reconciler.desired.now()
         listed = reconciler.cluster.list_ours(namespaces)
         tampered = reconciler.tampered(listed, began, namespaces)
@@ -322,11 +323,21 @@ def build_registry(
                 namespace or "-",
                 name,
             )
-            mine = [p for p in listed if owner_of(p) == (kind, namespace, name)]
+            profile_key = (kind, namespace, name)
+            uid = reconciler.reconciled.uid(profile_key)
+            # Not what the watch path has put back since the LIST (and said so itself).
+            found = [
+                (key, deleted)
+                for key, deleted in tampered.get(profile_key, ())
+                if (stored_at := reconciler.desired.stored_at(key)) is not None and stored_at < began
+            ]
+            mine = [p for p in listed if owner_of(p) == profile_key]
             done = reconcile_by_key(kind, name, namespace, mine)
-            if done is None or not done[1].applied:
-                continue
-            for key, deleted in tampered.get((kind, namespace, name), ()):
+            if done is None or not found or (done[0]["metadata"].get("uid") or "") != uid:
+                continue  # gone, nothing tampered with, or a new profile of the same name
+            for key, deleted in found:
+                if key not in done[1].applied_keys:
+                    continue  # not put back (no longer rendered, or a failed apply)
                 if deleted and key.namespace and not reconciler.cluster.namespace_active(key.namespace):
                     continue  # the namespace controller emptied it
                 reconciler.emit(

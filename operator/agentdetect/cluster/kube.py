@@ -43,8 +43,10 @@ EVENT_TIMEOUT = (5.0, 15.0)
 #: thread, a kopf worker or the detection writer, for good. The read timeout is the longest
 #: silence between two reads, not the whole answer, and is longer than the API server's own
 #: limit: it answers a request it could not finish within --request-timeout (60 s by default,
-#: kube-apiserver's options) with 504 itself. Watches and log follows, which may be quiet for
-#: minutes, have their own (cluster/informer.py) or rely on TCP keepalive (keepalive_options).
+#: kube-apiserver's options) with 504 itself. Per try: urllib3's default Retry sends a GET or
+#: DELETE again after a read timeout, up to three times (a PATCH or POST never). Watches and
+#: log follows, which may be quiet for minutes, have their own (cluster/informer.py) or rely
+#: on TCP keepalive (keepalive_options).
 REQUEST_TIMEOUT = (10.0, 65.0)
 #: TCP keepalive as client-go dials the API server: probes after 30 s idle, 15 s apart, 9 of
 #: them (k8s.io/client-go/transport/cache.go: net.Dialer KeepAlive 30 s; Go's net package
@@ -56,14 +58,12 @@ KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 15, 9
 
 def keepalive_options() -> list[tuple[int, int, int]]:
     """urllib3 socket options: its own defaults (no Nagle), which a list given replaces, and
-    TCP keepalive. Options the platform lacks are left out (macOS has no TCP_KEEPIDLE)."""
+    TCP keepalive. Options the platform lacks are left out."""
     options = [*urllib3.connection.HTTPConnection.default_socket_options]
     options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
-    for name, value in (
-        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
-        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
-    ):
+    idle = "TCP_KEEPIDLE" if hasattr(socket, "TCP_KEEPIDLE") else "TCP_KEEPALIVE"  # macOS: the latter
+    probes = ((idle, KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL), ("TCP_KEEPCNT", KEEPALIVE_COUNT))
+    for name, value in probes:
         if hasattr(socket, name):
             options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
     return options

@@ -94,6 +94,8 @@ class Outcome:
     applied: int = 0
     pruned: int = 0
     retry_after: float | None = None
+    #: The policies this reconcile applied (``applied`` of them).
+    applied_keys: frozenset[ObjectKey] = frozenset()
 
 
 def now_rfc3339() -> str:
@@ -486,7 +488,7 @@ class Reconciler:
 
         owner = owner_reference(dict(body))
         try:
-            applied, pruned = self._sync(profile, docs, owner, owned)
+            applied_keys, pruned = self._sync(profile, docs, owner, owned)
         except ApiException as exc:
             reason = Reason.TETRAGON_NOT_INSTALLED if exc.status == 404 else Reason.APPLY_FAILED
             message = TETRAGON_INSTALL_HINT if exc.status == 404 else _api_message(exc)
@@ -533,9 +535,13 @@ class Reconciler:
                 f"could not resolve {', '.join(sorted(failed))}: {errors}; {len(docs)} policies applied "
                 f"without them, retrying every {self.config.resolve_interval:.0f}s"
             )
-            return Outcome(False, Reason.RESOLUTION_FAILED, msg, applied, pruned), new_status
+            return Outcome(
+                False, Reason.RESOLUTION_FAILED, msg, len(applied_keys), pruned, applied_keys=applied_keys
+            ), new_status
         msg = f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied"
-        return Outcome(True, Reason.APPLIED, "; ".join([msg, *notes]), applied, pruned), new_status
+        message = "; ".join([msg, *notes])
+        applied = len(applied_keys)
+        return Outcome(True, Reason.APPLIED, message, applied, pruned, applied_keys=applied_keys), new_status
 
     def _owned_now(
         self, profile: Profile, listed: list[dict[str, Any]] | None
@@ -558,14 +564,14 @@ class Reconciler:
         docs: list[dict[str, Any]],
         owner: dict[str, Any],
         listed: list[dict[str, Any]] | None = None,
-    ) -> tuple[int, int]:
+    ) -> tuple[frozenset[ObjectKey], int]:
         live = self._owned_now(profile, listed)
         wanted = {key_of(d): d for d in docs}
         # Pruned: what the watch shows owned, and what this process applied for the profile,
         # which the watch may not have shown yet (applied, then dropped by a quick spec change).
         owned = live.keys() | self.desired.owned_keys(profile.kind, profile.name, profile.namespace)
         stale = owned - wanted.keys()
-        applied = 0
+        applied: set[ObjectKey] = set()
         for key, doc in wanted.items():
             # Recorded first: a policy the server took before the call failed is still pruned
             # when a later spec drops it, and its watch event is checked against it.
@@ -573,8 +579,10 @@ class Reconciler:
             if not in_sync(doc, live.get(key)) or not _owner_ok(live.get(key), owner):
                 # Not in the index yet is not in sync: an apply of what is there is a no-op.
                 self.cluster.apply(doc, owner)
-                applied += 1
-            self.desired.stored(key)  # applied, or shown by the watch or the list as it is
+                applied.add(key)
+                self.desired.stored(key, doc, applied=True)
+            else:
+                self.desired.stored(key, doc)  # the watch's index or the LIST shows it as it is
         pruned = 0
         for key in sorted(stale, key=str):
             # Forgotten before it is deleted: its DELETED watch event must not read as drift.
@@ -587,10 +595,10 @@ class Reconciler:
                 "profile %s/%s: applied %d, pruned %d",
                 profile.namespace or "-",
                 profile.name,
-                applied,
+                len(applied),
                 pruned,
             )
-        return applied, pruned
+        return frozenset(applied), pruned
 
     # ---- event-driven checks (no API calls unless something is off) ------------------------
 
@@ -612,7 +620,7 @@ class Reconciler:
             live = dict(obj)
             if in_sync(desired, live):
                 if watched:
-                    self.desired.caught_up(key)
+                    self.desired.caught_up(key, desired)
                 return None
             if watched and any(in_sync(doc, live) for doc in self.desired.earlier(key)):
                 return None

@@ -111,25 +111,36 @@ class AppliedPolicies:
             now = self._clock()
             return [d for t, d in self._earlier.get(key, ()) if now - t < EARLIER_FOR]
 
-    def stored(self, key: ObjectKey) -> None:
-        """The API server holds the current version now (its apply returned, or the watch or
-        the index showed it), unless that is known already."""
-        if key not in self._stored_at:
-            with self._lock:
-                if key in self._docs:
-                    self._stored_at.setdefault(key, self._clock())
+    def stored(self, key: ObjectKey, doc: dict[str, Any], applied: bool = False) -> None:
+        """The API server holds ``doc``, the current version: its apply returned just now
+        (``applied``: the time moves to now), or the watch, the index or a LIST showed it (the
+        first such time is kept). Not if another version was recorded meanwhile: a reader
+        that compared against ``doc`` must not vouch for a version whose apply is in flight."""
+        with self._lock:
+            if self._docs.get(key) is not doc:
+                return
+            if applied:
+                self._stored_at[key] = self._clock()
+            else:
+                self._stored_at.setdefault(key, self._clock())
+
+    def forget_stored(self) -> None:
+        """This replica went standby: what another writes meanwhile is not someone's tamper,
+        and what this one knew stored no longer says anything about the cluster."""
+        with self._lock:
+            self._stored_at.clear()
 
     def stored_at(self, key: ObjectKey) -> float | None:
         """When the API server was first known to hold the current version, if it was."""
         with self._lock:
             return self._stored_at.get(key)
 
-    def caught_up(self, key: ObjectKey) -> None:
-        """The watch showed the current version: no earlier one of ours can come after it.
-        Unless the current version is also an earlier one (a spec changed and changed back):
-        the event may be of that earlier apply, and what was applied between may still come,
-        so those wait for their time to run out."""
-        self.stored(key)
+    def caught_up(self, key: ObjectKey, shown: dict[str, Any]) -> None:
+        """The watch showed ``shown``, the current version when the caller read it: no earlier
+        one of ours can come after it. Unless the current version is also an earlier one (a
+        spec changed and changed back): the event may be of that earlier apply, and what was
+        applied between may still come, so those wait for their time to run out."""
+        self.stored(key, shown)
         if key in self._earlier:
             with self._lock:
                 doc = self._docs.get(key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client
@@ -74,6 +74,9 @@ class PeeringGate:
         #: kopf has listed us in the peering object at least once.
         self._announced = False
         self._failures = RateLimitedLog(log)
+        #: Called when this replica is seen to go standby (whoever asks the gate: the detection
+        #: writer every flush, the sweep every pass).
+        self.on_standby: list[Callable[[], object]] = []
 
     def __call__(self) -> bool:
         if time.monotonic() - self._checked < self.ttl:
@@ -99,6 +102,9 @@ class PeeringGate:
         self._announced = self._announced or ours_seen
         if active != self._active:
             log.info("peering %s: this replica is now %s", self.name, "active" if active else "standby")
+            if not active:
+                for listener in self.on_standby:
+                    listener()
         self._active, self._checked = active, time.monotonic()
         return active
 

@@ -183,11 +183,13 @@ class ControlPlane:
         if proc is None:
             raise ControlPlaneError(f"no component named {name!r}")
         proc.stop()
-        if while_down is not None:
-            while_down()
-        time.sleep(down_for)
-        began = time.monotonic()
-        proc.start()
+        try:
+            if while_down is not None:
+                while_down()
+            time.sleep(down_for)
+        finally:
+            began = time.monotonic()
+            proc.start()
         probes = {
             "etcd": lambda: _http_json_ok(f"{self.etcd_url}/health", "health"),
             "kube-apiserver": lambda: self._get_ok(f"{self.server}/readyz"),

@@ -134,6 +134,36 @@ def test_a_reconcile_asks_the_index_not_the_api_server() -> None:
     assert events == [("Normal", "Applied")]
 
 
+def test_the_outcome_names_the_policies_it_applied() -> None:
+    """What the sweep posts PolicyRestored for: only a policy it put back itself."""
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    outcome = reconciler.reconcile(copy.deepcopy(Profile().body))
+    assert outcome.applied_keys == frozenset(cluster.live) and outcome.applied == 3
+    gone = next(iter(cluster.live))
+    del cluster.live[gone], cluster.indexed[gone]
+    assert reconciler.reconcile(copy.deepcopy(Profile().body)).applied_keys == {gone}
+
+
+def test_a_profile_being_deleted_is_not_reconciled() -> None:
+    """In a foreground deletion (Argo CD's pruning, kubectl --cascade=foreground) the garbage
+    collector deletes the policies while the profile is still there: a reconcile (a drift
+    event of that deletion, the sweep) put them back, fought the collector, and posted
+    PolicyRestored for what no one but the profile's owner did."""
+    cluster, events = FakeCluster(), no_events()
+    reconciler = _reconciler(cluster, events)
+    profile = Profile()
+    _run(reconciler, cluster, profile)
+    profile.body["metadata"]["deletionTimestamp"] = "2026-11-25T12:00:00Z"
+    cluster.live.clear()
+    cluster.indexed.clear()
+    cluster.calls.clear()
+    events.clear()
+    outcome = reconciler.reconcile(copy.deepcopy(profile.body))
+    assert (outcome.reason, outcome.applied) == ("Deleted", 0)
+    assert cluster.api_calls() == [] and events == []
+
+
 def test_without_an_index_a_reconcile_lists() -> None:
     """Outside the operator (no kopf, no watch) the reconciler still works: it lists."""
     cluster, events = FakeCluster(), no_events()

@@ -100,7 +100,7 @@ def test_earlier_versions_are_kept_until_the_watch_catches_up_or_they_expire() -
     assert applied.earlier(key) == [v1]
     applied.record(key, v3)
     assert applied.earlier(key) == [v1, v2]
-    applied.caught_up(key)
+    applied.caught_up(key, v3)
     assert applied.earlier(key) == []
 
     applied.record(key, v1)  # v3 superseded at 100
@@ -128,10 +128,11 @@ def test_the_watch_showing_a_version_that_is_also_an_earlier_one_ends_no_wait() 
     applied.record(key, b)
     applied.record(key, a)  # changed back
     assert applied.earlier(key) == [a, b]
-    applied.caught_up(key)  # may be the first A's event: B's may follow
+    applied.caught_up(key, a)  # may be the first A's event: B's may follow
     assert applied.earlier(key) == [a, b]
-    applied.record(key, _version("c"))
-    applied.caught_up(key)
+    c = _version("c")
+    applied.record(key, c)
+    applied.caught_up(key, c)
     assert applied.earlier(key) == []
 
 
@@ -141,21 +142,31 @@ def test_when_the_server_held_the_current_version_is_kept_until_another_is_recor
     now = [10.0]
     applied = AppliedPolicies(clock=lambda: now[0])
     key = ObjectKey("TracingPolicyNamespaced", "team", "a1")
-    applied.stored(key)
-    assert applied.stored_at(key) is None  # nothing recorded: nothing to have stored
-    applied.record(key, _doc("a1", "a"))
+    first = _version("1")
+    applied.stored(key, first)
+    assert applied.stored_at(key) is None  # not recorded: nothing to vouch for
+    applied.record(key, first)
     assert applied.stored_at(key) is None  # recorded just before the apply, which may fail
-    applied.stored(key)
+    applied.stored(key, first)  # shown by the watch's index as it is
     now[0] = 20.0
-    applied.stored(key)  # known already: the first time is kept
+    applied.stored(key, first)  # known already: the first time is kept
     assert applied.stored_at(key) == 10.0
-    applied.record(key, _doc("a1", "a"))  # the same version (a reconcile that changes nothing)
+    again = _version("1")
+    applied.record(key, again)  # the same version (a reconcile that changes nothing)
     assert applied.stored_at(key) == 10.0
-    changed = _doc("a1", "a")
-    changed["metadata"]["annotations"] = {"agentdetect.io/spec-hash": "2"}
-    applied.record(key, changed)  # a new version: not stored until its apply returns
-    assert applied.stored_at(key) is None
-    applied.caught_up(key)  # or the watch shows it
+    applied.stored(key, again, applied=True)  # applied again (its owner reference was off)
     assert applied.stored_at(key) == 20.0
+    second = _version("2")
+    applied.record(key, second)  # a new version: not stored until its apply returns
+    assert applied.stored_at(key) is None
+    now[0] = 30.0
+    applied.stored(key, again)  # a reader that compared against the old version
+    applied.caught_up(key, again)
+    assert applied.stored_at(key) is None
+    applied.caught_up(key, second)  # the watch shows the new one
+    assert applied.stored_at(key) == 30.0
+    applied.forget_stored()  # gone standby
+    assert applied.stored_at(key) is None and applied.get(key) is second
+    applied.stored(key, second)
     applied.discard(key)
     assert applied.stored_at(key) is None

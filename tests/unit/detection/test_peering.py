@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
+from typing import Any
 
+from kubernetes import client
+
+from agentdetect.detection.peering import PeeringGate
 from agentdetect.detection.peering import active_among as _active_among
 
 NOW = datetime.datetime(2026, 11, 24, 2, 0, 0, tzinfo=datetime.UTC)
@@ -62,3 +66,31 @@ def test_our_own_entry_going_stale_does_not_pause_us_once_announced() -> None:
     assert _active_among({"me": peer(100)}, 100, NOW) == (True, True)
     # A live peer that outranks us still does.
     assert not active_among({**stale, "other": peer(200)}, 100, NOW, announced=True)
+
+
+def test_going_standby_is_told_to_the_listeners() -> None:
+    """The reconciler forgets which policies it knew stored (what the active replica writes
+    meanwhile is no one's tamper): told once per change to standby, not once per read."""
+
+    def fresh(priority: int) -> dict[str, object]:
+        seen = datetime.datetime.now(datetime.UTC).isoformat()
+        return {"priority": priority, "lifetime": 60, "lastseen": seen}
+
+    peers: dict[str, object] = {}
+
+    class Peering:
+        def get_cluster_custom_object(self, *_: Any, **__: Any) -> dict[str, Any]:
+            return {"status": dict(peers)}
+
+    gate = PeeringGate(client.ApiClient(), "agentdetect", priority=100, ttl=0)
+    gate.custom = Peering()  # type: ignore[assignment]
+    told: list[str] = []
+    gate.on_standby.append(lambda: told.append("standby"))
+    peers["me"] = fresh(100)
+    assert gate() and gate()
+    peers["other"] = fresh(200)
+    assert not gate() and not gate()
+    assert told == ["standby"]
+    del peers["other"]
+    assert gate()
+    assert told == ["standby"]
