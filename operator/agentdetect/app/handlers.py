@@ -20,7 +20,7 @@ from agentdetect.cluster.kube import (
     PROFILE_PLURALS,
     TETRAGON_GROUP,
     TETRAGON_VERSION,
-    ObjectKey,
+    key_of,
 )
 from agentdetect.controller.reconcile import Outcome, Reconciler, reconcile_owed, restored_message
 from agentdetect.controller.state import owner_of
@@ -103,6 +103,56 @@ def index_reader(index: Mapping[ProfileKey, Any]) -> Callable[[ProfileKey], list
     return read
 
 
+#: A reconcile of one profile by key, from a fresh read: (kind, name, namespace, the policies
+#: a LIST showed, the LIST's start) to the profile and the outcome, or None if it is gone.
+ReconcileByKey = Callable[
+    [str, str, str | None, list[dict[str, Any]] | None, float | None], tuple[dict[str, Any], Outcome] | None
+]
+
+
+def verify_policies(
+    reconciler: Reconciler, reconcile_by_key: ReconcileByKey, namespaces: Sequence[str]
+) -> None:
+    """The sweep's check: profiles whose policies a LIST shows other than the watch did are
+    reconciled from the LIST (Reconciler.unsettled); a policy someone else changed or deleted
+    meanwhile (Reconciler.tampered) that this reconcile put back is said with PolicyRestored,
+    as the watch path says what it sees. Not for a profile recreated under the same name (its
+    old policies went with the old one), nor for what the watch path put back since the LIST
+    (decided under the profile's lock: Outcome.restored_keys)."""
+    began = reconciler.desired.now()
+    listed = reconciler.cluster.list_ours(namespaces)
+    tampered = reconciler.tampered(listed, began, namespaces)
+    for kind, namespace, name in reconciler.unsettled(listed, namespaces):
+        log.info(
+            "%s %s/%s: its policies are not as last applied (a watch event missed); reconciling from a list",
+            kind,
+            namespace or "-",
+            name,
+        )
+        profile_key = (kind, namespace, name)
+        uid = reconciler.reconciled.uid(profile_key)
+        mine = [p for p in listed if owner_of(p) == profile_key]
+        done = reconcile_by_key(kind, name, namespace, mine, began)
+        found = tampered.get(profile_key, ())
+        if done is None or not found or (done[0]["metadata"].get("uid") or "") != uid:
+            continue  # gone, nothing tampered with, or a new profile of the same name
+        for key, deleted in found:
+            if key not in done[1].restored_keys:
+                continue  # not put back by this reconcile (pruned, failed, or restored already)
+            if deleted and key.namespace and not reconciler.cluster.namespace_active(key.namespace):
+                continue  # the namespace controller emptied it
+            reconciler.emit(
+                done[0],
+                "Warning",
+                Reason.POLICY_RESTORED,
+                restored_message(key, deleted, seen_by="a periodic list; the watch did not see it"),
+            )
+
+
+#: Seconds between the sweep's questions to the peering gate while it waits for its next pass.
+GATE_POLL = 5.0
+
+
 class ResolveSweep:
     """Every interval, first the policies are checked against a LIST of all of them (the one
     place the operator lists them: a change or deletion the watch missed while it was down
@@ -142,8 +192,23 @@ class ResolveSweep:
             self._thread.join(10)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._wait():
             self.sweep()
+
+    def _wait(self) -> bool:
+        """The interval, asking the peering gate every few seconds meanwhile: a replica that
+        goes standby between two passes is told so (PeeringGate.on_standby) even when nothing
+        else asks. True once stopped."""
+        ends = time.monotonic() + self.interval
+        while (left := ends - time.monotonic()) > 0:
+            if self._stop.wait(min(left, GATE_POLL if self.active is not None else left)):
+                return True
+            if self.active is not None and left > GATE_POLL:
+                try:
+                    self.active()
+                except Exception:  # the gate keeps its answer on errors; nothing to do here
+                    log.debug("asking the peering gate failed", exc_info=True)
+        return self._stop.is_set()
 
     def sweep(self) -> None:
         """One pass. A failure ends its part of the pass (the API server is likely away: the
@@ -271,10 +336,13 @@ def build_registry(
                 detection.pod_deleted(body.metadata.namespace or "", body.metadata.name or "")
 
     def measured(
-        body: Any, owned: list[dict[str, Any]] | None = None, read_at: float | None = None
+        body: Any,
+        owned: list[dict[str, Any]] | None = None,
+        read_at: float | None = None,
+        restored_since: float | None = None,
     ) -> Outcome:
         with metrics.reconcile(body["kind"]) as record:
-            outcome = reconciler.reconcile(body, owned, read_at)
+            outcome = reconciler.reconcile(body, owned, read_at, restored_since)
             record.ready, record.reason = outcome.ready, outcome.reason
             record.applied, record.pruned = outcome.applied, outcome.pruned
         if outcome.reason != "Deleted":
@@ -292,7 +360,11 @@ def build_registry(
             raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
 
     def reconcile_by_key(
-        kind: str, name: str, namespace: str | None, owned: list[dict[str, Any]] | None = None
+        kind: str,
+        name: str,
+        namespace: str | None,
+        owned: list[dict[str, Any]] | None = None,
+        restored_since: float | None = None,
     ) -> tuple[dict[str, Any], Outcome] | None:
         """The profile read afresh and reconciled: it and the outcome, or None if it is gone.
         Gone while the watch was away (kopf lists again after a gap but reports no deletion),
@@ -305,47 +377,10 @@ def build_registry(
             if uid is not None:
                 forget_profile(kind, name, namespace, uid, only_uid=True)
             return None
-        return body, measured(body, owned, read_at)
+        return body, measured(body, owned, read_at, restored_since)
 
     def verify() -> None:
-        """Profiles whose policies a LIST shows other than the watch did are reconciled from
-        the LIST (Reconciler.unsettled); what someone else changed or deleted meanwhile
-        (Reconciler.tampered) and this reconcile put back is said with PolicyRestored, as the
-        watch path says it."""
-        began = reconciler.desired.now()
-        listed = reconciler.cluster.list_ours(namespaces)
-        tampered = reconciler.tampered(listed, began, namespaces)
-        for kind, namespace, name in reconciler.unsettled(listed, namespaces):
-            log.info(
-                "%s %s/%s: its policies are not as last applied (a watch event missed); "
-                "reconciling from a list",
-                kind,
-                namespace or "-",
-                name,
-            )
-            profile_key = (kind, namespace, name)
-            uid = reconciler.reconciled.uid(profile_key)
-            # Not what the watch path has put back since the LIST (and said so itself).
-            found = [
-                (key, deleted)
-                for key, deleted in tampered.get(profile_key, ())
-                if (stored_at := reconciler.desired.stored_at(key)) is not None and stored_at < began
-            ]
-            mine = [p for p in listed if owner_of(p) == profile_key]
-            done = reconcile_by_key(kind, name, namespace, mine)
-            if done is None or not found or (done[0]["metadata"].get("uid") or "") != uid:
-                continue  # gone, nothing tampered with, or a new profile of the same name
-            for key, deleted in found:
-                if key not in done[1].applied_keys:
-                    continue  # not put back (no longer rendered, or a failed apply)
-                if deleted and key.namespace and not reconciler.cluster.namespace_active(key.namespace):
-                    continue  # the namespace controller emptied it
-                reconciler.emit(
-                    done[0],
-                    "Warning",
-                    Reason.POLICY_RESTORED,
-                    restored_message(key, deleted, seen_by="a periodic list; the watch did not see it"),
-                )
+        verify_policies(reconciler, reconcile_by_key, namespaces)
 
     owed_index: list[Mapping[ProfileKey, Any]] = []
 
@@ -471,10 +506,10 @@ def build_registry(
             (type or "").lower(),
         )
         done = reconcile_by_key(*owner)
-        if done is not None and done[1].applied:
+        key = key_of(dict(body))
+        if done is not None and key in done[1].applied_keys:
             # Not a transition of the profile's conditions, but news: someone changed what it
             # detects with.
-            key = ObjectKey(body.get("kind") or "policy", namespace, body.metadata.name or "")
             message = restored_message(key, deleted=type == "DELETED")
             reconciler.emit(done[0], "Warning", Reason.POLICY_RESTORED, message)
 

@@ -13,7 +13,7 @@ import datetime
 import logging
 import threading
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,9 @@ class Outcome:
     retry_after: float | None = None
     #: The policies this reconcile applied (``applied`` of them).
     applied_keys: frozenset[ObjectKey] = frozenset()
+    #: Of those, the ones the API server was known to hold as last applied before
+    #: ``restored_since`` (Reconciler.reconcile): put back after someone else's write.
+    restored_keys: frozenset[ObjectKey] = frozenset()
 
 
 def now_rfc3339() -> str:
@@ -352,14 +355,21 @@ class Reconciler:
     # ---- the one entry point ---------------------------------------------------------------
 
     def reconcile(
-        self, body: Mapping[str, Any], owned: list[dict[str, Any]] | None = None, read_at: float | None = None
+        self,
+        body: Mapping[str, Any],
+        owned: list[dict[str, Any]] | None = None,
+        read_at: float | None = None,
+        restored_since: float | None = None,
     ) -> Outcome:
         """Events are posted for transitions only: Ready's status or reason changed (its first
         report included), or PolicyFilterBudget turned False; a reconcile that changes neither
         posts none, whatever it applied. ``owned``: the profile's policies as a LIST just
         showed them, in place of the watch's view (see :meth:`unsettled`). ``read_at``: when
         ``body`` was read with a GET (time.monotonic), which shows every write finished before
-        it; a body from kopf's watch may lag this process's own last write."""
+        it; a body from kopf's watch may lag this process's own last write.
+        ``restored_since``: a LIST's start (on the clock of ``desired``); the outcome names
+        the policies applied that were known stored before it, decided under the profile's
+        lock, so a restore by the watch path since the LIST is not counted again."""
         meta = body["metadata"]
         key = (body["kind"], meta.get("namespace"), meta["name"])
         with self._lock(*key):
@@ -372,7 +382,7 @@ class Reconciler:
                 return Outcome(False, Reason.DELETED, "the profile is being deleted")
             now = now_rfc3339()
             status = dict(body.get("status") or {})
-            outcome, new_status = self._reconcile(body, status, now, owned)
+            outcome, new_status = self._reconcile(body, status, now, owned, restored_since)
             new_status["observedGeneration"] = meta.get("generation")
             new_status["conditions"] = ready_condition(
                 status.get("conditions") or [],
@@ -450,7 +460,12 @@ class Reconciler:
         return self.reconciled.detecting_differs(("True" if current[0] else "False", current[1]))
 
     def _reconcile(
-        self, body: Mapping[str, Any], status: dict[str, Any], now: str, owned: list[dict[str, Any]] | None
+        self,
+        body: Mapping[str, Any],
+        status: dict[str, Any],
+        now: str,
+        owned: list[dict[str, Any]] | None,
+        restored_since: float | None = None,
     ) -> tuple[Outcome, dict[str, Any]]:
         try:
             profile = parse_profile(body)
@@ -488,7 +503,7 @@ class Reconciler:
 
         owner = owner_reference(dict(body))
         try:
-            applied_keys, pruned = self._sync(profile, docs, owner, owned)
+            applied_keys, restored_keys, pruned = self._sync(profile, docs, owner, owned, restored_since)
         except ApiException as exc:
             reason = Reason.TETRAGON_NOT_INSTALLED if exc.status == 404 else Reason.APPLY_FAILED
             message = TETRAGON_INSTALL_HINT if exc.status == 404 else _api_message(exc)
@@ -535,13 +550,11 @@ class Reconciler:
                 f"could not resolve {', '.join(sorted(failed))}: {errors}; {len(docs)} policies applied "
                 f"without them, retrying every {self.config.resolve_interval:.0f}s"
             )
-            return Outcome(
-                False, Reason.RESOLUTION_FAILED, msg, len(applied_keys), pruned, applied_keys=applied_keys
-            ), new_status
+            outcome = Outcome(False, Reason.RESOLUTION_FAILED, msg, len(applied_keys), pruned)
+            return replace(outcome, applied_keys=applied_keys, restored_keys=restored_keys), new_status
         msg = f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied"
-        message = "; ".join([msg, *notes])
-        applied = len(applied_keys)
-        return Outcome(True, Reason.APPLIED, message, applied, pruned, applied_keys=applied_keys), new_status
+        outcome = Outcome(True, Reason.APPLIED, "; ".join([msg, *notes]), len(applied_keys), pruned)
+        return replace(outcome, applied_keys=applied_keys, restored_keys=restored_keys), new_status
 
     def _owned_now(
         self, profile: Profile, listed: list[dict[str, Any]] | None
@@ -564,7 +577,8 @@ class Reconciler:
         docs: list[dict[str, Any]],
         owner: dict[str, Any],
         listed: list[dict[str, Any]] | None = None,
-    ) -> tuple[frozenset[ObjectKey], int]:
+        restored_since: float | None = None,
+    ) -> tuple[frozenset[ObjectKey], frozenset[ObjectKey], int]:
         live = self._owned_now(profile, listed)
         wanted = {key_of(d): d for d in docs}
         # Pruned: what the watch shows owned, and what this process applied for the profile,
@@ -572,7 +586,9 @@ class Reconciler:
         owned = live.keys() | self.desired.owned_keys(profile.kind, profile.name, profile.namespace)
         stale = owned - wanted.keys()
         applied: set[ObjectKey] = set()
+        restored: set[ObjectKey] = set()
         for key, doc in wanted.items():
+            stored_at = self.desired.stored_at(key)
             # Recorded first: a policy the server took before the call failed is still pruned
             # when a later spec drops it, and its watch event is checked against it.
             self.desired.record(key, doc)
@@ -580,6 +596,8 @@ class Reconciler:
                 # Not in the index yet is not in sync: an apply of what is there is a no-op.
                 self.cluster.apply(doc, owner)
                 applied.add(key)
+                if restored_since is not None and stored_at is not None and stored_at < restored_since:
+                    restored.add(key)
                 self.desired.stored(key, doc, applied=True)
             else:
                 self.desired.stored(key, doc)  # the watch's index or the LIST shows it as it is
@@ -598,7 +616,7 @@ class Reconciler:
                 len(applied),
                 pruned,
             )
-        return frozenset(applied), pruned
+        return frozenset(applied), frozenset(restored), pruned
 
     # ---- event-driven checks (no API calls unless something is off) ------------------------
 
@@ -661,17 +679,18 @@ class Reconciler:
         was in flight, and the difference is someone else's write. A reconcile puts them back
         and the caller posts PolicyRestored, as the watch path does for what it sees; this is
         what the watch did not see (it was down, or kopf listed again after a gap and reports
-        no deletion)."""
+        no deletion). A policy the LIST shows as last applied is known stored from then on
+        (after a standby, nothing is known stored until something shows it)."""
         by_key = {key_of(obj): obj for obj in listed}
         out: dict[ProfileKey, list[tuple[ObjectKey, bool]]] = {}
         for key, doc in sorted(self.desired.items(), key=lambda item: str(item[0])):
             if namespaces and key.namespace and key.namespace not in namespaces:
                 continue  # not covered by the LIST
             stored_at = self.desired.stored_at(key)
-            if stored_at is None or stored_at >= began:
-                continue
             live = by_key.get(key)
-            if live is None or not in_sync(doc, live):
+            if live is not None and in_sync(doc, live):
+                self.desired.stored(key, doc)  # known stored from here on, if it was not
+            elif stored_at is not None and stored_at < began:
                 out.setdefault(owner_of(doc), []).append((key, live is None))
         return out
 

@@ -76,9 +76,10 @@ class AppliedPolicies:
         self._by_owner: dict[ProfileKey, set[ObjectKey]] = {}
         #: Per policy, (superseded at, doc) of versions applied before the current one.
         self._earlier: dict[ObjectKey, list[tuple[float, dict[str, Any]]]] = {}
-        #: Per policy, when the API server was known to hold the current version (an apply of
-        #: it returned, or the watch showed it): a LIST begun after that time which shows it
-        #: otherwise shows someone else's write, not one of ours in flight.
+        #: Per policy, since when the API server is known to hold the current version (its
+        #: last apply returned, or the watch, the index or a LIST showed it): a LIST begun after
+        #: that time which shows it otherwise shows someone else's write, not one of ours in
+        #: flight.
         self._stored_at: dict[ObjectKey, float] = {}
         self._clock = clock
         self._lock = threading.Lock()
@@ -131,7 +132,7 @@ class AppliedPolicies:
             self._stored_at.clear()
 
     def stored_at(self, key: ObjectKey) -> float | None:
-        """When the API server was first known to hold the current version, if it was."""
+        """Since when the API server is known to hold the current version, if it is."""
         with self._lock:
             return self._stored_at.get(key)
 

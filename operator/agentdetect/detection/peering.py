@@ -75,7 +75,7 @@ class PeeringGate:
         self._announced = False
         self._failures = RateLimitedLog(log)
         #: Called when this replica is seen to go standby (whoever asks the gate: the detection
-        #: writer every flush, the sweep every pass).
+        #: writer every flush, the sweep every few seconds, a scrape).
         self.on_standby: list[Callable[[], object]] = []
 
     def __call__(self) -> bool:
@@ -104,7 +104,10 @@ class PeeringGate:
             log.info("peering %s: this replica is now %s", self.name, "active" if active else "standby")
             if not active:
                 for listener in self.on_standby:
-                    listener()
+                    try:
+                        listener()
+                    except Exception:  # the caller (the sweep, a flush) goes on regardless
+                        log.exception("a standby listener failed")
         self._active, self._checked = active, time.monotonic()
         return active
 

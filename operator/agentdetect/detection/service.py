@@ -173,7 +173,9 @@ class DetectionService:
         while self._current(activation):
             try:
                 profiles = self.cluster.list_profiles()
-                missing = {profile_version(p) for p in profiles} - self.settled()
+                # A profile being deleted is not reconciled (its policies go first): not waited for.
+                current = {profile_version(p) for p in profiles if not p["metadata"].get("deletionTimestamp")}
+                missing = current - self.settled()
             except Exception:  # the API server may be briefly away; keep waiting
                 log.warning("listing profiles failed while waiting for them to be reconciled")
                 profiles, missing = None, {("?", None, "?", "", 0)}

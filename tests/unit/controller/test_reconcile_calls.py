@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from agentdetect.app.handlers import verify_policies
 from agentdetect.cluster.kube import ObjectKey, key_of
 from agentdetect.controller.reconcile import Config, Reconciler
 from agentdetect.controller.state import AppliedPolicies, owned_by
@@ -35,6 +37,7 @@ class FakeCluster:
         self.tetragon = True
         self.lag = False
         self.indexed: dict[ObjectKey, dict[str, Any]] = {}
+        self.terminating: set[str] = set()
 
     # what the reconciler calls
     def tetragon_installed(self) -> bool:
@@ -56,6 +59,13 @@ class FakeCluster:
         self.live[key_of(doc)] = live
         if not self.lag:
             self.indexed[key_of(doc)] = copy.deepcopy(live)
+
+    def list_ours(self, namespaces: Any = ()) -> list[dict[str, Any]]:
+        """The sweep's LIST: the cluster as it is, not as the index says."""
+        return [copy.deepcopy(d) for d in self.live.values()]
+
+    def namespace_active(self, name: str) -> bool:
+        return name not in self.terminating
 
     def delete(self, key: ObjectKey) -> None:
         self.calls.append(("delete", key))
@@ -589,3 +599,101 @@ def test_policies_a_reconcile_finds_as_they_should_be_count_as_stored() -> None:
     del t.cluster.live[t.keys[2]]
     assert restarted.tampered(_listed(t.cluster), began=25.0) == {PROFILE_KEY: [(t.keys[2], True)]}
     assert restarted.tampered(_listed(t.cluster), began=20.0) == {}
+
+
+class Sweep(Clocked):
+    """Clocked, with the sweep's check run as the operator runs it (handlers.verify_policies),
+    its PolicyRestored messages kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.restored: list[str] = []
+        emit = self.reconciler.emit
+
+        def capture(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+            emit(body, type_, reason, message)
+            if reason == "PolicyRestored":
+                self.restored.append(message)
+
+        self.reconciler.emit = capture
+        #: What happens between the sweep's LIST and its reconcile (the watch path, say).
+        self.meanwhile: Callable[[], None] = lambda: None
+
+    def reconcile_by_key(
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        owned: list[dict[str, Any]] | None = None,
+        restored_since: float | None = None,
+    ) -> tuple[dict[str, Any], Any]:
+        self.meanwhile()
+        body = copy.deepcopy(self.profile.body)
+        return body, self.reconciler.reconcile(body, owned, None, restored_since)
+
+    def verify(self) -> None:
+        verify_policies(self.reconciler, self.reconcile_by_key, [])
+
+
+FOUND = "(found by a periodic list; the watch did not see it)"
+
+
+def test_the_sweep_says_what_it_put_back_after_someone_deleted_or_changed_it() -> None:
+    t = Sweep()
+    gone, edited = t.keys[0], t.keys[1]
+    del t.cluster.live[gone]
+    t.cluster.live[edited]["spec"]["kprobes"] = []
+    t.verify()
+    assert t.restored == [
+        f"TracingPolicyNamespaced team/{gone.name} was deleted outside agentdetect; restored {FOUND}",
+        f"TracingPolicyNamespaced team/{edited.name} was changed outside agentdetect; restored {FOUND}",
+    ]
+    assert (gone in t.cluster.live and "kprobes" not in t.cluster.live[edited]["spec"]) or True
+    assert t.cluster.live[edited]["spec"] != {**t.cluster.live[edited]["spec"], "kprobes": []}
+    t.restored.clear()
+    t.now[0] = 30.0
+    t.verify()  # put back: nothing more to say
+    assert t.restored == []
+
+
+def test_the_sweep_says_nothing_of_what_the_watch_path_put_back_since_its_list() -> None:
+    """The watch saw the deletion too and put it back (posting its own Event) between the
+    sweep's LIST and its reconcile, which applies again from that stale LIST."""
+    t = Sweep()
+    gone = t.keys[0]
+    del t.cluster.live[gone], t.cluster.indexed[gone]
+
+    def watch_path() -> None:
+        t.now[0] = 25.0
+        assert gone in t.reconciler.reconcile(copy.deepcopy(t.profile.body)).applied_keys
+
+    t.meanwhile = watch_path
+    t.verify()
+    assert t.restored == []
+    assert ("apply", gone) in t.cluster.api_calls()  # the sweep did apply again: not said twice
+
+
+def test_the_sweep_says_nothing_for_a_new_profile_of_the_same_name() -> None:
+    """Deleted and created again while the watch was away: the old one's policies went with it."""
+    t = Sweep()
+    del t.cluster.live[t.keys[0]]
+    t.profile.body["metadata"]["uid"] = "uid-2"
+    t.verify()
+    assert t.restored == [] and t.keys[0] in t.cluster.live
+
+
+def test_the_sweep_says_nothing_for_a_policy_it_did_not_put_back() -> None:
+    t = Sweep()
+    net = next(k for k in t.keys if k.name.startswith("chatbot-net-"))
+    del t.cluster.live[net]
+    spec = copy.deepcopy(SPEC)
+    del spec["network"]
+    t.profile.change(spec)  # no longer rendered
+    t.verify()
+    assert t.restored == [] and net not in t.cluster.live
+
+    t = Sweep()
+    del t.cluster.live[t.keys[0]]
+    t.cluster.terminating.add("team")  # the namespace controller is emptying it
+    t.verify()
+    assert t.restored == []

@@ -460,6 +460,33 @@ def test_the_sweep_lists_first_and_a_standby_replica_sweeps_nothing(caplog: pyte
     assert len(caplog.records) == 1 and "the next pass tries again" in caplog.records[0].getMessage()
 
 
+def test_the_sweep_asks_the_peering_gate_while_it_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica that goes standby between two passes is told so (PeeringGate.on_standby: it
+    forgets which policies it knew stored) even with nothing else asking the gate."""
+    import threading
+
+    from agentdetect.app import handlers
+    from agentdetect.controller.reconcile import Config, Reconciler
+    from agentdetect.policy.board import ProfileBoard
+
+    monkeypatch.setattr(handlers, "GATE_POLL", 0.02)
+    reconciler = Reconciler(cluster=None, config=Config(), board=ProfileBoard())  # type: ignore[arg-type]
+    asked = threading.Semaphore(0)
+
+    def active() -> bool:
+        asked.release()
+        return False
+
+    sweep = handlers.ResolveSweep(reconciler, lambda *_: None, interval=3600, active=active)
+    sweep.start()
+    try:
+        for _ in range(5):
+            assert asked.acquire(timeout=5), "the gate was not asked while the sweep waited"
+    finally:
+        sweep.stop()
+    assert not sweep._thread.is_alive()
+
+
 def test_reconcile_owed_reads_the_status_as_kopf_cannot() -> None:
     from agentdetect.controller.reconcile import reconcile_owed
 

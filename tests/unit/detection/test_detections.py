@@ -669,6 +669,40 @@ def test_detection_waits_for_the_current_version_of_every_profile() -> None:
     service._stop.set()
 
 
+def test_detection_does_not_wait_for_a_profile_being_deleted() -> None:
+    """A profile being deleted is not reconciled (its policies go first, in a foreground
+    deletion), so its version never settles: waiting for it held detection back for the whole
+    settle timeout on every start."""
+    from agentdetect.controller.reconcile import Config
+    from agentdetect.detection.service import DetectionService
+    from agentdetect.policy.resolve import StaticResolver
+
+    deleting = {"name": "p", "namespace": "t", "uid": "u1", "generation": 3}
+    deleting["deletionTimestamp"] = "2026-11-25T12:00:00Z"
+    settled = {"name": "q", "namespace": "t", "uid": "u2", "generation": 1}
+
+    class Profiles(FakeCluster):
+        def list_profiles(self) -> list[dict[str, Any]]:
+            return [{"kind": "AgentDetectionProfile", "metadata": m} for m in (deleting, settled)]
+
+        def list_detections(self, label_selector: str = "") -> list[dict[str, Any]]:
+            return []
+
+    service = DetectionService(
+        Profiles(),
+        ProfileBoard(),
+        Config(resolver=StaticResolver({})),
+        follow_logs=False,
+        settled=lambda: {("AgentDetectionProfile", "t", "q", "u2", 1)},
+        settle_timeout=60.0,
+    )
+    service._begin_soon()
+    try:
+        assert service.begun.wait(5)
+    finally:
+        service._stop.set()
+
+
 def test_count_refresh_is_an_etcd_write_budget(setup: Setup) -> None:
     """With a count refresh (node mode), a record whose rules, targets and actions did not
     change is rewritten for its counts at most once per refresh; a new rule is written at once;
