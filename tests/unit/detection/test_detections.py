@@ -633,34 +633,39 @@ def test_an_overtaken_activation_starts_no_second_source() -> None:
     assert service._activation == 2 and Waiting.lists == 2
 
 
+def _service_over(profiles: list[dict[str, Any]], settled: Any, settle_timeout: float = 120.0) -> Any:
+    """A detection service whose cluster lists ``profiles`` and holds no records yet."""
+    from agentdetect.controller.reconcile import Config
+    from agentdetect.detection.service import DetectionService
+    from agentdetect.policy.resolve import StaticResolver
+
+    class Profiles(FakeCluster):
+        def list_profiles(self) -> list[dict[str, Any]]:
+            return profiles
+
+        def list_detections(self, label_selector: str = "") -> list[dict[str, Any]]:
+            return []
+
+    return DetectionService(
+        Profiles(),
+        ProfileBoard(),
+        Config(resolver=StaticResolver({})),
+        follow_logs=False,
+        settled=settled,
+        settle_timeout=settle_timeout,
+    )
+
+
 def test_detection_waits_for_the_current_version_of_every_profile() -> None:
     """A replica back from standby reconciled a profile once, but it changed meanwhile: its
     events would be matched against the old rules, so detection waits for this generation."""
     import time
 
     from agentdetect.cluster.kube import ProfileVersion
-    from agentdetect.controller.reconcile import Config
-    from agentdetect.detection.service import DetectionService
-    from agentdetect.policy.resolve import StaticResolver
 
     meta = {"name": "p", "namespace": "t", "uid": "u1", "generation": 2}
-    profile = {"kind": "AgentDetectionProfile", "metadata": meta}
     settled: set[ProfileVersion] = {("AgentDetectionProfile", "t", "p", "u1", 1)}
-
-    class Profiles(FakeCluster):
-        def list_profiles(self) -> list[dict[str, Any]]:
-            return [profile]
-
-        def list_detections(self, label_selector: str = "") -> list[dict[str, Any]]:
-            return []
-
-    service = DetectionService(
-        Profiles(),
-        ProfileBoard(),
-        Config(resolver=StaticResolver({})),
-        follow_logs=False,
-        settled=lambda: set(settled),
-    )
+    service = _service_over([{"kind": "AgentDetectionProfile", "metadata": meta}], lambda: set(settled))
     service._begin_soon()
     time.sleep(0.6)
     assert not service.begun.is_set()
@@ -673,27 +678,12 @@ def test_detection_does_not_wait_for_a_profile_being_deleted() -> None:
     """A profile being deleted is not reconciled (its policies go first, in a foreground
     deletion), so its version never settles: waiting for it held detection back for the whole
     settle timeout on every start."""
-    from agentdetect.controller.reconcile import Config
-    from agentdetect.detection.service import DetectionService
-    from agentdetect.policy.resolve import StaticResolver
-
     deleting = {"name": "p", "namespace": "t", "uid": "u1", "generation": 3}
     deleting["deletionTimestamp"] = "2026-11-25T12:00:00Z"
     settled = {"name": "q", "namespace": "t", "uid": "u2", "generation": 1}
-
-    class Profiles(FakeCluster):
-        def list_profiles(self) -> list[dict[str, Any]]:
-            return [{"kind": "AgentDetectionProfile", "metadata": m} for m in (deleting, settled)]
-
-        def list_detections(self, label_selector: str = "") -> list[dict[str, Any]]:
-            return []
-
-    service = DetectionService(
-        Profiles(),
-        ProfileBoard(),
-        Config(resolver=StaticResolver({})),
-        follow_logs=False,
-        settled=lambda: {("AgentDetectionProfile", "t", "q", "u2", 1)},
+    service = _service_over(
+        [{"kind": "AgentDetectionProfile", "metadata": m} for m in (deleting, settled)],
+        lambda: {("AgentDetectionProfile", "t", "q", "u2", 1)},
         settle_timeout=60.0,
     )
     service._begin_soon()
