@@ -199,11 +199,12 @@ class ResolveSweep:
         """The interval, asking the peering gate every few seconds meanwhile: a replica that
         goes standby between two passes is told so (PeeringGate.on_standby) even when nothing
         else asks. True once stopped."""
+        step = GATE_POLL if self.active is not None else self.interval
         ends = time.monotonic() + self.interval
         while (left := ends - time.monotonic()) > 0:
-            if self._stop.wait(min(left, GATE_POLL if self.active is not None else left)):
+            if self._stop.wait(min(left, step)):
                 return True
-            if self.active is not None and left > GATE_POLL:
+            if self.active is not None and left > step:
                 try:
                     self.active()
                 except Exception:  # the gate keeps its answer on errors; nothing to do here

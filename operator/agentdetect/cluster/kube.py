@@ -117,8 +117,8 @@ class Cluster:
         event_timeout: tuple[float, float] = EVENT_TIMEOUT,
     ) -> None:
         self.api = api
-        #: (connect, read) seconds of every call but the informers' and the Event POST.
-        self.request_timeout = request_timeout
+        # request_timeout: (connect, read) seconds of every call but the informers' and the
+        # Event POST (event_timeout).
         self.custom: Any = WithTimeout(client.CustomObjectsApi(api), request_timeout)
         self.core: Any = WithTimeout(client.CoreV1Api(api), request_timeout)
         self.field_manager = field_manager
@@ -151,9 +151,8 @@ class Cluster:
             url += "?" + urlencode(query)
         pool = self.api.rest_client.pool_manager
         data = orjson.dumps(body)
-        resp = pool.request(
-            method, url, body=data, headers=headers, preload_content=True, timeout=timeout or self._timeout
-        )
+        timeout = self._timeout if timeout is None else timeout
+        resp = pool.request(method, url, body=data, headers=headers, preload_content=True, timeout=timeout)
         if not 200 <= resp.status <= 299:
             ApiException.from_response(http_resp=resp, body=resp.data.decode("utf-8", "replace"), data=None)
 

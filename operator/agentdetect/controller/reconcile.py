@@ -13,7 +13,7 @@ import datetime
 import logging
 import threading
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +91,17 @@ class Outcome:
     ready: bool
     reason: str
     message: str
-    applied: int = 0
-    pruned: int = 0
-    retry_after: float | None = None
-    #: The policies this reconcile applied (``applied`` of them).
+    #: The policies this reconcile applied.
     applied_keys: frozenset[ObjectKey] = frozenset()
     #: Of those, the ones the API server was known to hold as last applied before
     #: ``restored_since`` (Reconciler.reconcile): put back after someone else's write.
     restored_keys: frozenset[ObjectKey] = frozenset()
+    pruned: int = 0
+    retry_after: float | None = None
+
+    @property
+    def applied(self) -> int:
+        return len(self.applied_keys)
 
 
 def now_rfc3339() -> str:
@@ -550,11 +553,11 @@ class Reconciler:
                 f"could not resolve {', '.join(sorted(failed))}: {errors}; {len(docs)} policies applied "
                 f"without them, retrying every {self.config.resolve_interval:.0f}s"
             )
-            outcome = Outcome(False, Reason.RESOLUTION_FAILED, msg, len(applied_keys), pruned)
-            return replace(outcome, applied_keys=applied_keys, restored_keys=restored_keys), new_status
+            outcome = Outcome(False, Reason.RESOLUTION_FAILED, msg, applied_keys, restored_keys, pruned)
+            return outcome, new_status
         msg = f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied"
-        outcome = Outcome(True, Reason.APPLIED, "; ".join([msg, *notes]), len(applied_keys), pruned)
-        return replace(outcome, applied_keys=applied_keys, restored_keys=restored_keys), new_status
+        message = "; ".join([msg, *notes])
+        return Outcome(True, Reason.APPLIED, message, applied_keys, restored_keys, pruned), new_status
 
     def _owned_now(
         self, profile: Profile, listed: list[dict[str, Any]] | None
