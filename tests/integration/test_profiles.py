@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -213,27 +214,72 @@ def test_restart_recreates_nothing_and_catches_up(
     before = wait_condition(api, "chatbot", namespace, "Applied")
     live = {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in policies(api, namespace)}
 
+    hooks = by_hook(policies(api, namespace))
+    edited_spec = hooks["fd_install"]["spec"]
+
     operator.stop()
     try:
-        # While the operator is away, someone deletes a policy.
-        gone_name = sorted(live)[0]
-        client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        # While the operator is away, someone deletes one policy and edits another.
+        custom = client.CustomObjectsApi(api)
+        gone_name = hooks["execve"]["metadata"]["name"]
+        edited_name = hooks["fd_install"]["metadata"]["name"]
+        custom.delete_namespaced_custom_object(
             "cilium.io", "v1alpha1", namespace, "tracingpoliciesnamespaced", gone_name
+        )
+        custom.patch_namespaced_custom_object(
+            "cilium.io",
+            "v1alpha1",
+            namespace,
+            "tracingpoliciesnamespaced",
+            edited_name,
+            {"spec": {"kprobes": [{**edited_spec["kprobes"][0], "selectors": []}]}},
+            _content_type="application/merge-patch+json",
         )
         cfg: Config = operator.cfg
         with OperatorThread(cfg, control_plane.kubeconfig):
             eventually(
                 lambda: len(policies(api, namespace)) == 3, what="the deleted policy recreated on resume"
             )
+            eventually(
+                lambda: by_hook(policies(api, namespace))["fd_install"]["spec"] == edited_spec,
+                what="the edited policy restored on resume",
+            )
             after = {
                 p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in policies(api, namespace)
             }
-            untouched = {n: v for n, v in live.items() if n != gone_name}
+            untouched = {n: v for n, v in live.items() if n not in (gone_name, edited_name)}
+            assert len(untouched) == 1
             assert {n: after[n] for n in untouched} == untouched, "resume rewrote policies that were in sync"
             status = profile(api, "chatbot", namespace)["status"]
             assert status["policies"] == before["status"]["policies"]
+
+            # Said, as the watch would have had it been running; once each.
+            def both() -> list[Any] | None:
+                found = restored_events(api, namespace)
+                return found if len(found) >= 2 else None
+
+            found = eventually(both, what="a PolicyRestored Event for the deletion and one for the edit")
+            time.sleep(1.0)  # a second Event for either would be posted by now
+            how = "(found by this process's first reconcile of the profile; no watch of agentdetect saw it)"
+            kind = f"TracingPolicyNamespaced {namespace}"
+            assert sorted(e.message for e in restored_events(api, namespace)) == sorted(
+                [
+                    f"{kind}/{edited_name} was changed outside agentdetect; restored {how}",
+                    f"{kind}/{gone_name} was deleted outside agentdetect; restored {how}",
+                ]
+            )
+            assert all(e.type == "Warning" for e in found)
     finally:
         operator.start()
+
+
+def restored_events(api: Any, namespace: str) -> list[Any]:
+    items = (
+        client.CoreV1Api(api)
+        .list_namespaced_event(namespace, field_selector="involvedObject.name=chatbot")
+        .items
+    )
+    return [e for e in items if e.reason == "PolicyRestored"]
 
 
 def test_a_policy_the_spec_dropped_while_the_operator_was_down_is_pruned_without_listing(
@@ -270,6 +316,8 @@ def test_a_policy_the_spec_dropped_while_the_operator_was_down_is_pruned_without
                 p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in policies(api, namespace)
             }
             assert {n: live[n] for n in after} == after, "the restart rewrote policies that were in sync"
+            time.sleep(1.0)  # the reconcile's Events are posted from a queue of their own
+            assert restored_events(api, namespace) == [], "a spec change read as a tamper"
     finally:
         monkeypatch.undo()
         operator.start()

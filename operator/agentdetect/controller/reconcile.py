@@ -98,6 +98,10 @@ class Outcome:
     restored_keys: frozenset[ObjectKey] = frozenset()
     pruned: int = 0
     retry_after: float | None = None
+    #: Of those, the ones this process's first reconcile of the profile found changed (False)
+    #: or deleted (True) by someone else while no watch of this process could see it
+    #: (:func:`changed_while_unwatched`); the reconcile posts PolicyRestored for each.
+    restored_unseen: tuple[tuple[ObjectKey, bool], ...] = ()
 
     @property
     def applied(self) -> int:
@@ -157,6 +161,34 @@ def in_sync(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
         and contains(dmeta["labels"], lmeta.get("labels", {}))
         and contains(desired["spec"], live.get("spec"))
     )
+
+
+def changed_while_unwatched(doc: dict[str, Any], live: dict[str, Any] | None, listed: bool) -> bool | None:
+    """A policy a new process finds on its first reconcile of the profile, which no watch of
+    its own saw change: True if it is gone though the profile's status lists it as applied,
+    False if it carries the content hash of ``doc`` (agentdetect wrote this very content
+    last: render.spec_hash) but no longer the content (someone else's edit since), None
+    otherwise. A policy whose hash is another is one agentdetect rendered otherwise before (a
+    spec changed while no operator ran, a new template): an update, not a tamper."""
+    if live is None:
+        return True if listed else None
+    written = (live.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_HASH)
+    if written != doc["metadata"]["annotations"][ANNOTATION_HASH]:
+        return None
+    return None if in_sync(doc, live) else False
+
+
+def listed_policies(status: Mapping[str, Any]) -> frozenset[ObjectKey]:
+    """The policies a profile's status says were applied (its ``policies``)."""
+    return frozenset(
+        ObjectKey(str(ref.get("kind")), ref.get("namespace"), str(ref.get("name")))
+        for ref in status.get("policies") or []
+        if isinstance(ref, Mapping)
+    )
+
+
+#: How PolicyRestored says a change was found by a new process's first reconcile.
+FOUND_AT_FIRST_RECONCILE = "this process's first reconcile of the profile; no watch of agentdetect saw it"
 
 
 def restored_message(key: ObjectKey, deleted: bool, seen_by: str = "") -> str:
@@ -430,6 +462,11 @@ class Reconciler:
             budget = after.get(BUDGET_CONDITION)
             if budget is not None and budget[0] == "False" and budget != before.get(BUDGET_CONDITION):
                 self.emit(dict(body), "Warning", budget[1], budget_message)
+            for policy, deleted in outcome.restored_unseen:
+                if deleted and policy.namespace and not self.cluster.namespace_active(policy.namespace):
+                    continue  # the namespace controller emptied it
+                message = restored_message(policy, deleted, seen_by=FOUND_AT_FIRST_RECONCILE)
+                self.emit(dict(body), "Warning", Reason.POLICY_RESTORED, message)
             with self._failing_guard:
                 self._failing.pop(key, None)  # a later failure is news again
             return outcome
@@ -505,14 +542,27 @@ class Reconciler:
             ), {}
 
         owner = owner_reference(dict(body))
+        meta = body["metadata"]
+        # This process's first reconcile of this profile: nothing it watched covers what
+        # happened to the policies before (it was not running, or another replica was).
+        first = self.reconciled.uid((profile.kind, profile.namespace, profile.name)) != (
+            meta.get("uid") or ""
+        )
+        # Filled as the applies return: what was put back is said even if a later apply fails
+        # (kopf's retry is no first reconcile any more).
+        found: list[tuple[ObjectKey, bool]] = []
         try:
-            applied_keys, restored_keys, pruned = self._sync(profile, docs, owner, owned, restored_since)
+            applied_keys, restored_keys, pruned = self._sync(
+                profile, docs, owner, owned, restored_since, listed_policies(status) if first else None, found
+            )
         except ApiException as exc:
             reason = Reason.TETRAGON_NOT_INSTALLED if exc.status == 404 else Reason.APPLY_FAILED
             message = TETRAGON_INSTALL_HINT if exc.status == 404 else _api_message(exc)
-            return Outcome(False, reason, message, retry_after=self.config.retry_delay), {
-                "resolved": resolved_status(profile, resolved)
-            }
+            outcome = Outcome(
+                False, reason, message, retry_after=self.config.retry_delay, restored_unseen=tuple(found)
+            )
+            return outcome, {"resolved": resolved_status(profile, resolved)}
+        unseen = tuple(found)
 
         if profile.kind == "ClusterAgentDetectionProfile":
             spec = profile.spec
@@ -553,11 +603,14 @@ class Reconciler:
                 f"could not resolve {', '.join(sorted(failed))}: {errors}; {len(docs)} policies applied "
                 f"without them, retrying every {self.config.resolve_interval:.0f}s"
             )
-            outcome = Outcome(False, Reason.RESOLUTION_FAILED, msg, applied_keys, restored_keys, pruned)
+            outcome = Outcome(
+                False, Reason.RESOLUTION_FAILED, msg, applied_keys, restored_keys, pruned, None, unseen
+            )
             return outcome, new_status
         msg = f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied"
         message = "; ".join([msg, *notes])
-        return Outcome(True, Reason.APPLIED, message, applied_keys, restored_keys, pruned), new_status
+        outcome = Outcome(True, Reason.APPLIED, message, applied_keys, restored_keys, pruned, None, unseen)
+        return outcome, new_status
 
     def _owned_now(
         self, profile: Profile, listed: list[dict[str, Any]] | None
@@ -581,7 +634,13 @@ class Reconciler:
         owner: dict[str, Any],
         listed: list[dict[str, Any]] | None = None,
         restored_since: float | None = None,
+        status_listed: frozenset[ObjectKey] | None = None,
+        unseen: list[tuple[ObjectKey, bool]] | None = None,
     ) -> tuple[frozenset[ObjectKey], frozenset[ObjectKey], int]:
+        """Applies what is not as ``docs`` say and prunes the rest. ``status_listed`` (on this
+        process's first reconcile of the profile: what its status lists as applied) asks which
+        of the policies this process knew nothing of were put back after someone else's write
+        (:func:`changed_while_unwatched`): added to ``unseen`` as each apply returns."""
         live = self._owned_now(profile, listed)
         wanted = {key_of(d): d for d in docs}
         # Pruned: what the watch shows owned, and what this process applied for the profile,
@@ -592,6 +651,9 @@ class Reconciler:
         restored: set[ObjectKey] = set()
         for key, doc in wanted.items():
             stored_at = self.desired.stored_at(key)
+            # Known to this process already (applied or seen by it): its watch and the sweep
+            # speak for what happened to it since.
+            unknown = status_listed is not None and unseen is not None and self.desired.get(key) is None
             # Recorded first: a policy the server took before the call failed is still pruned
             # when a later spec drops it, and its watch event is checked against it.
             self.desired.record(key, doc)
@@ -601,6 +663,11 @@ class Reconciler:
                 applied.add(key)
                 if restored_since is not None and stored_at is not None and stored_at < restored_since:
                     restored.add(key)
+                if unknown:
+                    assert status_listed is not None and unseen is not None
+                    deleted = changed_while_unwatched(doc, live.get(key), key in status_listed)
+                    if deleted is not None:
+                        unseen.append((key, deleted))
                 self.desired.stored(key, doc, applied=True)
             else:
                 self.desired.stored(key, doc)  # the watch's index or the LIST shows it as it is

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from agentdetect.app.handlers import verify_policies
 from agentdetect.cluster.kube import ObjectKey, key_of
@@ -696,3 +697,162 @@ def test_the_sweep_says_nothing_for_a_policy_it_did_not_put_back() -> None:
     t.cluster.terminating.add("team")  # the namespace controller is emptying it
     t.verify()
     assert t.restored == []
+
+
+# ---- a new process's first reconcile: what happened while no watch of its own saw ----------
+
+FIRST = "(found by this process's first reconcile of the profile; no watch of agentdetect saw it)"
+
+
+class Restart:
+    """A profile reconciled by one process, then by a new one (a restart, a failover) that
+    knows only the index and the profile's status; the new one's PolicyRestored messages kept."""
+
+    def __init__(self) -> None:
+        self.cluster = FakeCluster()
+        self.profile = Profile()
+        _run(_reconciler(self.cluster, no_events()), self.cluster, self.profile)
+        self.keys = sorted(self.cluster.live, key=str)
+        self.by_kind = {k.name.split("-")[1]: k for k in self.keys}
+        self.events: list[tuple[str, str]] = []
+        self.restored: list[str] = []
+        self.reconciler = _reconciler(self.cluster, self.events)
+        emit = self.reconciler.emit
+
+        def capture(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+            emit(body, type_, reason, message)
+            if reason == "PolicyRestored":
+                assert type_ == "Warning"
+                self.restored.append(message)
+
+        self.reconciler.emit = capture
+
+    def delete(self, key: ObjectKey) -> None:
+        """Deleted while no operator ran: gone from the cluster and so from the new index."""
+        del self.cluster.live[key], self.cluster.indexed[key]
+
+    def edit(self, key: ObjectKey, annotation: str | None = None) -> None:
+        """A selector dropped, the content-hash annotation left as it was (or set)."""
+        for store in (self.cluster.live, self.cluster.indexed):
+            kprobe = store[key]["spec"]["kprobes"][0]
+            kprobe["selectors"] = kprobe["selectors"][:1] if len(kprobe["selectors"]) > 1 else []
+            if annotation is not None:
+                store[key]["metadata"]["annotations"][ANNOTATION_HASH] = annotation
+
+    def run(self) -> None:
+        self.cluster.calls.clear()
+        _run(self.reconciler, self.cluster, self.profile)
+
+
+def test_a_new_process_says_what_was_changed_or_deleted_while_no_watch_saw() -> None:
+    r = Restart()
+    net, file = r.by_kind["net"], r.by_kind["file"]
+    before = copy.deepcopy(r.cluster.live[net]["spec"])
+    r.delete(file)
+    r.edit(net)
+    r.run()
+    assert {k for verb, k in r.cluster.api_calls() if verb == "apply"} == {file, net}
+    assert r.cluster.live[net]["spec"] == before and file in r.cluster.live  # put back
+    assert sorted(r.restored) == sorted(
+        [
+            f"TracingPolicyNamespaced team/{file.name} was deleted outside agentdetect; restored {FIRST}",
+            f"TracingPolicyNamespaced team/{net.name} was changed outside agentdetect; restored {FIRST}",
+        ]
+    )
+    r.restored.clear()
+    r.edit(net)  # again, and the index shows it: now the watch path's to say
+    r.run()
+    assert r.restored == [] and r.cluster.api_calls()[0] == ("apply", net)
+
+
+def test_a_new_process_says_nothing_of_what_agentdetect_itself_rendered_otherwise() -> None:
+    """The spec changed while no operator ran (or a new version renders it otherwise): the
+    policies carry another content hash than the new rendering, and their update is no tamper.
+    One whose annotation someone set along with the content reads the same way."""
+    r = Restart()
+    spec = copy.deepcopy(SPEC)
+    spec["network"]["destinations"][0]["ports"] = [8001]
+    r.profile.change(spec)
+    r.edit(r.by_kind["file"], annotation="0123456789abcdef")
+    r.run()
+    assert ("apply", r.by_kind["net"]) in r.cluster.api_calls()
+    assert ("apply", r.by_kind["file"]) in r.cluster.api_calls()
+    assert r.restored == [] and r.events == []
+
+
+def test_a_new_process_says_nothing_of_a_policy_the_status_never_listed() -> None:
+    """Created while no operator ran, or its first reconcile never reached its status: a
+    missing policy may never have been applied."""
+    r = Restart()
+    r.profile.body["status"].pop("policies")
+    r.delete(r.by_kind["exec"])
+    r.run()
+    assert r.cluster.api_calls()[0] == ("apply", r.by_kind["exec"])
+    assert r.restored == []
+
+
+def test_a_new_process_says_nothing_in_a_namespace_being_emptied() -> None:
+    r = Restart()
+    r.delete(r.by_kind["exec"])
+    r.cluster.terminating.add("team")
+    r.run()
+    assert r.cluster.api_calls()[0] == ("apply", r.by_kind["exec"]) and r.restored == []
+
+
+def test_only_the_first_reconcile_in_a_process_looks_back() -> None:
+    """After it, the process's own watch and sweep speak for what happens. Here the spec drops
+    a policy (pruned) and takes it back, in a body whose status still lists it (the watch
+    delivered the spec change before the status patch): missing, listed, and unknown to the
+    process since it forgot it on pruning, yet pruned by this process, not by someone else."""
+    r = Restart()
+    r.run()
+    assert r.cluster.api_calls() == [] and r.restored == []
+    listed = copy.deepcopy(r.profile.body["status"])
+    spec = copy.deepcopy(SPEC)
+    del spec["processes"]
+    r.profile.change(spec)
+    r.run()
+    assert r.cluster.api_calls()[0] == ("delete", r.by_kind["exec"])
+    r.profile.change(SPEC)
+    r.profile.body["status"] = listed
+    r.run()
+    assert r.cluster.api_calls()[0] == ("apply", r.by_kind["exec"]) and r.restored == []
+
+
+def test_a_profile_made_again_unseen_says_nothing_of_its_predecessors_policies() -> None:
+    """Deleted and made again while the watch was away: the first reconcile of the new one
+    finds the old one's policies, which this process applied; whatever was done to them went
+    with the old profile."""
+    r = Restart()
+    r.run()
+    r.edit(r.by_kind["net"])
+    r.profile.body["metadata"]["uid"] = "uid-2"
+    r.profile.body.pop("status")
+    r.profile.body["status"] = {
+        "policies": [{"kind": k.kind, "namespace": k.namespace, "name": k.name} for k in r.keys]
+    }
+    r.run()
+    assert ("apply", r.by_kind["net"]) in r.cluster.api_calls() and r.restored == []
+
+
+def test_what_a_failing_first_reconcile_put_back_is_said_before_the_retry() -> None:
+    """kopf retries the reconcile, which is no longer the process's first: the Event for what
+    the failed one did put back must not wait for it."""
+    r = Restart()
+    r.delete(r.by_kind["exec"])
+    r.delete(r.by_kind["net"])
+    apply, tried = r.cluster.apply, list[ObjectKey]()
+
+    def apply_then_fail(doc: dict[str, Any], owner: dict[str, Any]) -> None:
+        tried.append(key_of(doc))
+        if len(tried) == 2:
+            raise ApiException(status=500, reason="Internal Server Error")
+        apply(doc, owner)
+
+    r.cluster.apply = apply_then_fail  # type: ignore[method-assign]
+    r.run()
+    assert len(tried) == 2 and tried[0] in r.cluster.live and tried[1] not in r.cluster.live
+    assert [m.split(" was ")[0] for m in r.restored] == [f"TracingPolicyNamespaced team/{tried[0].name}"]
+    r.cluster.apply = apply  # type: ignore[method-assign]
+    r.run()  # the retry puts the other back, silently (see README: Reconciling)
+    assert tried[1] in r.cluster.live
