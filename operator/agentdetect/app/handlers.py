@@ -20,6 +20,7 @@ from agentdetect.cluster.kube import (
     PROFILE_PLURALS,
     TETRAGON_GROUP,
     TETRAGON_VERSION,
+    ObjectKey,
     key_of,
 )
 from agentdetect.controller.reconcile import Outcome, Reconciler, reconcile_owed, restored_message
@@ -147,6 +148,13 @@ def verify_policies(
                 Reason.POLICY_RESTORED,
                 restored_message(key, deleted, seen_by="a periodic list; the watch did not see it"),
             )
+
+
+def watch_restored(key: ObjectKey, outcome: Outcome) -> bool:
+    """Whether the watch path's PolicyRestored is to be posted for the policy its event named:
+    its reconcile put it back, and was not the process's first look at the profile's policies
+    that said so already (a tamper right after a start or a failover: the index showed it)."""
+    return key in outcome.applied_keys and all(key != seen for seen, _ in outcome.restored_unseen)
 
 
 #: Seconds between the sweep's questions to the peering gate while it waits for its next pass.
@@ -508,7 +516,7 @@ def build_registry(
         )
         done = reconcile_by_key(*owner)
         key = key_of(dict(body))
-        if done is not None and key in done[1].applied_keys:
+        if done is not None and watch_restored(key, done[1]):
             # Not a transition of the profile's conditions, but news: someone changed what it
             # detects with.
             message = restored_message(key, deleted=type == "DELETED")

@@ -100,7 +100,7 @@ def build(cfg: Config, kubeconfig: Path | None = None, options: ServeOptions | N
         peering_ns = options.namespaces[0] if options.namespaces else None
         gate = PeeringGate(cluster.api, options.peering, options.priority, peering_ns)
         # Another replica writes while this one stands by: none of it is a tamper to report.
-        gate.on_standby.append(reconciler.desired.forget_stored)
+        gate.on_standby.append(reconciler.standby)
     detection, rollup = None, None
     if cfg.detect and cfg.detection_mode == "node":
         rollup = DetectionRollup(cluster, cfg.flush_interval, gate=gate)

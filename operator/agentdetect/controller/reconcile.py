@@ -100,7 +100,7 @@ class Outcome:
     retry_after: float | None = None
     #: Of those, the ones this process's first reconcile of the profile found changed (False)
     #: or deleted (True) by someone else while no watch of this process could see it
-    #: (:func:`changed_while_unwatched`); the reconcile posts PolicyRestored for each.
+    #: (:func:`changed_while_unwatched`): PolicyRestored was posted for each as it was put back.
     restored_unseen: tuple[tuple[ObjectKey, bool], ...] = ()
 
     @property
@@ -343,6 +343,17 @@ class Reconciler:
         #: is not news.
         self._failing: dict[tuple[str, str | None, str], tuple[str, str]] = {}
         self._failing_guard = threading.Lock()
+        #: Per profile, the uid of the one whose policies this process has looked at as a
+        #: whole (a reconcile went through its applies): until then, nothing this process
+        #: watched covers what happened to them (it was not running, or stood by), and its
+        #: reconcile asks the policies themselves (:func:`changed_while_unwatched`).
+        self._looked_at: dict[ProfileKey, str] = {}
+
+    def standby(self) -> None:
+        """This replica went standby: another writes meanwhile, and what it knew of the
+        policies (which were stored as applied, which profiles it looked at) no longer holds."""
+        self.desired.forget_stored()
+        self._looked_at.clear()
 
     def settled_versions(self) -> set[ProfileVersion]:
         return self.reconciled.versions()
@@ -370,6 +381,7 @@ class Reconciler:
                 self.cluster_selections.drop(name)
             self.board.remove((kind, namespace, name))
             self.desired.forget_owner(kind, name, namespace)
+            self._looked_at.pop((kind, namespace, name), None)
         with self._failing_guard:
             self._failing.pop((kind, namespace, name), None)
         return True
@@ -462,11 +474,6 @@ class Reconciler:
             budget = after.get(BUDGET_CONDITION)
             if budget is not None and budget[0] == "False" and budget != before.get(BUDGET_CONDITION):
                 self.emit(dict(body), "Warning", budget[1], budget_message)
-            for policy, deleted in outcome.restored_unseen:
-                if deleted and policy.namespace and not self.cluster.namespace_active(policy.namespace):
-                    continue  # the namespace controller emptied it
-                message = restored_message(policy, deleted, seen_by=FOUND_AT_FIRST_RECONCILE)
-                self.emit(dict(body), "Warning", Reason.POLICY_RESTORED, message)
             with self._failing_guard:
                 self._failing.pop(key, None)  # a later failure is news again
             return outcome
@@ -542,19 +549,31 @@ class Reconciler:
             ), {}
 
         owner = owner_reference(dict(body))
-        meta = body["metadata"]
-        # This process's first reconcile of this profile: nothing it watched covers what
-        # happened to the policies before (it was not running, or another replica was).
-        first = self.reconciled.uid((profile.kind, profile.namespace, profile.name)) != (
-            meta.get("uid") or ""
-        )
-        # Filled as the applies return: what was put back is said even if a later apply fails
-        # (kopf's retry is no first reconcile any more).
+        profile_key = (profile.kind, profile.namespace, profile.name)
+        uid = body["metadata"].get("uid") or ""
+        first = self._looked_at.get(profile_key) != uid
         found: list[tuple[ObjectKey, bool]] = []
+
+        def put_back(key: ObjectKey, deleted: bool) -> None:
+            """Said as soon as its apply returns: a later failure (another apply, the status
+            patch) must not lose it, and kopf's retry does not know it was put back."""
+            if deleted and key.namespace and not self.cluster.namespace_active(key.namespace):
+                return  # the namespace controller emptied it
+            found.append((key, deleted))
+            message = restored_message(key, deleted, seen_by=FOUND_AT_FIRST_RECONCILE)
+            self.emit(dict(body), "Warning", Reason.POLICY_RESTORED, message)
+
         try:
             applied_keys, restored_keys, pruned = self._sync(
-                profile, docs, owner, owned, restored_since, listed_policies(status) if first else None, found
+                profile,
+                docs,
+                owner,
+                owned,
+                restored_since,
+                listed_policies(status) if first else None,
+                put_back,
             )
+            self._looked_at[profile_key] = uid
         except ApiException as exc:
             reason = Reason.TETRAGON_NOT_INSTALLED if exc.status == 404 else Reason.APPLY_FAILED
             message = TETRAGON_INSTALL_HINT if exc.status == 404 else _api_message(exc)
@@ -635,12 +654,12 @@ class Reconciler:
         listed: list[dict[str, Any]] | None = None,
         restored_since: float | None = None,
         status_listed: frozenset[ObjectKey] | None = None,
-        unseen: list[tuple[ObjectKey, bool]] | None = None,
+        put_back: Callable[[ObjectKey, bool], None] | None = None,
     ) -> tuple[frozenset[ObjectKey], frozenset[ObjectKey], int]:
-        """Applies what is not as ``docs`` say and prunes the rest. ``status_listed`` (on this
-        process's first reconcile of the profile: what its status lists as applied) asks which
-        of the policies this process knew nothing of were put back after someone else's write
-        (:func:`changed_while_unwatched`): added to ``unseen`` as each apply returns."""
+        """Applies what is not as ``docs`` say and prunes the rest. ``status_listed`` (until
+        this process has looked at the profile's policies: what its status lists as applied)
+        asks which of those not known stored were put back after someone else's write
+        (:func:`changed_while_unwatched`): ``put_back`` hears of each as its apply returns."""
         live = self._owned_now(profile, listed)
         wanted = {key_of(d): d for d in docs}
         # Pruned: what the watch shows owned, and what this process applied for the profile,
@@ -651,9 +670,9 @@ class Reconciler:
         restored: set[ObjectKey] = set()
         for key, doc in wanted.items():
             stored_at = self.desired.stored_at(key)
-            # Known to this process already (applied or seen by it): its watch and the sweep
-            # speak for what happened to it since.
-            unknown = status_listed is not None and unseen is not None and self.desired.get(key) is None
+            # Known stored as last applied (applied or seen by this process, since it last
+            # stood by): its watch and the sweep speak for what happened to it since.
+            unknown = status_listed is not None and put_back is not None and stored_at is None
             # Recorded first: a policy the server took before the call failed is still pruned
             # when a later spec drops it, and its watch event is checked against it.
             self.desired.record(key, doc)
@@ -663,12 +682,12 @@ class Reconciler:
                 applied.add(key)
                 if restored_since is not None and stored_at is not None and stored_at < restored_since:
                     restored.add(key)
+                self.desired.stored(key, doc, applied=True)
                 if unknown:
-                    assert status_listed is not None and unseen is not None
+                    assert status_listed is not None and put_back is not None
                     deleted = changed_while_unwatched(doc, live.get(key), key in status_listed)
                     if deleted is not None:
-                        unseen.append((key, deleted))
-                self.desired.stored(key, doc, applied=True)
+                        put_back(key, deleted)
             else:
                 self.desired.stored(key, doc)  # the watch's index or the LIST shows it as it is
         pruned = 0

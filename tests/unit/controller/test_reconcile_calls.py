@@ -3,6 +3,7 @@ whose policies a fake index (the policy watch's, in the operator) reports."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -11,9 +12,9 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from agentdetect.app.handlers import verify_policies
+from agentdetect.app.handlers import verify_policies, watch_restored
 from agentdetect.cluster.kube import ObjectKey, key_of
-from agentdetect.controller.reconcile import Config, Reconciler
+from agentdetect.controller.reconcile import Config, Outcome, Reconciler
 from agentdetect.controller.state import AppliedPolicies, owned_by
 from agentdetect.policy.board import ProfileKey
 from agentdetect.policy.render import ANNOTATION_HASH
@@ -835,9 +836,15 @@ def test_a_profile_made_again_unseen_says_nothing_of_its_predecessors_policies()
     assert ("apply", r.by_kind["net"]) in r.cluster.api_calls() and r.restored == []
 
 
-def test_what_a_failing_first_reconcile_put_back_is_said_before_the_retry() -> None:
-    """kopf retries the reconcile, which is no longer the process's first: the Event for what
-    the failed one did put back must not wait for it."""
+@pytest.mark.parametrize(
+    "error", [ApiException(status=500, reason="Internal Server Error"), TimeoutError("read timed out")]
+)
+def test_a_first_look_that_fails_partway_says_what_it_put_back_and_the_retry_the_rest(
+    error: Exception,
+) -> None:
+    """An API error ends the reconcile with ApplyFailed, a timeout raises through it (kopf
+    retries either): what was put back before is said at once, and the retry, which has not
+    looked at every policy yet, says the rest."""
     r = Restart()
     r.delete(r.by_kind["exec"])
     r.delete(r.by_kind["net"])
@@ -846,13 +853,64 @@ def test_what_a_failing_first_reconcile_put_back_is_said_before_the_retry() -> N
     def apply_then_fail(doc: dict[str, Any], owner: dict[str, Any]) -> None:
         tried.append(key_of(doc))
         if len(tried) == 2:
-            raise ApiException(status=500, reason="Internal Server Error")
+            raise error
         apply(doc, owner)
 
     r.cluster.apply = apply_then_fail  # type: ignore[method-assign]
-    r.run()
+    with contextlib.suppress(TimeoutError):
+        r.run()
     assert len(tried) == 2 and tried[0] in r.cluster.live and tried[1] not in r.cluster.live
     assert [m.split(" was ")[0] for m in r.restored] == [f"TracingPolicyNamespaced team/{tried[0].name}"]
     r.cluster.apply = apply  # type: ignore[method-assign]
-    r.run()  # the retry puts the other back, silently (see README: Reconciling)
+    r.run()
     assert tried[1] in r.cluster.live
+    assert [m.split(" was ")[0] for m in r.restored] == [
+        f"TracingPolicyNamespaced team/{k.name}" for k in tried
+    ]
+
+
+def test_what_a_first_look_put_back_is_said_though_the_status_patch_fails() -> None:
+    r = Restart()
+    r.delete(r.by_kind["exec"])
+    r.profile.body["metadata"]["generation"] += 1  # a status to patch (observedGeneration)
+
+    def patch_status(*args: Any) -> None:
+        raise TimeoutError("read timed out")
+
+    r.cluster.patch_status = patch_status  # type: ignore[method-assign,assignment]
+    with pytest.raises(TimeoutError):
+        r.reconciler.reconcile(copy.deepcopy(r.profile.body))
+    assert len(r.restored) == 1 and r.by_kind["exec"].name in r.restored[0]
+
+
+def test_a_reconcile_that_applies_nothing_leaves_the_first_look_to_the_next() -> None:
+    """Tetragon not served yet (both restarted together, say): nothing was looked at."""
+    r = Restart()
+    r.delete(r.by_kind["exec"])
+    r.cluster.tetragon = False
+    r.run()
+    assert all(verb == "status" for verb, _ in r.cluster.api_calls()) and r.restored == []
+    r.cluster.tetragon = True
+    r.run()
+    assert len(r.restored) == 1 and r.by_kind["exec"].name in r.restored[0]
+
+
+def test_a_replica_back_from_standby_looks_again() -> None:
+    """It reconciled the profile before it stood by; another replica wrote meanwhile, and
+    someone deleted a policy while neither watched (between the other's end and its return)."""
+    r = Restart()
+    r.run()
+    r.reconciler.standby()
+    r.delete(r.by_kind["file"])
+    r.run()
+    assert len(r.restored) == 1 and r.by_kind["file"].name in r.restored[0] and "deleted" in r.restored[0]
+
+
+def test_the_watch_path_does_not_repeat_what_the_first_look_said() -> None:
+    key = ObjectKey("TracingPolicyNamespaced", "team", "chatbot-net-0")
+    other = ObjectKey("TracingPolicyNamespaced", "team", "chatbot-file-0")
+    applied = Outcome(True, "Applied", "", frozenset({key, other}))
+    assert watch_restored(key, applied)
+    said = Outcome(True, "Applied", "", frozenset({key, other}), restored_unseen=((key, False),))
+    assert not watch_restored(key, said) and watch_restored(other, said)
+    assert not watch_restored(key, Outcome(True, "Applied", "", frozenset({other})))
