@@ -71,7 +71,7 @@ def read_policy(api: Any, namespace: str, name: str) -> dict[str, Any]:
 
 def test_apply_creates_then_takes_its_fields_back(api: Any, namespace: str, owner: dict[str, Any]) -> None:
     cluster = Cluster(api)
-    cluster.apply(policy(namespace, "p1"), owner)
+    assert cluster.apply(policy(namespace, "p1"), owner) is True  # 201: created
     stored = read_policy(api, namespace, "p1")
     assert stored["metadata"]["ownerReferences"] == [owner]
     assert [m["manager"] for m in stored["metadata"]["managedFields"]] == [FIELD_MANAGER]
@@ -87,7 +87,7 @@ def test_apply_creates_then_takes_its_fields_back(api: Any, namespace: str, owne
         _content_type="application/merge-patch+json",
     )
     assert read_policy(api, namespace, "p1")["spec"]["kprobes"][0]["call"] == "fd_install"
-    cluster.apply(policy(namespace, "p1"), owner)
+    assert cluster.apply(policy(namespace, "p1"), owner) is False  # 200: it was there
     assert read_policy(api, namespace, "p1")["spec"]["kprobes"][0]["call"] == "tcp_connect"
 
 

@@ -141,9 +141,10 @@ class Cluster:
         content_type: str,
         query: Mapping[str, str] | None = None,
         timeout: urllib3.Timeout | None = None,
-    ) -> None:
-        """One write; the response body is not decoded. A status outside 2xx raises the
-        ApiException subclass the generated client would (NotFoundException for 404, ...)."""
+    ) -> int:
+        """One write; the response body is not decoded, its status is returned. A status
+        outside 2xx raises the ApiException subclass the generated client would
+        (NotFoundException for 404, ...)."""
         headers = {**self.api.default_headers, "Content-Type": content_type, "Accept": _JSON}
         self.api.update_params_for_auth(headers, [], ["BearerToken"], path, method, None)
         url = self.api.configuration.host + path
@@ -155,13 +156,14 @@ class Cluster:
         resp = pool.request(method, url, body=data, headers=headers, preload_content=True, timeout=timeout)
         if not 200 <= resp.status <= 299:
             ApiException.from_response(http_resp=resp, body=resp.data.decode("utf-8", "replace"), data=None)
+        return int(resp.status)
 
     def _apply(
         self, group: str, version: str, plural: str, namespace: str | None, name: str, body: dict[str, Any]
-    ) -> None:
+    ) -> int:
         """Server-side apply, forcing our field manager's ownership back (drift repair)."""
         query = {"fieldManager": self.field_manager, "force": "true"}
-        self._send("PATCH", _object_path(group, version, plural, namespace, name), body, _APPLY, query)
+        return self._send("PATCH", _object_path(group, version, plural, namespace, name), body, _APPLY, query)
 
     # ---- discovery -------------------------------------------------------------------------
 
@@ -225,12 +227,18 @@ class Cluster:
             items.extend(_with_kind(resp, kind))
         return items
 
-    def apply(self, doc: dict[str, Any], owner: dict[str, Any]) -> None:
-        """A policy, server-side applied with the profile as its controlling owner. The response
+    def apply(self, doc: dict[str, Any], owner: dict[str, Any]) -> bool:
+        """A policy, server-side applied with the profile as its controlling owner; whether the
+        API server created it (201: it did not exist, whatever a lagging index says). The body
         is not read: the drift watch reports what the API server stored."""
         body = {**doc, "metadata": {**doc["metadata"], "ownerReferences": [owner]}}
         key = key_of(doc)
-        self._apply(TETRAGON_GROUP, TETRAGON_VERSION, POLICY_PLURALS[key.kind], key.namespace, key.name, body)
+        return (
+            self._apply(
+                TETRAGON_GROUP, TETRAGON_VERSION, POLICY_PLURALS[key.kind], key.namespace, key.name, body
+            )
+            == 201
+        )
 
     def delete(self, key: ObjectKey) -> None:
         plural = POLICY_PLURALS[key.kind]

@@ -165,7 +165,8 @@ def in_sync(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
 
 def changed_while_unwatched(doc: dict[str, Any], live: dict[str, Any] | None, listed: bool) -> bool | None:
     """A policy a new process finds on its first reconcile of the profile, which no watch of
-    its own saw change: True if it is gone though the profile's status lists it as applied,
+    its own saw change: True if it is gone (``listed``: the profile's status lists it as
+    applied, and the apply that put it back created it),
     False if it carries the content hash of ``doc`` (agentdetect wrote this very content
     last: render.spec_hash) but no longer the content (someone else's edit since), None
     otherwise. A policy whose hash is another is one agentdetect rendered otherwise before (a
@@ -678,14 +679,16 @@ class Reconciler:
             self.desired.record(key, doc)
             if not in_sync(doc, live.get(key)) or not _owner_ok(live.get(key), owner):
                 # Not in the index yet is not in sync: an apply of what is there is a no-op.
-                self.cluster.apply(doc, owner)
+                created = self.cluster.apply(doc, owner)
                 applied.add(key)
                 if restored_since is not None and stored_at is not None and stored_at < restored_since:
                     restored.add(key)
                 self.desired.stored(key, doc, applied=True)
                 if unknown:
                     assert status_listed is not None and put_back is not None
-                    deleted = changed_while_unwatched(doc, live.get(key), key in status_listed)
+                    # Gone only if the apply created it: an index still filling after a
+                    # standby may not show one another replica made.
+                    deleted = changed_while_unwatched(doc, live.get(key), key in status_listed and created)
                     if deleted is not None:
                         put_back(key, deleted)
             else:

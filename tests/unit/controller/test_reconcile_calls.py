@@ -53,14 +53,16 @@ class FakeCluster:
         self.calls.append(("list", (kind, namespace, name)))
         return [copy.deepcopy(d) for d in self.live.values() if owned_by(d, kind, name, namespace)]
 
-    def apply(self, doc: dict[str, Any], owner: dict[str, Any]) -> None:
+    def apply(self, doc: dict[str, Any], owner: dict[str, Any]) -> bool:
         self.calls.append(("apply", key_of(doc)))
+        created = key_of(doc) not in self.live
         live = copy.deepcopy(doc)
         live["metadata"]["ownerReferences"] = [owner]
         live["spec"].setdefault("options", [])  # a server default: not drift
         self.live[key_of(doc)] = live
         if not self.lag:
             self.indexed[key_of(doc)] = copy.deepcopy(live)
+        return created
 
     def list_ours(self, namespaces: Any = ()) -> list[dict[str, Any]]:
         """The sweep's LIST: the cluster as it is, not as the index says."""
@@ -414,7 +416,7 @@ def test_a_failure_retried_alike_posts_one_event_and_news_posts_again() -> None:
     profile = Profile()
     failure = [RuntimeError("the API server said 500")]
 
-    def apply(doc: dict[str, Any], owner: dict[str, Any]) -> None:
+    def apply(doc: dict[str, Any], owner: dict[str, Any]) -> bool:
         raise failure[0]
 
     good_apply = cluster.apply
@@ -850,11 +852,11 @@ def test_a_first_look_that_fails_partway_says_what_it_put_back_and_the_retry_the
     r.delete(r.by_kind["net"])
     apply, tried = r.cluster.apply, list[ObjectKey]()
 
-    def apply_then_fail(doc: dict[str, Any], owner: dict[str, Any]) -> None:
+    def apply_then_fail(doc: dict[str, Any], owner: dict[str, Any]) -> bool:
         tried.append(key_of(doc))
         if len(tried) == 2:
             raise error
-        apply(doc, owner)
+        return apply(doc, owner)
 
     r.cluster.apply = apply_then_fail  # type: ignore[method-assign]
     with contextlib.suppress(TimeoutError):
@@ -914,3 +916,15 @@ def test_the_watch_path_does_not_repeat_what_the_first_look_said() -> None:
     said = Outcome(True, "Applied", "", frozenset({key, other}), restored_unseen=((key, False),))
     assert not watch_restored(key, said) and watch_restored(other, said)
     assert not watch_restored(key, Outcome(True, "Applied", "", frozenset({other})))
+
+
+def test_a_policy_a_lagging_index_does_not_show_is_not_called_deleted() -> None:
+    """Back from standby, kopf's index may still be filling: a policy another replica made
+    meanwhile is missing from it though the profile's status lists it. The apply that puts
+    it back finds it there (the API server did not create it): nothing was deleted."""
+    r = Restart()
+    r.run()
+    r.reconciler.standby()
+    del r.cluster.indexed[r.by_kind["file"]]  # in the cluster, not (yet) in the index
+    r.run()
+    assert r.cluster.api_calls()[0] == ("apply", r.by_kind["file"]) and r.restored == []
