@@ -345,16 +345,17 @@ class Reconciler:
         self._failing: dict[tuple[str, str | None, str], tuple[str, str]] = {}
         self._failing_guard = threading.Lock()
         #: Per profile, the uid of the one whose policies this process has looked at as a
-        #: whole (a reconcile went through its applies): until then, nothing this process
-        #: watched covers what happened to them (it was not running, or stood by), and its
-        #: reconcile asks the policies themselves (:func:`changed_while_unwatched`).
-        self._looked_at: dict[ProfileKey, str] = {}
+        #: whole (a reconcile went through its applies), and the standby count then
+        #: (AppliedPolicies.epoch): until then, nothing this process watched covers what
+        #: happened to them (it was not running, or stood by since), and its reconcile asks
+        #: the policies themselves (:func:`changed_while_unwatched`).
+        self._looked_at: dict[ProfileKey, tuple[str, int]] = {}
 
     def standby(self) -> None:
         """This replica went standby: another writes meanwhile, and what it knew of the
-        policies (which were stored as applied, which profiles it looked at) no longer holds."""
+        policies (which were stored as applied, which profiles it looked at) no longer holds.
+        A reconcile still running records its look under the count before (not current)."""
         self.desired.forget_stored()
-        self._looked_at.clear()
 
     def settled_versions(self) -> set[ProfileVersion]:
         return self.reconciled.versions()
@@ -552,13 +553,20 @@ class Reconciler:
         owner = owner_reference(dict(body))
         profile_key = (profile.kind, profile.namespace, profile.name)
         uid = body["metadata"].get("uid") or ""
-        first = self._looked_at.get(profile_key) != uid
+        epoch = self.desired.epoch
+        first = self._looked_at.get(profile_key) != (uid, epoch)
         found: list[tuple[ObjectKey, bool]] = []
 
         def put_back(key: ObjectKey, deleted: bool) -> None:
             """Said as soon as its apply returns: a later failure (another apply, the status
             patch) must not lose it, and kopf's retry does not know it was put back."""
-            if deleted and key.namespace and not self.cluster.namespace_active(key.namespace):
+            try:
+                emptied = (
+                    deleted and key.namespace is not None and not self.cluster.namespace_active(key.namespace)
+                )
+            except Exception:  # unknown: better a report too many than a tamper unsaid
+                emptied = False
+            if emptied:
                 return  # the namespace controller emptied it
             found.append((key, deleted))
             message = restored_message(key, deleted, seen_by=FOUND_AT_FIRST_RECONCILE)
@@ -573,8 +581,9 @@ class Reconciler:
                 restored_since,
                 listed_policies(status) if first else None,
                 put_back,
+                epoch,
             )
-            self._looked_at[profile_key] = uid
+            self._looked_at[profile_key] = (uid, epoch)
         except ApiException as exc:
             reason = Reason.TETRAGON_NOT_INSTALLED if exc.status == 404 else Reason.APPLY_FAILED
             message = TETRAGON_INSTALL_HINT if exc.status == 404 else _api_message(exc)
@@ -656,6 +665,7 @@ class Reconciler:
         restored_since: float | None = None,
         status_listed: frozenset[ObjectKey] | None = None,
         put_back: Callable[[ObjectKey, bool], None] | None = None,
+        epoch: int | None = None,
     ) -> tuple[frozenset[ObjectKey], frozenset[ObjectKey], int]:
         """Applies what is not as ``docs`` say and prunes the rest. ``status_listed`` (until
         this process has looked at the profile's policies: what its status lists as applied)
@@ -683,7 +693,7 @@ class Reconciler:
                 applied.add(key)
                 if restored_since is not None and stored_at is not None and stored_at < restored_since:
                     restored.add(key)
-                self.desired.stored(key, doc, applied=True)
+                self.desired.stored(key, doc, applied=True, epoch=epoch)
                 if unknown:
                     assert status_listed is not None and put_back is not None
                     # Gone only if the apply created it: an index still filling after a
@@ -692,7 +702,7 @@ class Reconciler:
                     if deleted is not None:
                         put_back(key, deleted)
             else:
-                self.desired.stored(key, doc)  # the watch's index or the LIST shows it as it is
+                self.desired.stored(key, doc, epoch=epoch)  # the watch's index or the LIST shows it as it is
         pruned = 0
         for key in sorted(stale, key=str):
             # Forgotten before it is deleted: its DELETED watch event must not read as drift.

@@ -81,6 +81,9 @@ class AppliedPolicies:
         #: that time which shows it otherwise shows someone else's write, not one of ours in
         #: flight.
         self._stored_at: dict[ObjectKey, float] = {}
+        #: Counts the standbys (forget_stored): a caller that read the cluster before one
+        #: must not vouch for what it read after (its reconcile finished after the standby).
+        self._epoch = 0
         self._clock = clock
         self._lock = threading.Lock()
 
@@ -112,13 +115,19 @@ class AppliedPolicies:
             now = self._clock()
             return [d for t, d in self._earlier.get(key, ()) if now - t < EARLIER_FOR]
 
-    def stored(self, key: ObjectKey, doc: dict[str, Any], applied: bool = False) -> None:
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def stored(
+        self, key: ObjectKey, doc: dict[str, Any], applied: bool = False, epoch: int | None = None
+    ) -> None:
         """The API server holds ``doc``, the current version: its apply returned just now
         (``applied``: the time moves to now), or the watch, the index or a LIST showed it (the
         first such time is kept). Not if another version was recorded meanwhile: a reader
         that compared against ``doc`` must not vouch for a version whose apply is in flight."""
         with self._lock:
-            if self._docs.get(key) is not doc:
+            if self._docs.get(key) is not doc or (epoch is not None and epoch != self._epoch):
                 return
             if applied:
                 self._stored_at[key] = self._clock()
@@ -130,6 +139,7 @@ class AppliedPolicies:
         and what this one knew stored no longer says anything about the cluster."""
         with self._lock:
             self._stored_at.clear()
+            self._epoch += 1
 
     def stored_at(self, key: ObjectKey) -> float | None:
         """Since when the API server is known to hold the current version, if it is."""

@@ -928,3 +928,66 @@ def test_a_policy_a_lagging_index_does_not_show_is_not_called_deleted() -> None:
     del r.cluster.indexed[r.by_kind["file"]]  # in the cluster, not (yet) in the index
     r.run()
     assert r.cluster.api_calls()[0] == ("apply", r.by_kind["file"]) and r.restored == []
+
+
+def test_the_outcome_names_what_the_first_look_said() -> None:
+    """The watch path leaves to it what its own reconcile's first look said
+    (handlers.watch_restored)."""
+    r = Restart()
+    r.delete(r.by_kind["exec"])
+    r.edit(r.by_kind["net"])
+    outcome = r.reconciler.reconcile(copy.deepcopy(r.profile.body))
+    assert sorted(outcome.restored_unseen, key=str) == sorted(
+        [(r.by_kind["exec"], True), (r.by_kind["net"], False)], key=str
+    )
+    assert not watch_restored(r.by_kind["net"], outcome) and len(r.restored) == 2
+
+
+def test_a_profile_made_again_is_looked_at_afresh() -> None:
+    """This process looked at the old one's policies (and pruned one of them); the new one's,
+    whose status another replica wrote listing that one, it has not."""
+    r = Restart()
+    listed = copy.deepcopy(r.profile.body["status"])
+    spec = copy.deepcopy(SPEC)
+    del spec["processes"]
+    r.profile.change(spec)
+    r.run()
+    assert r.by_kind["exec"] not in r.cluster.live  # pruned: this process knows it no more
+    r.profile.body["metadata"]["uid"] = "uid-2"
+    r.profile.change(SPEC)
+    r.profile.body["status"] = listed  # written by the other replica, which then lost it
+    r.run()
+    assert len(r.restored) == 1 and r.by_kind["exec"].name in r.restored[0] and "deleted" in r.restored[0]
+
+
+def test_a_deletion_is_said_when_the_namespace_check_fails() -> None:
+    r = Restart()
+    r.delete(r.by_kind["exec"])
+
+    def namespace_active(name: str) -> bool:
+        raise TimeoutError("read timed out")
+
+    r.cluster.namespace_active = namespace_active  # type: ignore[method-assign]
+    r.run()
+    assert len(r.restored) == 1 and r.by_kind["exec"].name in r.restored[0]
+
+
+def test_a_standby_during_a_reconcile_still_leaves_the_next_one_a_first_look() -> None:
+    """The gate says standby while a reconcile is applying: what that reconcile finishes
+    after must not count as looked at, nor as stored, for the replica's return."""
+    r = Restart()
+    r.edit(r.by_kind["net"])
+    apply = r.cluster.apply
+
+    def apply_then_standby(doc: dict[str, Any], owner: dict[str, Any]) -> bool:
+        created = apply(doc, owner)
+        r.reconciler.standby()
+        return created
+
+    r.cluster.apply = apply_then_standby  # type: ignore[method-assign]
+    r.run()
+    r.cluster.apply = apply  # type: ignore[method-assign]
+    r.restored.clear()
+    r.delete(r.by_kind["net"])  # while another replica was active, and then none
+    r.run()
+    assert len(r.restored) == 1 and r.by_kind["net"].name in r.restored[0] and "deleted" in r.restored[0]

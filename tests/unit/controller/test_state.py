@@ -165,8 +165,11 @@ def test_when_the_server_held_the_current_version_is_kept_until_another_is_recor
     assert applied.stored_at(key) is None
     applied.caught_up(key, second)  # the watch shows the new one
     assert applied.stored_at(key) == 30.0
+    epoch = applied.epoch  # a reconcile reads the cluster, then the replica goes standby
     applied.forget_stored()  # gone standby
     assert applied.stored_at(key) is None and applied.get(key) is second
+    applied.stored(key, second, applied=True, epoch=epoch)  # its apply returns after that
+    assert applied.stored_at(key) is None
     applied.stored(key, second)
     applied.discard(key)
     assert applied.stored_at(key) is None
