@@ -711,9 +711,9 @@ class Restart:
     """A profile reconciled by one process, then by a new one (a restart, a failover) that
     knows only the index and the profile's status; the new one's PolicyRestored messages kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, spec: dict[str, Any] | None = None) -> None:
         self.cluster = FakeCluster()
-        self.profile = Profile()
+        self.profile = Profile(spec)
         _run(_reconciler(self.cluster, no_events()), self.cluster, self.profile)
         self.keys = sorted(self.cluster.live, key=str)
         self.by_kind = {k.name.split("-")[1]: k for k in self.keys}
@@ -991,3 +991,13 @@ def test_a_standby_during_a_reconcile_still_leaves_the_next_one_a_first_look() -
     r.delete(r.by_kind["net"])  # while another replica was active, and then none
     r.run()
     assert len(r.restored) == 1 and r.by_kind["net"].name in r.restored[0] and "deleted" in r.restored[0]
+
+
+def test_a_first_look_whose_hostnames_do_not_resolve_still_names_what_it_said() -> None:
+    """Ready False (ResolutionFailed), the policies applied without the addresses: the
+    outcome names what the first look said, as an Applied one does."""
+    r = Restart({**SPEC, "network": {**SPEC["network"], "providers": ["openai"]}})
+    r.delete(r.by_kind["exec"])
+    outcome = r.reconciler.reconcile(copy.deepcopy(r.profile.body))
+    assert outcome.reason == "ResolutionFailed"
+    assert outcome.restored_unseen == ((r.by_kind["exec"], True),) and len(r.restored) == 1
