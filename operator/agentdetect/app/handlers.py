@@ -140,7 +140,7 @@ def verify_policies(
         for key, deleted in found:
             if key not in done[1].restored_keys:
                 continue  # not put back by this reconcile (pruned, failed, or restored already)
-            if deleted and key.namespace and not reconciler.cluster.namespace_active(key.namespace):
+            if deleted and reconciler.emptied(key):
                 continue  # the namespace controller emptied it
             reconciler.emit(
                 done[0],
@@ -505,8 +505,8 @@ def build_registry(
                 await asyncio.to_thread(restore, type, body, owner)
 
     def restore(type: str | None, body: kopf.Body, owner: tuple[str, str, str | None]) -> None:
-        namespace = body.metadata.namespace
-        if type == "DELETED" and namespace and not reconciler.cluster.namespace_active(namespace):
+        key = key_of(dict(body))
+        if type == "DELETED" and reconciler.emptied(key):
             return  # the namespace controller is emptying it: nothing to restore there
         log.info(
             "policy %s/%s drifted (%s); restoring",
@@ -515,7 +515,6 @@ def build_registry(
             (type or "").lower(),
         )
         done = reconcile_by_key(*owner)
-        key = key_of(dict(body))
         if done is not None and watch_restored(key, done[1]):
             # Not a transition of the profile's conditions, but news: someone changed what it
             # detects with.

@@ -166,11 +166,11 @@ def in_sync(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
 def changed_while_unwatched(doc: dict[str, Any], live: dict[str, Any] | None, listed: bool) -> bool | None:
     """A policy a new process finds on its first reconcile of the profile, which no watch of
     its own saw change: True if it is gone (``listed``: the profile's status lists it as
-    applied, and the apply that put it back created it),
-    False if it carries the content hash of ``doc`` (agentdetect wrote this very content
-    last: render.spec_hash) but no longer the content (someone else's edit since), None
-    otherwise. A policy whose hash is another is one agentdetect rendered otherwise before (a
-    spec changed while no operator ran, a new template): an update, not a tamper."""
+    applied, and the apply that put it back created it), False if it carries the content
+    hash of ``doc`` (agentdetect wrote this very content last: render.spec_hash) but no
+    longer the content (someone else's edit since), None otherwise. A policy whose hash is
+    another is one agentdetect rendered otherwise before (a spec changed while no operator
+    ran, a new template): an update, not a tamper."""
     if live is None:
         return True if listed else None
     written = (live.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_HASH)
@@ -350,6 +350,11 @@ class Reconciler:
         #: happened to them (it was not running, or stood by since), and its reconcile asks
         #: the policies themselves (:func:`changed_while_unwatched`).
         self._looked_at: dict[ProfileKey, tuple[str, int]] = {}
+
+    def emptied(self, key: ObjectKey) -> bool:
+        """Whether a namespaced policy's namespace is being deleted: the namespace controller,
+        not someone, removes what is in it, and nothing is to be restored there."""
+        return bool(key.namespace) and not self.cluster.namespace_active(str(key.namespace))
 
     def standby(self) -> None:
         """This replica went standby: another writes meanwhile, and what it knew of the
@@ -555,19 +560,24 @@ class Reconciler:
         uid = body["metadata"].get("uid") or ""
         epoch = self.desired.epoch
         first = self._looked_at.get(profile_key) != (uid, epoch)
+        listed = listed_policies(status)
         found: list[tuple[ObjectKey, bool]] = []
 
-        def put_back(key: ObjectKey, deleted: bool) -> None:
-            """Said as soon as its apply returns: a later failure (another apply, the status
-            patch) must not lose it, and kopf's retry does not know it was put back."""
+        def put_back(key: ObjectKey, doc: dict[str, Any], live: dict[str, Any] | None, created: bool) -> None:
+            """A policy not known stored, just applied: PolicyRestored if someone else changed
+            or deleted it (:func:`changed_while_unwatched`; gone only if the apply created it,
+            since an index still filling after a standby may not show one another replica
+            made). Said as soon as its apply returns: a later failure (another apply, the
+            status patch) must not lose it, and kopf's retry does not know it was put back."""
+            deleted = changed_while_unwatched(doc, live, key in listed and created)
+            if deleted is None:
+                return
             try:
-                emptied = (
-                    deleted and key.namespace is not None and not self.cluster.namespace_active(key.namespace)
-                )
+                emptied = deleted and self.emptied(key)
             except Exception:  # unknown: better a report too many than a tamper unsaid
                 emptied = False
             if emptied:
-                return  # the namespace controller emptied it
+                return
             found.append((key, deleted))
             message = restored_message(key, deleted, seen_by=FOUND_AT_FIRST_RECONCILE)
             self.emit(dict(body), "Warning", Reason.POLICY_RESTORED, message)
@@ -579,8 +589,7 @@ class Reconciler:
                 owner,
                 owned,
                 restored_since,
-                listed_policies(status) if first else None,
-                put_back,
+                put_back if first else None,
                 epoch,
             )
             self._looked_at[profile_key] = (uid, epoch)
@@ -633,12 +642,20 @@ class Reconciler:
                 f"without them, retrying every {self.config.resolve_interval:.0f}s"
             )
             outcome = Outcome(
-                False, Reason.RESOLUTION_FAILED, msg, applied_keys, restored_keys, pruned, None, unseen
+                False,
+                Reason.RESOLUTION_FAILED,
+                msg,
+                applied_keys,
+                restored_keys,
+                pruned,
+                restored_unseen=unseen,
             )
             return outcome, new_status
         msg = f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied"
         message = "; ".join([msg, *notes])
-        outcome = Outcome(True, Reason.APPLIED, message, applied_keys, restored_keys, pruned, None, unseen)
+        outcome = Outcome(
+            True, Reason.APPLIED, message, applied_keys, restored_keys, pruned, restored_unseen=unseen
+        )
         return outcome, new_status
 
     def _owned_now(
@@ -663,14 +680,13 @@ class Reconciler:
         owner: dict[str, Any],
         listed: list[dict[str, Any]] | None = None,
         restored_since: float | None = None,
-        status_listed: frozenset[ObjectKey] | None = None,
-        put_back: Callable[[ObjectKey, bool], None] | None = None,
+        put_back: Callable[[ObjectKey, dict[str, Any], dict[str, Any] | None, bool], None] | None = None,
         epoch: int | None = None,
     ) -> tuple[frozenset[ObjectKey], frozenset[ObjectKey], int]:
-        """Applies what is not as ``docs`` say and prunes the rest. ``status_listed`` (until
-        this process has looked at the profile's policies: what its status lists as applied)
-        asks which of those not known stored were put back after someone else's write
-        (:func:`changed_while_unwatched`): ``put_back`` hears of each as its apply returns."""
+        """Applies what is not as ``docs`` say and prunes the rest. ``put_back`` (until this
+        process has looked at the profile's policies) hears of each policy not known stored
+        as its apply returns: its key, doc, what the index showed and whether the apply
+        created it."""
         live = self._owned_now(profile, listed)
         wanted = {key_of(d): d for d in docs}
         # Pruned: what the watch shows owned, and what this process applied for the profile,
@@ -683,7 +699,7 @@ class Reconciler:
             stored_at = self.desired.stored_at(key)
             # Known stored as last applied (applied or seen by this process, since it last
             # stood by): its watch and the sweep speak for what happened to it since.
-            unknown = status_listed is not None and put_back is not None and stored_at is None
+            unknown = put_back is not None and stored_at is None
             # Recorded first: a policy the server took before the call failed is still pruned
             # when a later spec drops it, and its watch event is checked against it.
             self.desired.record(key, doc)
@@ -695,12 +711,8 @@ class Reconciler:
                     restored.add(key)
                 self.desired.stored(key, doc, applied=True, epoch=epoch)
                 if unknown:
-                    assert status_listed is not None and put_back is not None
-                    # Gone only if the apply created it: an index still filling after a
-                    # standby may not show one another replica made.
-                    deleted = changed_while_unwatched(doc, live.get(key), key in status_listed and created)
-                    if deleted is not None:
-                        put_back(key, deleted)
+                    assert put_back is not None
+                    put_back(key, doc, live.get(key), created)
             else:
                 self.desired.stored(key, doc, epoch=epoch)  # the watch's index or the LIST shows it as it is
         pruned = 0

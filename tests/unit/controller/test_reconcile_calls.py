@@ -605,21 +605,29 @@ def test_policies_a_reconcile_finds_as_they_should_be_count_as_stored() -> None:
     assert restarted.tampered(_listed(t.cluster), began=20.0) == {}
 
 
+def restored_messages(reconciler: Reconciler) -> list[str]:
+    """The messages of the PolicyRestored Events ``reconciler`` posts from now on, each
+    checked to be a Warning (its Events still go where they went)."""
+    restored: list[str] = []
+    emit = reconciler.emit
+
+    def capture(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        emit(body, type_, reason, message)
+        if reason == "PolicyRestored":
+            assert type_ == "Warning"
+            restored.append(message)
+
+    reconciler.emit = capture
+    return restored
+
+
 class Sweep(Clocked):
     """Clocked, with the sweep's check run as the operator runs it (handlers.verify_policies),
     its PolicyRestored messages kept."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.restored: list[str] = []
-        emit = self.reconciler.emit
-
-        def capture(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-            emit(body, type_, reason, message)
-            if reason == "PolicyRestored":
-                self.restored.append(message)
-
-        self.reconciler.emit = capture
+        self.restored = restored_messages(self.reconciler)
         #: What happens between the sweep's LIST and its reconcile (the watch path, say).
         self.meanwhile: Callable[[], None] = lambda: None
 
@@ -718,17 +726,8 @@ class Restart:
         self.keys = sorted(self.cluster.live, key=str)
         self.by_kind = {k.name.split("-")[1]: k for k in self.keys}
         self.events: list[tuple[str, str]] = []
-        self.restored: list[str] = []
         self.reconciler = _reconciler(self.cluster, self.events)
-        emit = self.reconciler.emit
-
-        def capture(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-            emit(body, type_, reason, message)
-            if reason == "PolicyRestored":
-                assert type_ == "Warning"
-                self.restored.append(message)
-
-        self.reconciler.emit = capture
+        self.restored = restored_messages(self.reconciler)
 
     def delete(self, key: ObjectKey) -> None:
         """Deleted while no operator ran: gone from the cluster and so from the new index."""
