@@ -120,9 +120,9 @@ def verify_policies(
     as the watch path says what it sees. Not for a profile recreated under the same name (its
     old policies went with the old one), nor for what the watch path put back since the LIST
     (decided under the profile's lock: Outcome.restored_keys)."""
-    began = reconciler.desired.now()
+    began, epoch = reconciler.desired.now(), reconciler.desired.epoch
     listed = reconciler.cluster.list_ours(namespaces)
-    tampered = reconciler.tampered(listed, began, namespaces)
+    tampered = reconciler.tampered(listed, began, namespaces, epoch)
     for kind, namespace, name in reconciler.unsettled(listed, namespaces):
         log.info(
             "%s %s/%s: its policies are not as last applied (a watch event missed); reconciling from a list",

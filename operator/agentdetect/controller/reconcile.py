@@ -785,7 +785,11 @@ class Reconciler:
         return sorted(out, key=str)
 
     def tampered(
-        self, listed: list[dict[str, Any]], began: float, namespaces: Collection[str] = ()
+        self,
+        listed: list[dict[str, Any]],
+        began: float,
+        namespaces: Collection[str] = (),
+        epoch: int | None = None,
     ) -> dict[ProfileKey, list[tuple[ObjectKey, bool]]]:
         """Per profile, its policies ``listed`` (a LIST begun at ``began``, on the clock of
         ``desired``) shows changed or gone, each with whether it is gone, among those the API
@@ -794,7 +798,9 @@ class Reconciler:
         and the caller posts PolicyRestored, as the watch path does for what it sees; this is
         what the watch did not see (it was down, or kopf listed again after a gap and reports
         no deletion). A policy the LIST shows as last applied is known stored from then on
-        (after a standby, nothing is known stored until something shows it)."""
+        (after a standby, nothing is known stored until something shows it): unless a standby
+        came after ``epoch``, the standby count when the LIST began (AppliedPolicies.epoch),
+        since another replica may have written since the LIST was read."""
         by_key = {key_of(obj): obj for obj in listed}
         out: dict[ProfileKey, list[tuple[ObjectKey, bool]]] = {}
         for key, doc in sorted(self.desired.items(), key=lambda item: str(item[0])):
@@ -803,7 +809,7 @@ class Reconciler:
             stored_at = self.desired.stored_at(key)
             live = by_key.get(key)
             if live is not None and in_sync(doc, live):
-                self.desired.stored(key, doc)  # known stored from here on, if it was not
+                self.desired.stored(key, doc, epoch=epoch)  # known stored from here on, if it was not
             elif stored_at is not None and stored_at < began:
                 out.setdefault(owner_of(doc), []).append((key, live is None))
         return out

@@ -693,6 +693,30 @@ def test_the_sweep_says_nothing_for_a_new_profile_of_the_same_name() -> None:
     assert t.restored == [] and t.keys[0] in t.cluster.live
 
 
+def test_a_list_read_before_a_standby_vouches_for_nothing_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replica went standby while its sweep's LIST was under way: what the LIST showed in
+    sync must not count as stored from then on, or the other replica's writes meanwhile (here
+    its own rendering, another spec-hash) read as someone's tamper once this one leads again."""
+    t = Sweep()
+    list_ours = t.cluster.list_ours
+
+    def list_then_standby(namespaces: Any = ()) -> list[dict[str, Any]]:
+        listed = list_ours(namespaces)
+        t.reconciler.standby()
+        return listed
+
+    monkeypatch.setattr(t.cluster, "list_ours", list_then_standby)
+    t.verify()  # all in sync: nothing reconciled, nothing said
+    monkeypatch.setattr(t.cluster, "list_ours", list_ours)
+    rewritten = t.cluster.live[t.keys[0]]
+    rewritten["spec"]["kprobes"] = []
+    rewritten["metadata"]["annotations"][ANNOTATION_HASH] = "the-other-replicas-rendering"
+    t.now[0] = 30.0
+    t.verify()
+    assert t.restored == []
+    assert t.cluster.live[t.keys[0]]["spec"]["kprobes"] != []  # this one's rendering again
+
+
 def test_the_sweep_says_nothing_for_a_policy_it_did_not_put_back() -> None:
     t = Sweep()
     net = next(k for k in t.keys if k.name.startswith("chatbot-net-"))
