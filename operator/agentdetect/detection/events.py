@@ -252,10 +252,21 @@ class _Line(msgspec.Struct, gc=False):
     process_accept: _Skip = None
 
 
+class _KprobeLine(msgspec.Struct, gc=False):
+    """:class:`_Line` as the counting path reads it (detection.count): its fields typed alike,
+    the other kinds skipped as unknown keys are (both only check that the JSON is valid), so a
+    line decodes here exactly when it does there, to the same values. Fewer fields to fill in
+    and to free: 6% of the decode's own instructions on a short-parent line (callgrind)."""
+
+    process_kprobe: _Kprobe | None = None
+    time: str | None = None
+    node_name: str | None = None
+
+
 OTHER_KINDS = frozenset(_Line.__struct_fields__) - {"process_kprobe", "time", "node_name"}
 _decode = msgspec.json.Decoder(_Line).decode
-#: The typed decode alone (bench/events.py times it beside the whole parse).
-decode_line = _decode
+#: The counting path's typed decode (bench/events.py times it alone beside the whole parse).
+decode_line = msgspec.json.Decoder(_KprobeLine).decode
 _NO_POD_TYPED = _Pod("", "")
 _COUNTED = ("events", "ignored", "malformed", "truncated", "unknown", "oversized")
 

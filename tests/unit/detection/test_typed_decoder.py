@@ -48,6 +48,10 @@ def broken(lines: list[bytes]) -> list[bytes]:
         out.append(line.replace(b'"binary":"', b'"binary":"\xff', 1))  # invalid UTF-8, read
         out.append(line.replace(b'"time":"', b'"unread":"\xc0\xaf","time":"', 1))  # and unread
         out.append(line.replace(b'"binary":"', b'"binary":"caf\xc3\xa9 ', 1))  # valid, not ASCII
+        # Fields the counting path's decoder skips as unknown (detection.count): another
+        # kind's key beside process_kprobe, and the one field it types but does not read.
+        out.append(line.replace(b'"time":"', b'"process_exec":{"a":[1,{}]},"time":"', 1))
+        out.append(line.replace(b'"node_name":"', b'"node_name":7,"n":"', 1))
     out += [
         b"",
         b"   ",
