@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import orjson
 
+from agentdetect.detection import events
 from agentdetect.detection.events import (
+    HOOK_OF_FUNCTION,
+    KILLED_ACTIONS,
     MAX_LINE_BYTES,
     ParseStats,
     parse_line,
@@ -85,3 +89,17 @@ def test_the_typed_decoder_answers_as_the_reference_parser_on_every_line() -> No
         mine, theirs = ParseStats(), ParseStats()
         assert parse_line(line, mine) == parse_line_reference(line, theirs), line[:300]
         assert mine == theirs, (line[:300], mine, theirs)
+
+
+def test_the_counting_decoder_takes_every_hook_and_every_action_of_our_events() -> None:
+    """A name the counting path's decoder refuses sends its line the whole way, one line at a
+    time: counted alike (test_count), but at several times the cost. So every function name a
+    hook is read from, and every action Tetragon's recorded events from our policies carry,
+    must be one it takes."""
+    hints = get_type_hints(events._CountedKprobe)
+    assert set(get_args(hints["function_name"])) == set(HOOK_OF_FUNCTION)
+    literal, none = get_args(hints["action"])
+    assert none is type(None)
+    shapes = json.loads((REPO / "tests" / "data" / "tetragon_event_shapes.json").read_text())
+    recorded = {s["event"]["process_kprobe"]["action"] for s in shapes if "process_kprobe" in s["event"]}
+    assert recorded and recorded | KILLED_ACTIONS <= set(get_args(literal))
