@@ -178,6 +178,40 @@ def test_a_policy_deleted_while_the_watch_was_away_is_restored_and_said_so(fault
     assert converged is not None, check
 
 
+def test_a_policy_stripped_of_its_label_is_restored_and_said_changed(faults_lab: Lab) -> None:
+    """Someone removed agentdetect's managed-by label: the watch (filtered by it) and the
+    sweep's LIST (selected by it) stop showing the policy, but it is there. The sweep puts the
+    label back and says the policy was changed, not deleted: the apply found it (200)."""
+    lab = faults_lab
+    if not any(op.proc is not None and op.proc.poll() is None for op in lab.operators):
+        lab.start_operator()
+    ns, name = lab.create_profile("tampered")
+    victim = _applied(lab, ns, name)[0]
+    custom: Any = client.CustomObjectsApi(lab.api)
+    strip = {"metadata": {"labels": {"app.kubernetes.io/managed-by": None}}}
+    custom.patch_namespaced_custom_object(
+        "cilium.io", "v1alpha1", ns, "tracingpoliciesnamespaced", victim, strip
+    )
+    want = (
+        f"TracingPolicyNamespaced {ns}/{victim} was changed outside agentdetect; restored "
+        "(found by a periodic list; the watch did not see it)"
+    )
+    deadline = time.monotonic() + 90
+    while True:
+        found = [e for e in _policy_restored_events(lab) if e.involved_object.name == name]
+        if found:
+            break
+        assert time.monotonic() < deadline, "no PolicyRestored Event"
+        time.sleep(0.5)
+    time.sleep(6.0)  # another sweep pass: nothing more to say
+    found = [e for e in _policy_restored_events(lab) if e.involved_object.name == name]
+    assert [(e.type, e.message) for e in found] == [("Warning", want)]
+    live = custom.get_namespaced_custom_object(
+        "cilium.io", "v1alpha1", ns, "tracingpoliciesnamespaced", victim
+    )
+    assert live["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "agentdetect"
+
+
 def test_no_policy_was_reported_restored_that_nobody_touched(faults_lab: Lab) -> None:
     """Every fault above (kills, a failover, an API server restart, churn, a foreground
     deletion) with the sweep comparing a LIST of every policy against what was applied every

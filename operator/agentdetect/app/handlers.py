@@ -137,9 +137,11 @@ def verify_policies(
         found = tampered.get(profile_key, ())
         if done is None or not found or (done[0]["metadata"].get("uid") or "") != uid:
             continue  # gone, nothing tampered with, or a new profile of the same name
-        for key, deleted in found:
+        for key, missing in found:
             if key not in done[1].restored_keys:
                 continue  # not put back by this reconcile (pruned, failed, or restored already)
+            # Missing from a LIST by our label, yet there for the apply: relabelled, a change.
+            deleted = missing and key in done[1].recreated_keys
             if deleted and reconciler.emptied(key):
                 continue  # the namespace controller emptied it
             reconciler.emit(

@@ -102,6 +102,9 @@ class Outcome:
     #: or deleted (True) by someone else while no watch of this process could see it
     #: (:func:`changed_while_unwatched`): PolicyRestored was posted for each as it was put back.
     restored_unseen: tuple[tuple[ObjectKey, bool], ...] = ()
+    #: Of ``restored_keys``, the ones whose apply created them (201): gone before it, where the
+    #: rest were there, only not as applied (a LIST by label misses one relabelled).
+    recreated_keys: frozenset[ObjectKey] = frozenset()
 
     @property
     def applied(self) -> int:
@@ -583,7 +586,7 @@ class Reconciler:
             self.emit(dict(body), "Warning", Reason.POLICY_RESTORED, message)
 
         try:
-            applied_keys, restored_keys, pruned = self._sync(
+            applied_keys, restored, pruned = self._sync(
                 profile,
                 docs,
                 owner,
@@ -601,6 +604,8 @@ class Reconciler:
             )
             return outcome, {"resolved": resolved_status(profile, resolved)}
         unseen = tuple(found)
+        restored_keys = frozenset(restored)
+        recreated = frozenset(key for key, created in restored.items() if created)
 
         if profile.kind == "ClusterAgentDetectionProfile":
             spec = profile.spec
@@ -649,12 +654,20 @@ class Reconciler:
                 restored_keys,
                 pruned,
                 restored_unseen=unseen,
+                recreated_keys=recreated,
             )
             return outcome, new_status
         msg = f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied"
         message = "; ".join([msg, *notes])
         outcome = Outcome(
-            True, Reason.APPLIED, message, applied_keys, restored_keys, pruned, restored_unseen=unseen
+            True,
+            Reason.APPLIED,
+            message,
+            applied_keys,
+            restored_keys,
+            pruned,
+            restored_unseen=unseen,
+            recreated_keys=recreated,
         )
         return outcome, new_status
 
@@ -682,11 +695,12 @@ class Reconciler:
         restored_since: float | None = None,
         put_back: Callable[[ObjectKey, dict[str, Any], dict[str, Any] | None, bool], None] | None = None,
         epoch: int | None = None,
-    ) -> tuple[frozenset[ObjectKey], frozenset[ObjectKey], int]:
-        """Applies what is not as ``docs`` say and prunes the rest. ``put_back`` (until this
-        process has looked at the profile's policies) hears of each policy not known stored
-        as its apply returns: its key, doc, what the index showed and whether the apply
-        created it."""
+    ) -> tuple[frozenset[ObjectKey], dict[ObjectKey, bool], int]:
+        """Applies what is not as ``docs`` say and prunes the rest: what it applied, what of
+        that it put back (Outcome.restored_keys) with whether the apply created it, and how
+        many it pruned. ``put_back`` (until this process has looked at the profile's policies)
+        hears of each policy not known stored as its apply returns: its key, doc, what the
+        index showed and whether the apply created it."""
         live = self._owned_now(profile, listed)
         wanted = {key_of(d): d for d in docs}
         # Pruned: what the watch shows owned, and what this process applied for the profile,
@@ -694,7 +708,7 @@ class Reconciler:
         owned = live.keys() | self.desired.owned_keys(profile.kind, profile.name, profile.namespace)
         stale = owned - wanted.keys()
         applied: set[ObjectKey] = set()
-        restored: set[ObjectKey] = set()
+        restored: dict[ObjectKey, bool] = {}
         for key, doc in wanted.items():
             stored_at = self.desired.stored_at(key)
             # Known stored as last applied (applied or seen by this process, since it last
@@ -708,7 +722,7 @@ class Reconciler:
                 created = self.cluster.apply(doc, owner)
                 applied.add(key)
                 if restored_since is not None and stored_at is not None and stored_at < restored_since:
-                    restored.add(key)
+                    restored[key] = created
                 self.desired.stored(key, doc, applied=True, epoch=epoch)
                 if unknown:
                     assert put_back is not None
@@ -730,7 +744,7 @@ class Reconciler:
                 len(applied),
                 pruned,
             )
-        return frozenset(applied), frozenset(restored), pruned
+        return frozenset(applied), restored, pruned
 
     # ---- event-driven checks (no API calls unless something is off) ------------------------
 

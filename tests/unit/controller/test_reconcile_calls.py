@@ -17,7 +17,7 @@ from agentdetect.cluster.kube import ObjectKey, key_of
 from agentdetect.controller.reconcile import Config, Outcome, Reconciler
 from agentdetect.controller.state import AppliedPolicies, owned_by
 from agentdetect.policy.board import ProfileKey
-from agentdetect.policy.render import ANNOTATION_HASH
+from agentdetect.policy.render import ANNOTATION_HASH, LABEL_MANAGED_BY, MANAGED_BY
 from agentdetect.policy.resolve import StaticResolver
 
 ADP = "AgentDetectionProfile"
@@ -65,8 +65,13 @@ class FakeCluster:
         return created
 
     def list_ours(self, namespaces: Any = ()) -> list[dict[str, Any]]:
-        """The sweep's LIST: the cluster as it is, not as the index says."""
-        return [copy.deepcopy(d) for d in self.live.values()]
+        """The sweep's LIST, by the label agentdetect puts on its policies: the cluster as it
+        is, not as the index says."""
+        return [
+            copy.deepcopy(d)
+            for d in self.live.values()
+            if d["metadata"].get("labels", {}).get(LABEL_MANAGED_BY) == MANAGED_BY
+        ]
 
     def namespace_active(self, name: str) -> bool:
         return name not in self.terminating
@@ -691,6 +696,20 @@ def test_the_sweep_says_nothing_for_a_new_profile_of_the_same_name() -> None:
     t.profile.body["metadata"]["uid"] = "uid-2"
     t.verify()
     assert t.restored == [] and t.keys[0] in t.cluster.live
+
+
+def test_the_sweep_says_a_relabelled_policy_was_changed_not_deleted() -> None:
+    """Someone removed agentdetect's label: the LIST by that label misses the policy, but the
+    apply that puts the label back finds it there (200, not 201 Created)."""
+    t = Sweep()
+    relabelled = t.keys[0]
+    del t.cluster.live[relabelled]["metadata"]["labels"][LABEL_MANAGED_BY]
+    del t.cluster.indexed[relabelled]  # kopf's index is filtered by the label too
+    t.verify()
+    assert t.restored == [
+        f"TracingPolicyNamespaced team/{relabelled.name} was changed outside agentdetect; restored {FOUND}"
+    ]
+    assert t.cluster.live[relabelled]["metadata"]["labels"][LABEL_MANAGED_BY] == MANAGED_BY
 
 
 def test_a_list_read_before_a_standby_vouches_for_nothing_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
