@@ -76,6 +76,15 @@ def _policy_restored_events(lab: Lab) -> list[Any]:
     return list(events.items)
 
 
+def _first_restored(lab: Lab, profile: str) -> list[Any]:
+    """The PolicyRestored Events of a profile, once there is one (a sweep pass may take 90 s)."""
+    deadline = time.monotonic() + 90
+    while not (found := [e for e in _policy_restored_events(lab) if e.involved_object.name == profile]):
+        assert time.monotonic() < deadline, "no PolicyRestored Event"
+        time.sleep(0.5)
+    return found
+
+
 def _applied(lab: Lab, ns: str, name: str) -> list[str]:
     """The policies of a profile the lab created, once it is Applied."""
     deadline = time.monotonic() + 60
@@ -165,13 +174,7 @@ def test_a_policy_deleted_while_the_watch_was_away_is_restored_and_said_so(fault
         f"TracingPolicyNamespaced {ns}/{victim} was deleted outside agentdetect; restored "
         "(found by a periodic list; the watch did not see it)"
     )
-    deadline = time.monotonic() + 90
-    while True:
-        found = [e for e in _policy_restored_events(lab) if e.involved_object.name == name]
-        if found:
-            break
-        assert time.monotonic() < deadline, "no PolicyRestored Event"
-        time.sleep(0.5)
+    found = _first_restored(lab, name)
     assert [(e.type, e.message) for e in found] == [("Warning", want)]
     custom.get_namespaced_custom_object("cilium.io", "v1alpha1", ns, "tracingpoliciesnamespaced", victim)
     converged, check = lab.converge(time.monotonic())
@@ -196,15 +199,9 @@ def test_a_policy_stripped_of_its_label_is_restored_and_said_changed(faults_lab:
         f"TracingPolicyNamespaced {ns}/{victim} was changed outside agentdetect; restored "
         "(found by a periodic list; the watch did not see it)"
     )
-    deadline = time.monotonic() + 90
-    while True:
-        found = [e for e in _policy_restored_events(lab) if e.involved_object.name == name]
-        if found:
-            break
-        assert time.monotonic() < deadline, "no PolicyRestored Event"
-        time.sleep(0.5)
+    found = _first_restored(lab, name)
     time.sleep(6.0)  # another sweep pass: nothing more to say
-    found = [e for e in _policy_restored_events(lab) if e.involved_object.name == name]
+    found = _first_restored(lab, name)
     assert [(e.type, e.message) for e in found] == [("Warning", want)]
     live = custom.get_namespaced_custom_object(
         "cilium.io", "v1alpha1", ns, "tracingpoliciesnamespaced", victim
