@@ -269,15 +269,14 @@ class _CountedKprobe(msgspec.Struct, gc=False):
     action: Literal["KPROBE_ACTION_POST", "KPROBE_ACTION_SIGKILL", "KPROBE_ACTION_OVERRIDE"] | None = None
 
 
-class _KprobeLine(msgspec.Struct, gc=False):
-    """:class:`_Line` as the counting path reads it (detection.count): its fields typed alike
-    or narrower (:class:`_CountedKprobe`), the other kinds skipped as unknown keys are (both
-    only check that the JSON is valid), so a line decodes here only when it does there, to
-    the same values. Fewer fields to fill in and to free (README: instructions per event)."""
+class _KprobeLine(_Line, gc=False):
+    """:class:`_Line` as the counting path reads it (detection.count): the same fields, in the
+    same order, typed alike but for ``process_kprobe`` (:class:`_CountedKprobe`, narrower), so
+    a line decodes here only when it decodes there, to the same values. The other kinds stay:
+    their type takes null only (msgspec has no ``Raw | None``), so a line that carries one
+    fails ``_Line`` and goes to the reference parser, and must not be counted here instead."""
 
     process_kprobe: _CountedKprobe | None = None
-    time: str | None = None
-    node_name: str | None = None
 
 
 OTHER_KINDS = frozenset(_Line.__struct_fields__) - {"process_kprobe", "time", "node_name"}
