@@ -252,10 +252,11 @@ class _Line(msgspec.Struct, gc=False):
     process_accept: _Skip = None
 
 
-class _CountedKprobe(msgspec.Struct, gc=False):
-    """:class:`_Kprobe` with its two names of a few values typed as those values (the keys of
-    HOOK_OF_FUNCTION; the actions of Tetragon's events from agentdetect's policies, recorded
-    in tests/data/tetragon_event_shapes.json, and KILLED_ACTIONS): msgspec returns the very
+class _CountedKprobe(_Kprobe, gc=False):
+    """:class:`_Kprobe` (its fields, in its order) with its two names of a few values typed as
+    those values (the keys of HOOK_OF_FUNCTION; the actions of Tetragon's events from
+    agentdetect's policies, recorded in tests/data/tetragon_event_shapes.json, and
+    KILLED_ACTIONS): msgspec returns the very
     strings below, whose hashes are kept, instead of building two strings per line and
     hashing them for the lookups. Any other value fails this decode, and the line takes the
     whole path, as every line the counting path does not read."""
@@ -263,9 +264,6 @@ class _CountedKprobe(msgspec.Struct, gc=False):
     function_name: Literal[
         "tcp_connect", "fd_install", "sys_execve", "__x64_sys_execve", "__arm64_sys_execve"
     ]
-    process: _Process
-    policy_name: str | None = None
-    args: list[_Arg] | None = None
     action: Literal["KPROBE_ACTION_POST", "KPROBE_ACTION_SIGKILL", "KPROBE_ACTION_OVERRIDE"] | None = None
 
 
