@@ -130,6 +130,10 @@ def verify_policies(
             namespace or "-",
             name,
         )
+        if reconciler.desired.epoch != epoch:
+            # Stood by since the LIST: another replica may have written since, and a reconcile
+            # from it would take what it shows as stored. The next pass lists again.
+            return
         profile_key = (kind, namespace, name)
         uid = reconciler.reconciled.uid(profile_key)
         mine = [p for p in listed if owner_of(p) == profile_key]

@@ -698,6 +698,37 @@ def test_the_sweep_says_nothing_for_a_new_profile_of_the_same_name() -> None:
     assert t.restored == [] and t.keys[0] in t.cluster.live
 
 
+def test_a_list_read_before_a_standby_reconciles_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, with the profile unsettled by the LIST (one policy deleted): a reconcile from
+    that LIST took its in-sync policies as stored (review finding), and the other replica's
+    rewrite then read as a tamper. The sweep stops at the standby; the next pass, back in the
+    lead, puts back the deleted one as the first look after a standby does, and says nothing
+    of the rewritten one."""
+    t = Sweep()
+    gone = t.keys[1]
+    del t.cluster.live[gone]
+    list_ours = t.cluster.list_ours
+
+    def list_then_standby(namespaces: Any = ()) -> list[dict[str, Any]]:
+        listed = list_ours(namespaces)
+        t.reconciler.standby()
+        return listed
+
+    monkeypatch.setattr(t.cluster, "list_ours", list_then_standby)
+    t.verify()
+    assert gone not in t.cluster.live and t.restored == []  # nothing reconciled from that LIST
+    monkeypatch.setattr(t.cluster, "list_ours", list_ours)
+    rewritten = t.cluster.live[t.keys[0]]
+    rewritten["spec"]["kprobes"] = []
+    rewritten["metadata"]["annotations"][ANNOTATION_HASH] = "the-other-replicas-rendering"
+    t.now[0] = 30.0
+    t.verify()
+    assert t.restored == [
+        f"TracingPolicyNamespaced team/{gone.name} was deleted outside agentdetect; restored {FIRST}"
+    ]
+    assert gone in t.cluster.live and t.cluster.live[t.keys[0]]["spec"]["kprobes"] != []
+
+
 def test_the_sweep_says_a_relabelled_policy_was_changed_not_deleted() -> None:
     """Someone removed agentdetect's label: the LIST by that label misses the policy, but the
     apply that puts the label back finds it there (200, not 201 Created)."""
