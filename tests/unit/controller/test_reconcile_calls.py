@@ -651,6 +651,27 @@ class Sweep(Clocked):
     def verify(self) -> None:
         verify_policies(self.reconciler, self.reconcile_by_key, [])
 
+    def verify_with_a_standby_during_the_list(self) -> None:
+        """verify(), this replica going standby while the sweep's LIST is under way."""
+        list_ours = self.cluster.list_ours
+
+        def list_then_standby(namespaces: Any = ()) -> list[dict[str, Any]]:
+            listed = list_ours(namespaces)
+            self.reconciler.standby()
+            return listed
+
+        setattr(self.cluster, "list_ours", list_then_standby)  # noqa: B010 (mypy: a method)
+        try:
+            self.verify()
+        finally:
+            delattr(self.cluster, "list_ours")  # the class's method again
+
+    def rewritten_by_the_other_replica(self, key: ObjectKey) -> None:
+        """What the replica that led meanwhile wrote: its own rendering, another spec-hash."""
+        rewritten = self.cluster.live[key]
+        rewritten["spec"]["kprobes"] = []
+        rewritten["metadata"]["annotations"][ANNOTATION_HASH] = "the-other-replicas-rendering"
+
 
 FOUND = "(found by a periodic list; the watch did not see it)"
 
@@ -698,7 +719,20 @@ def test_the_sweep_says_nothing_for_a_new_profile_of_the_same_name() -> None:
     assert t.restored == [] and t.keys[0] in t.cluster.live
 
 
-def test_a_list_read_before_a_standby_reconciles_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_list_read_before_a_standby_vouches_for_nothing_after_it() -> None:
+    """The replica went standby while its sweep's LIST was under way: what the LIST showed in
+    sync must not count as stored from then on, or the other replica's writes meanwhile read
+    as someone's tamper once this one leads again."""
+    t = Sweep()
+    t.verify_with_a_standby_during_the_list()  # all in sync: nothing reconciled, nothing said
+    t.rewritten_by_the_other_replica(t.keys[0])
+    t.now[0] = 30.0
+    t.verify()
+    assert t.restored == []
+    assert t.cluster.live[t.keys[0]]["spec"]["kprobes"] != []  # this one's rendering again
+
+
+def test_a_list_read_before_a_standby_reconciles_nothing() -> None:
     """As above, with the profile unsettled by the LIST (one policy deleted): a reconcile from
     that LIST took its in-sync policies as stored (review finding), and the other replica's
     rewrite then read as a tamper. The sweep stops at the standby; the next pass, back in the
@@ -707,20 +741,9 @@ def test_a_list_read_before_a_standby_reconciles_nothing(monkeypatch: pytest.Mon
     t = Sweep()
     gone = t.keys[1]
     del t.cluster.live[gone]
-    list_ours = t.cluster.list_ours
-
-    def list_then_standby(namespaces: Any = ()) -> list[dict[str, Any]]:
-        listed = list_ours(namespaces)
-        t.reconciler.standby()
-        return listed
-
-    monkeypatch.setattr(t.cluster, "list_ours", list_then_standby)
-    t.verify()
+    t.verify_with_a_standby_during_the_list()
     assert gone not in t.cluster.live and t.restored == []  # nothing reconciled from that LIST
-    monkeypatch.setattr(t.cluster, "list_ours", list_ours)
-    rewritten = t.cluster.live[t.keys[0]]
-    rewritten["spec"]["kprobes"] = []
-    rewritten["metadata"]["annotations"][ANNOTATION_HASH] = "the-other-replicas-rendering"
+    t.rewritten_by_the_other_replica(t.keys[0])
     t.now[0] = 30.0
     t.verify()
     assert t.restored == [
@@ -741,30 +764,6 @@ def test_the_sweep_says_a_relabelled_policy_was_changed_not_deleted() -> None:
         f"TracingPolicyNamespaced team/{relabelled.name} was changed outside agentdetect; restored {FOUND}"
     ]
     assert t.cluster.live[relabelled]["metadata"]["labels"][LABEL_MANAGED_BY] == MANAGED_BY
-
-
-def test_a_list_read_before_a_standby_vouches_for_nothing_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The replica went standby while its sweep's LIST was under way: what the LIST showed in
-    sync must not count as stored from then on, or the other replica's writes meanwhile (here
-    its own rendering, another spec-hash) read as someone's tamper once this one leads again."""
-    t = Sweep()
-    list_ours = t.cluster.list_ours
-
-    def list_then_standby(namespaces: Any = ()) -> list[dict[str, Any]]:
-        listed = list_ours(namespaces)
-        t.reconciler.standby()
-        return listed
-
-    monkeypatch.setattr(t.cluster, "list_ours", list_then_standby)
-    t.verify()  # all in sync: nothing reconciled, nothing said
-    monkeypatch.setattr(t.cluster, "list_ours", list_ours)
-    rewritten = t.cluster.live[t.keys[0]]
-    rewritten["spec"]["kprobes"] = []
-    rewritten["metadata"]["annotations"][ANNOTATION_HASH] = "the-other-replicas-rendering"
-    t.now[0] = 30.0
-    t.verify()
-    assert t.restored == []
-    assert t.cluster.live[t.keys[0]]["spec"]["kprobes"] != []  # this one's rendering again
 
 
 def test_the_sweep_says_nothing_for_a_policy_it_did_not_put_back() -> None:
