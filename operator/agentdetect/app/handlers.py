@@ -124,16 +124,16 @@ def verify_policies(
     listed = reconciler.cluster.list_ours(namespaces)
     tampered = reconciler.tampered(listed, began, namespaces, epoch)
     for kind, namespace, name in reconciler.unsettled(listed, namespaces):
+        if reconciler.desired.epoch != epoch:
+            # Stood by since the LIST: another replica may have written since, and a reconcile
+            # from it would take what it shows as stored. The next pass lists again.
+            return
         log.info(
             "%s %s/%s: its policies are not as last applied (a watch event missed); reconciling from a list",
             kind,
             namespace or "-",
             name,
         )
-        if reconciler.desired.epoch != epoch:
-            # Stood by since the LIST: another replica may have written since, and a reconcile
-            # from it would take what it shows as stored. The next pass lists again.
-            return
         profile_key = (kind, namespace, name)
         uid = reconciler.reconciled.uid(profile_key)
         mine = [p for p in listed if owner_of(p) == profile_key]

@@ -603,9 +603,6 @@ class Reconciler:
                 False, reason, message, retry_after=self.config.retry_delay, restored_unseen=tuple(found)
             )
             return outcome, {"resolved": resolved_status(profile, resolved)}
-        unseen = tuple(found)
-        restored_keys = frozenset(restored)
-        recreated = frozenset(key for key, created in restored.items() if created)
 
         if profile.kind == "ClusterAgentDetectionProfile":
             spec = profile.spec
@@ -642,32 +639,23 @@ class Reconciler:
             notes.append("no namespace matches namespaceSelector")
         if failed:
             errors = "; ".join(r.error or "" for r in failed.values())
-            msg = (
+            ready, reason = False, Reason.RESOLUTION_FAILED
+            message = (
                 f"could not resolve {', '.join(sorted(failed))}: {errors}; {len(docs)} policies applied "
                 f"without them, retrying every {self.config.resolve_interval:.0f}s"
             )
-            outcome = Outcome(
-                False,
-                Reason.RESOLUTION_FAILED,
-                msg,
-                applied_keys,
-                restored_keys,
-                pruned,
-                restored_unseen=unseen,
-                recreated_keys=recreated,
-            )
-            return outcome, new_status
-        msg = f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied"
-        message = "; ".join([msg, *notes])
+        else:
+            ready, reason = True, Reason.APPLIED
+            message = "; ".join([f"{len(docs)} {'policy' if len(docs) == 1 else 'policies'} applied", *notes])
         outcome = Outcome(
-            True,
-            Reason.APPLIED,
+            ready,
+            reason,
             message,
             applied_keys,
-            restored_keys,
+            frozenset(restored),
             pruned,
-            restored_unseen=unseen,
-            recreated_keys=recreated,
+            restored_unseen=tuple(found),
+            recreated_keys=frozenset(key for key, created in restored.items() if created),
         )
         return outcome, new_status
 
@@ -711,9 +699,6 @@ class Reconciler:
         restored: dict[ObjectKey, bool] = {}
         for key, doc in wanted.items():
             stored_at = self.desired.stored_at(key)
-            # Known stored as last applied (applied or seen by this process, since it last
-            # stood by): its watch and the sweep speak for what happened to it since.
-            unknown = put_back is not None and stored_at is None
             # Recorded first: a policy the server took before the call failed is still pruned
             # when a later spec drops it, and its watch event is checked against it.
             self.desired.record(key, doc)
@@ -724,8 +709,9 @@ class Reconciler:
                 if restored_since is not None and stored_at is not None and stored_at < restored_since:
                     restored[key] = created
                 self.desired.stored(key, doc, applied=True, epoch=epoch)
-                if unknown:
-                    assert put_back is not None
+                if put_back is not None and stored_at is None:
+                    # Not known stored as last applied (applied or seen by this process since
+                    # it last stood by), so no watch or sweep of its own speaks for it.
                     put_back(key, doc, live.get(key), created)
             else:
                 self.desired.stored(key, doc, epoch=epoch)  # the watch's index or the LIST shows it as it is
