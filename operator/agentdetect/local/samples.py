@@ -127,6 +127,25 @@ def kprobe_event(
     }
 
 
+def lifecycle_events(kprobe: dict[str, Any], exit_time: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``process_exec`` and ``process_exit`` Tetragon exports around a kprobe event's
+    process (its ``process`` and ``parent``, the envelope's node): the two kinds a real export
+    carries far more of than kprobes, which detection counts as ignored. Shapes as in
+    tests/data/tetragon_event_shapes.json; the exit's ``signal`` and ``status`` are fields of
+    ProcessExit in api/v1/tetragon/tetragon.proto."""
+    inner = kprobe["process_kprobe"]
+    lineage = {"process": inner["process"], "parent": inner["parent"]}
+    node, started = kprobe["node_name"], inner["process"]["start_time"]
+    return (
+        {"process_exec": lineage, "node_name": node, "time": started},
+        {
+            "process_exit": {**lineage, "signal": "SIGTERM", "status": 143},
+            "node_name": node,
+            "time": exit_time,
+        },
+    )
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A policy and what its hook sees: targets are (address, port), paths or file names."""
