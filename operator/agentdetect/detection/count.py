@@ -8,9 +8,10 @@ fields to its record in two dict lookups: (policy, hook, pod namespace, target, 
 that a match depends on (Matcher._answer), to the table of the matched rule's pods in that
 namespace (Aggregator.indexed), then the pod's name to its record.
 
-Every other line takes the whole path, one line at a time and in order: parse_line, then
-Matcher.match, then Aggregator.add or add_at, which also fill the tables. That is the first
-line of a (rule, pod), a line the short path does not read (malformed, another kind, its
+A line of another kind (process_exec and process_exit, most of a real export) is counted as
+ignored once decoded. Every other line takes the whole path, one line at a time and in order:
+parse_line, then Matcher.match, then Aggregator.add or add_at, which also fill the tables.
+That is the first line of a (rule, pod), a line the short path does not read (malformed, its
 argument elsewhere, a process outside any pod), a line a record's stream position already
 counts, and anything over a cap. tests/unit/detection/test_count.py holds this to the whole
 path, line by line: the same records, stream positions, dirty marks and counts.
@@ -30,6 +31,7 @@ from agentdetect.detection.events import (
     MAX_LINE_BYTES,
     ParseStats,
     decode_line,
+    is_other_kind,
     normalize_time,
     parse_line,
 )
@@ -64,7 +66,7 @@ class LineCounter:
         kubelet timestamp in ``stamps``, a line its record already counts is passed over."""
         tables, whole, dirty, unmatched_table = self._tables, self._whole, self.aggregator.dirty, _UNMATCHED
         decode, hooks, killed_actions = decode_line, HOOK_OF_FUNCTION, KILLED_ACTIONS
-        counted = unmatched = 0
+        counted = unmatched = ignored = 0
         for i, line in enumerate(lines):
             stamp = stamps[i] if stream is not None else 0
             if len(line) > MAX_LINE_BYTES or not line.isascii():
@@ -78,6 +80,11 @@ class LineCounter:
             # The checks of events._event_of for a line with its argument where Tetragon puts
             # it: a line that passes them is an event there, with these fields.
             kprobe = doc.process_kprobe
+            if kprobe is None and is_other_kind(doc):
+                # Another kind's event (process_exec and _exit are most of a real export):
+                # parse_line counts it as ignored, whatever else the line holds.
+                ignored += 1
+                continue
             time = doc.time
             if kprobe is None or time is None:
                 whole(line, stats, stream, stamp)
@@ -140,8 +147,9 @@ class LineCounter:
                 entry.dirty = True
                 dirty.add(key)
             counted += 1
-        stats.lines += counted + unmatched
+        stats.lines += counted + unmatched + ignored
         stats.events += counted + unmatched
+        stats.ignored += ignored
         self.matcher.unmatched += unmatched
 
     def _whole(self, line: bytes | str, stats: ParseStats, stream: str | None, stamp: int) -> None:

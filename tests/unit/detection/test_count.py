@@ -19,7 +19,7 @@ from agentdetect.detection.events import ParseStats, parse_line
 from agentdetect.detection.match import Matcher
 from agentdetect.detection.pipeline import Pipeline
 from agentdetect.detection.records import detection_object, record_of
-from agentdetect.local.samples import kprobe_event, stream
+from agentdetect.local.samples import kprobe_event, lifecycle_events, stream
 from agentdetect.policy.board import ProfileBoard
 from agentdetect.policy.profiles import parse_profile
 from tests.unit.detect_helpers import line, policy_of, small_board, state_of, ts
@@ -120,11 +120,20 @@ def busy_stream(seed: int = 3) -> tuple[ProfileBoard, list[bytes | str]]:
     other_names = [raw.replace(b'"KPROBE_ACTION_POST"', b'"KPROBE_ACTION_NOTIFYENFORCER"') for raw in posted]
     other_names += [raw.replace(b'"function_name":"tcp_', b'"function_name":"tcp\\u005f') for raw in connects]
     assert len(other_names) == 400
-    # Counted lines that also carry another kind's key (review finding: the counting path's
-    # decoder skipped it, where the whole path's refuses it and asks the reference parser,
-    # which refuses a number out of a double's range that msgspec skips).
+    # Counted lines that also carry another kind's key, any value (a number beyond a double
+    # included, which msgspec skips and orjson refuses: test_typed_decoder).
     other_names += [b'{"process_exec":1e999,' + raw[1:] for raw in connects[:50]]
     other_names += [b'{"process_exec":{},' + raw[1:] for raw in connects[50:100]]
+    # Another kind's events, which the counting path counts as ignored once decoded: the exec
+    # and exit around a counted line's process, and the same with a kprobe key that is null,
+    # or with another kind that is null.
+    kinds: list[bytes] = []
+    for raw in posted[:100]:
+        for other in lifecycle_events(orjson.loads(raw), ts(1)):
+            kinds.append(orjson.dumps(other))
+    kinds += [b'{"process_kprobe":null,' + raw[1:] for raw in kinds[:40]]
+    kinds += [b'{"process_lsm":null,"time":"' + ts(i).encode() + b'"}' for i in range(20)]
+    other_names += kinds
     host = [_host_line(host_policy, i, ("/root/.ssh/id_rsa", "/etc/hostname")[i % 2]) for i in range(40)]
     host += [_host_line(scenarios[1].policy, i) for i in range(5)]  # a namespaced policy's: unmatched
     lines += killed * 3 + short_times + other_names + host + small_lines * 5
@@ -146,6 +155,7 @@ def test_feed_many_counts_as_the_whole_path(batch: int) -> None:
     assert_same(pipeline, reference)
     # Not a vacuous comparison: most lines took the short path, and every kind of line is here.
     assert reference.stats.events > 6_000 and reference.unmatched > 0 and reference.stats.malformed > 0
+    assert reference.stats.ignored > 250 and reference.stats.unknown > 0
     assert any(r.killed for p in reference.aggregator.pods.values() for r in p.rules.values())
     assert reference.aggregator.host and len(pipeline._counter._tables) > 0
 
