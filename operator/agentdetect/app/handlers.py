@@ -105,9 +105,11 @@ def index_reader(index: Mapping[ProfileKey, Any]) -> Callable[[ProfileKey], list
 
 
 #: A reconcile of one profile by key, from a fresh read: (kind, name, namespace, the policies
-#: a LIST showed, the LIST's start) to the profile and the outcome, or None if it is gone.
+#: a LIST showed, the LIST's start, the standby count then) to the profile and the outcome, or
+#: None if it is gone.
 ReconcileByKey = Callable[
-    [str, str, str | None, list[dict[str, Any]] | None, float | None], tuple[dict[str, Any], Outcome] | None
+    [str, str, str | None, list[dict[str, Any]] | None, float | None, int | None],
+    tuple[dict[str, Any], Outcome] | None,
 ]
 
 
@@ -126,7 +128,8 @@ def verify_policies(
     for kind, namespace, name in reconciler.unsettled(listed, namespaces):
         if reconciler.desired.epoch != epoch:
             # Stood by since the LIST: another replica may have written since, and a reconcile
-            # from it would take what it shows as stored. The next pass lists again.
+            # from it would take what it shows as stored. The next pass lists again. (A
+            # standby after this check: the reconcile drops the LIST, by its epoch.)
             return
         log.info(
             "%s %s/%s: its policies are not as last applied (a watch event missed); reconciling from a list",
@@ -137,7 +140,7 @@ def verify_policies(
         profile_key = (kind, namespace, name)
         uid = reconciler.reconciled.uid(profile_key)
         mine = [p for p in listed if owner_of(p) == profile_key]
-        done = reconcile_by_key(kind, name, namespace, mine, began)
+        done = reconcile_by_key(kind, name, namespace, mine, began, epoch)
         found = tampered.get(profile_key, ())
         if done is None or not found or (done[0]["metadata"].get("uid") or "") != uid:
             continue  # gone, nothing tampered with, or a new profile of the same name
@@ -355,9 +358,10 @@ def build_registry(
         owned: list[dict[str, Any]] | None = None,
         read_at: float | None = None,
         restored_since: float | None = None,
+        listed_epoch: int | None = None,
     ) -> Outcome:
         with metrics.reconcile(body["kind"]) as record:
-            outcome = reconciler.reconcile(body, owned, read_at, restored_since)
+            outcome = reconciler.reconcile(body, owned, read_at, restored_since, listed_epoch)
             record.ready, record.reason = outcome.ready, outcome.reason
             record.applied, record.pruned = outcome.applied, outcome.pruned
         if outcome.reason != "Deleted":
@@ -380,6 +384,7 @@ def build_registry(
         namespace: str | None,
         owned: list[dict[str, Any]] | None = None,
         restored_since: float | None = None,
+        listed_epoch: int | None = None,
     ) -> tuple[dict[str, Any], Outcome] | None:
         """The profile read afresh and reconciled: it and the outcome, or None if it is gone.
         Gone while the watch was away (kopf lists again after a gap but reports no deletion),
@@ -392,7 +397,7 @@ def build_registry(
             if uid is not None:
                 forget_profile(kind, name, namespace, uid, only_uid=True)
             return None
-        return body, measured(body, owned, read_at, restored_since)
+        return body, measured(body, owned, read_at, restored_since, listed_epoch)
 
     def verify() -> None:
         verify_policies(reconciler, reconcile_by_key, namespaces)

@@ -417,6 +417,7 @@ class Reconciler:
         owned: list[dict[str, Any]] | None = None,
         read_at: float | None = None,
         restored_since: float | None = None,
+        listed_epoch: int | None = None,
     ) -> Outcome:
         """Events are posted for transitions only: Ready's status or reason changed (its first
         report included), or PolicyFilterBudget turned False; a reconcile that changes neither
@@ -426,7 +427,10 @@ class Reconciler:
         it; a body from kopf's watch may lag this process's own last write.
         ``restored_since``: a LIST's start (on the clock of ``desired``); the outcome names
         the policies applied that were known stored before it, decided under the profile's
-        lock, so a restore by the watch path since the LIST is not counted again."""
+        lock, so a restore by the watch path since the LIST is not counted again.
+        ``listed_epoch``: the standby count when that LIST began (AppliedPolicies.epoch); if
+        this replica stood by since, the LIST is dropped (another replica may have written
+        after it) and the profile's policies are listed again."""
         meta = body["metadata"]
         key = (body["kind"], meta.get("namespace"), meta["name"])
         with self._lock(*key):
@@ -439,7 +443,7 @@ class Reconciler:
                 return Outcome(False, Reason.DELETED, "the profile is being deleted")
             now = now_rfc3339()
             status = dict(body.get("status") or {})
-            outcome, new_status = self._reconcile(body, status, now, owned, restored_since)
+            outcome, new_status = self._reconcile(body, status, now, owned, restored_since, listed_epoch)
             new_status["observedGeneration"] = meta.get("generation")
             new_status["conditions"] = ready_condition(
                 status.get("conditions") or [],
@@ -523,6 +527,7 @@ class Reconciler:
         now: str,
         owned: list[dict[str, Any]] | None,
         restored_since: float | None = None,
+        listed_epoch: int | None = None,
     ) -> tuple[Outcome, dict[str, Any]]:
         try:
             profile = parse_profile(body)
@@ -562,6 +567,12 @@ class Reconciler:
         profile_key = (profile.kind, profile.namespace, profile.name)
         uid = body["metadata"].get("uid") or ""
         epoch = self.desired.epoch
+        # A LIST from before a standby is not evidence of what is stored now (another replica
+        # may have written since), and the index may lag what it caught: listed again, under
+        # the lock and the current count, as a first look after a standby.
+        relist = owned is not None and listed_epoch is not None and listed_epoch != epoch
+        if relist:
+            restored_since = None
         first = self._looked_at.get(profile_key) != (uid, epoch)
         listed = listed_policies(status)
         found: list[tuple[ObjectKey, bool]] = []
@@ -586,6 +597,8 @@ class Reconciler:
             self.emit(dict(body), "Warning", Reason.POLICY_RESTORED, message)
 
         try:
+            if relist:
+                owned = self.cluster.list_owned(profile.kind, profile.name, profile.namespace)
             applied_keys, restored, pruned = self._sync(
                 profile,
                 docs,

@@ -643,10 +643,11 @@ class Sweep(Clocked):
         namespace: str | None,
         owned: list[dict[str, Any]] | None = None,
         restored_since: float | None = None,
+        listed_epoch: int | None = None,
     ) -> tuple[dict[str, Any], Any]:
         self.meanwhile()
         body = copy.deepcopy(self.profile.body)
-        return body, self.reconciler.reconcile(body, owned, None, restored_since)
+        return body, self.reconciler.reconcile(body, owned, None, restored_since, listed_epoch)
 
     def verify(self) -> None:
         verify_policies(self.reconciler, self.reconcile_by_key, [])
@@ -1073,3 +1074,33 @@ def test_a_first_look_whose_hostnames_do_not_resolve_still_names_what_it_said() 
     outcome = r.reconciler.reconcile(copy.deepcopy(r.profile.body))
     assert outcome.reason == "ResolutionFailed"
     assert outcome.restored_unseen == ((r.by_kind["exec"], True),) and len(r.restored) == 1
+
+
+def test_a_standby_between_the_sweeps_check_and_its_reconcile_drops_the_list() -> None:
+    """The window left by the check above: the replica stands by after the sweep's last check,
+    before its reconcile reads the standby count (one GET apart), and the other replica writes
+    meanwhile. A reconcile from that LIST took what it showed in sync as stored and left the
+    other replica's rewrite in place, to be read as a tamper later; the LIST's own count,
+    passed along, drops it."""
+    t = Sweep()
+    gone = t.keys[1]
+    del t.cluster.live[gone]
+
+    def standby_and_the_other_replica_writes() -> None:
+        t.reconciler.standby()
+        t.rewritten_by_the_other_replica(t.keys[0])
+
+    t.meanwhile = standby_and_the_other_replica_writes
+    t.verify()
+    t.meanwhile = lambda: None
+    # Reconciled from the policies listed again: both put back, the deletion said as a first
+    # look after a standby says it, the other replica's rendering not said at all.
+    assert gone in t.cluster.live and t.cluster.live[t.keys[0]]["spec"]["kprobes"] != []
+    assert t.restored == [
+        f"TracingPolicyNamespaced team/{gone.name} was deleted outside agentdetect; restored {FIRST}"
+    ]
+    assert t.cluster.api_calls().count(("list", ("AgentDetectionProfile", "team", "chatbot"))) == 1
+    t.restored.clear()
+    t.now[0] = 30.0
+    t.verify()
+    assert t.restored == []
