@@ -26,6 +26,8 @@ class Reason(StrEnum):
     RENDER_FAILED = "RenderFailed"
     #: Not a condition: what a reconcile of a profile already deleted returns.
     DELETED = "Deleted"
+    #: Not a condition: what a reconcile from a LIST returns when this replica stood by since.
+    STOOD_BY = "StoodBy"
     # PolicyFilterBudget
     WITHIN_BUDGET = "WithinBudget"
     BUDGET_EXCEEDED = "BudgetExceeded"

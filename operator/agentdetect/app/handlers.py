@@ -129,7 +129,7 @@ def verify_policies(
         if reconciler.desired.epoch != epoch:
             # Stood by since the LIST: another replica may have written since, and a reconcile
             # from it would take what it shows as stored. The next pass lists again. (A
-            # standby after this check: the reconcile drops the LIST, by its epoch.)
+            # standby after this check: the reconcile does nothing, by the LIST's epoch.)
             return
         log.info(
             "%s %s/%s: its policies are not as last applied (a watch event missed); reconciling from a list",
@@ -363,8 +363,9 @@ def build_registry(
         with metrics.reconcile(body["kind"]) as record:
             outcome = reconciler.reconcile(body, owned, read_at, restored_since, listed_epoch)
             record.ready, record.reason = outcome.ready, outcome.reason
+            record.skipped = outcome.reason in (Reason.DELETED, Reason.STOOD_BY)
             record.applied, record.pruned = outcome.applied, outcome.pruned
-        if outcome.reason != "Deleted":
+        if not record.skipped:
             meta = body["metadata"]
             metrics.set_ready((body["kind"], meta.get("namespace"), meta["name"]), outcome.ready)
         return outcome

@@ -274,6 +274,7 @@ class Metrics:
         self.reconciles = Counter(
             "agentdetect_reconciles",
             "Profile reconciles, by kind and result (applied, failed: a status condition says why, "
+            "skipped: nothing to reconcile, the profile deleted or this replica stood by, "
             "error: an exception).",
             ["kind", "result", "reason"],
             registry=self.registry,
@@ -349,7 +350,7 @@ class Metrics:
             self.reconciles.labels(kind, "error", "Exception").inc()
             raise
         else:
-            result = "applied" if record.ready else "failed"
+            result = "applied" if record.ready else "skipped" if record.skipped else "failed"
             self.reconciles.labels(kind, result, record.reason).inc()
             self.policies_applied.inc(record.applied)
             self.policies_pruned.inc(record.pruned)
@@ -361,5 +362,7 @@ class Metrics:
 class ReconcileRecord:
     ready: bool = False
     reason: str = ""
+    #: Nothing was reconciled (no status condition was written): not a failure.
+    skipped: bool = False
     applied: int = 0
     pruned: int = 0

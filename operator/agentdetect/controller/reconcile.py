@@ -429,8 +429,7 @@ class Reconciler:
         the policies applied that were known stored before it, decided under the profile's
         lock, so a restore by the watch path since the LIST is not counted again.
         ``listed_epoch``: the standby count when that LIST began (AppliedPolicies.epoch); if
-        this replica stood by since, the LIST is dropped (another replica may have written
-        after it) and the profile's policies are listed again."""
+        this replica stood by since, nothing is done (Reason.STOOD_BY)."""
         meta = body["metadata"]
         key = (body["kind"], meta.get("namespace"), meta["name"])
         with self._lock(*key):
@@ -441,9 +440,14 @@ class Reconciler:
                 # --cascade=foreground) the garbage collector deletes its policies first, and
                 # applying them again would fight it (and read as their restore).
                 return Outcome(False, Reason.DELETED, "the profile is being deleted")
+            epoch = self.desired.epoch
+            if listed_epoch is not None and listed_epoch != epoch:
+                # Stood by since the LIST: another replica may have written after it, and a
+                # standby writes nothing. Whichever replica leads lists again.
+                return Outcome(False, Reason.STOOD_BY, "stood by since the list to reconcile from")
             now = now_rfc3339()
             status = dict(body.get("status") or {})
-            outcome, new_status = self._reconcile(body, status, now, owned, restored_since, listed_epoch)
+            outcome, new_status = self._reconcile(body, status, now, owned, restored_since, epoch)
             new_status["observedGeneration"] = meta.get("generation")
             new_status["conditions"] = ready_condition(
                 status.get("conditions") or [],
@@ -526,9 +530,11 @@ class Reconciler:
         status: dict[str, Any],
         now: str,
         owned: list[dict[str, Any]] | None,
-        restored_since: float | None = None,
-        listed_epoch: int | None = None,
+        restored_since: float | None,
+        epoch: int,
     ) -> tuple[Outcome, dict[str, Any]]:
+        """``epoch``: the standby count this reconcile reads under (AppliedPolicies.epoch); a
+        standby since makes what it stores and looks at count for nothing."""
         try:
             profile = parse_profile(body)
         except ValueError as exc:
@@ -566,13 +572,6 @@ class Reconciler:
         owner = owner_reference(dict(body))
         profile_key = (profile.kind, profile.namespace, profile.name)
         uid = body["metadata"].get("uid") or ""
-        epoch = self.desired.epoch
-        # A LIST from before a standby is not evidence of what is stored now (another replica
-        # may have written since), and the index may lag what it caught: listed again, under
-        # the lock and the current count, as a first look after a standby.
-        relist = owned is not None and listed_epoch is not None and listed_epoch != epoch
-        if relist:
-            restored_since = None
         first = self._looked_at.get(profile_key) != (uid, epoch)
         listed = listed_policies(status)
         found: list[tuple[ObjectKey, bool]] = []
@@ -597,8 +596,6 @@ class Reconciler:
             self.emit(dict(body), "Warning", Reason.POLICY_RESTORED, message)
 
         try:
-            if relist:
-                owned = self.cluster.list_owned(profile.kind, profile.name, profile.namespace)
             applied_keys, restored, pruned = self._sync(
                 profile,
                 docs,

@@ -36,16 +36,19 @@ def test_reconcile_counts_results_reasons_and_policies() -> None:
         rec.ready, rec.reason, rec.applied = True, "Applied", 3
     with metrics.reconcile("AgentDetectionProfile") as rec:
         rec.ready, rec.reason = False, "InvalidSpec"
+    with metrics.reconcile("AgentDetectionProfile") as rec:
+        rec.ready, rec.reason, rec.skipped = False, "StoodBy", True
     with pytest.raises(RuntimeError), metrics.reconcile("ClusterAgentDetectionProfile"):
         raise RuntimeError("API down")
     got = samples(metrics)
     kind = ("kind", "AgentDetectionProfile")
     assert got[("agentdetect_reconciles_total", (kind, ("reason", "Applied"), ("result", "applied")))] == 1
     assert got[("agentdetect_reconciles_total", (kind, ("reason", "InvalidSpec"), ("result", "failed")))] == 1
+    assert got[("agentdetect_reconciles_total", (kind, ("reason", "StoodBy"), ("result", "skipped")))] == 1
     cluster = ("kind", "ClusterAgentDetectionProfile")
     assert got[("agentdetect_reconciles_total", (cluster, ("reason", "Exception"), ("result", "error")))] == 1
     assert got[("agentdetect_policies_applied_total", ())] == 3
-    assert got[("agentdetect_reconcile_duration_seconds_count", (kind,))] == 2
+    assert got[("agentdetect_reconcile_duration_seconds_count", (kind,))] == 3
     assert got[("agentdetect_reconcile_duration_seconds_count", (cluster,))] == 1
 
 
