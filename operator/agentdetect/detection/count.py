@@ -74,7 +74,7 @@ class LineCounter:
                 continue
             try:
                 doc = decode(line)
-            except (msgspec.MsgspecError, RecursionError):  # as events._parse_one
+            except (msgspec.MsgspecError, RecursionError, UnicodeEncodeError):  # as events._parse_one
                 whole(line, stats, stream, stamp)
                 continue
             # The checks of events._event_of for a line with its argument where Tetragon puts

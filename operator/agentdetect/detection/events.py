@@ -11,7 +11,7 @@ every event and walking it was most of the cost per event.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -198,9 +198,16 @@ class _Process(msgspec.Struct, gc=False):
     pod: _Pod | None = None
 
 
+#: Integers orjson reads exactly (it does up to 2**64 - 1; msgspec's bounds stop at int64's):
+#: beyond, orjson reads a float (so the reference parser's port is that float's int) where
+#: msgspec reads the exact value. Outside this range the typed decode refuses the line and
+#: the reference parser answers.
+_ExactInt = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 class _Sock(msgspec.Struct, gc=False):
     daddr: str = ""
-    dport: int = 0
+    dport: _ExactInt = 0
 
 
 class _File(msgspec.Struct, gc=False):
@@ -317,22 +324,15 @@ def _parse_one(line: bytes | str, stats: ParseStats) -> Event | None:
             return None
     try:
         doc = _decode(line)
-    except (msgspec.ValidationError, RecursionError):
-        # Valid JSON of the wrong shape: not an object, or one of our fields mistyped. Or
-        # JSON nested deeper than the decoder recurses (msgspec raises RecursionError where
-        # orjson's limit is 1,024 levels): a hostile line must not stop the follower. The
-        # reference parser tells a non-event from a malformed event; so does this, by asking
-        # it (rare lines only).
+    except (msgspec.MsgspecError, RecursionError, UnicodeEncodeError):
+        # Valid JSON of the wrong shape (not an object, one of our fields mistyped), JSON
+        # nested deeper than the decoder recurses (msgspec raises RecursionError where
+        # orjson's limit is 1,024 levels), invalid JSON, or text with a lone surrogate (which
+        # has no UTF-8): a hostile line must not stop the follower. The reference parser tells
+        # a non-event from a malformed event, and a cut line from a bad one (msgspec says
+        # "truncated" wherever a token needs more bytes than are left, a lone "\ud800" at the
+        # end included, where orjson says malformed); so does this, by asking it (rare lines).
         return _by_reference(line, stats)
-    except msgspec.DecodeError as exc:
-        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-        if "truncated" in str(exc) and text.lstrip()[:1] == "{":
-            stats.truncated += 1
-        else:
-            # msgspec says "truncated" only at the very end; the reference parser also counts a
-            # line cut inside a string or a number as truncated: ask it.
-            return _by_reference(line, stats)
-        return None
     return _event_of(doc, stats)
 
 

@@ -142,6 +142,8 @@ def busy_stream(seed: int = 3) -> tuple[ProfileBoard, list[bytes | str]]:
     random.Random(seed).shuffle(lines)
     # Lines as text too (Pipeline.feed takes either), some of them events of the stream.
     every: list[bytes | str] = [*lines, *(raw.decode("utf-8", "replace") for raw in lines[:500])]
+    # And text with a lone surrogate, which has no UTF-8: the decode must not raise mid-batch.
+    every += [raw.decode("utf-8", "replace").replace('"time":"', '"time":"\ud800', 1) for raw in lines[:20]]
     return board, every
 
 
