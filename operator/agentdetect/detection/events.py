@@ -229,9 +229,10 @@ class _Kprobe(msgspec.Struct, gc=False):
 
 
 #: Any JSON value, left unparsed (msgspec skips it in C, checking its syntax as orjson would,
-#: but for a number beyond a double's range, which orjson refuses: test_typed_decoder pins
-#: that one difference); UNSET when the key is absent, since the reference parser asks
-#: whether the key is there, null or not.
+#: but for a number beyond a double's range and, on Python 3.12 and later, nesting beyond
+#: orjson's 1,024 levels, which orjson refuses: test_typed_decoder pins both differences, as
+#: for every value detection does not read); UNSET when the key is absent, since the
+#: reference parser asks whether the key is there, null or not.
 _Skip = msgspec.Raw | msgspec.UnsetType
 
 
@@ -326,8 +327,8 @@ def _parse_one(line: bytes | str, stats: ParseStats) -> Event | None:
         doc = _decode(line)
     except (msgspec.MsgspecError, RecursionError, UnicodeEncodeError):
         # Valid JSON of the wrong shape (not an object, one of our fields mistyped), JSON
-        # nested deeper than the decoder recurses (msgspec raises RecursionError where
-        # orjson's limit is 1,024 levels), invalid JSON, or text with a lone surrogate (which
+        # nested deeper than the decoder recurses (RecursionError: under 1,000 levels on
+        # Python 3.11, more on later ones), invalid JSON, or text with a lone surrogate (which
         # has no UTF-8): a hostile line must not stop the follower. The reference parser tells
         # a non-event from a malformed event, and a cut line from a bad one (msgspec says
         # "truncated" wherever a token needs more bytes than are left, a lone "\ud800" at the
