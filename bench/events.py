@@ -173,7 +173,10 @@ def throughput(
         ratios.append(spent[0] / spent[1])
     st = pipeline.stats
     assert st.lines == streamed.stats.lines == rounds * events, (st, streamed.stats)
-    assert st.events + st.ignored == rounds * events and st.ignored == (2 * st.events if lifecycle else 0), st
+    # With exec and exit lines, two of every three lines are ignored (give or take where the
+    # last round stops in the pool's cycle).
+    assert st.events + st.ignored == rounds * events, st
+    assert abs(st.ignored - 2 * st.events) <= 2 if lifecycle else st.ignored == 0, st
     assert streamed.stats == st and streamed.aggregator.stats.already_counted == 0
     tracked = len(pipeline.aggregator.pods)
     shape = f"{'full' if full_parent else 'short'} parent, {size:,.0f} B/line"
