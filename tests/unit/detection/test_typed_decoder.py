@@ -41,42 +41,52 @@ def corpus() -> list[bytes]:
     return lines
 
 
+#: Edits of a corpus line, each at the first place it fits: (where, what goes there).
+_EDITS: list[tuple[bytes, bytes]] = [
+    # Retyped fields.
+    (b'"dport":', b'"dport":"x'),
+    (b'"binary":"', b'"binary":7,"x":"'),
+    (b'"pod":{', b'"pod":{"name":null,'),
+    (b'"args":[', b'"args":[7,'),
+    (b'"time":"', b'"time":1,"t":"'),
+    (b'"policy_name":"', b'"policy_name":5,"p":"'),
+    (b'"function_name":"', b'"function_name":null,"f":"'),
+    # Invalid UTF-8 in a field read, and in one not read; valid UTF-8, not ASCII.
+    (b'"binary":"', b'"binary":"\xff'),
+    (b'"time":"', b'"unread":"\xc0\xaf","time":"'),
+    (b'"binary":"', b'"binary":"caf\xc3\xa9 '),
+    # Fields the counting path's decoder skips as unknown (detection.count): another kind's
+    # key beside process_kprobe (any value, null included), and the one field it types but
+    # does not read.
+    (b'"time":"', b'"process_exec":{"a":[1,{}]},"time":"'),
+    (b'"node_name":"', b'"node_name":7,"n":"'),
+    (b'"time":"', b'"process_exit":null,"time":"'),
+    # JSON msgspec must refuse in a value it skips unread (another kind's event, an unknown
+    # key), as orjson refuses it anywhere: a lone surrogate, a control character, a bad
+    # escape, NaN, a leading zero.
+    (b'"cwd":"', b'"cwd":"\\ud800'),
+    (b'"cwd":"', b'"cwd":"\x01'),
+    (b'"cwd":"', b'"cwd":"\\q'),
+    (b'"uid":', b'"uid":NaN,"u":'),
+    (b'"uid":', b'"uid":01,"u":'),
+    # Ports beyond the integers orjson reads exactly (it reads a float there), and the last
+    # it reads exactly.
+    (b'"dport":', b'"dport":18446744073709551616,"d":'),
+    (b'"dport":', b'"dport":-9223372036854775809,"d":'),
+    (b'"dport":', b'"dport":18446744073709551615,"d":'),
+]
+
+
 def broken(lines: list[bytes]) -> list[bytes]:
     """Every corpus line cut at a spread of lengths, retyped, and some garbage."""
     out: list[bytes] = []
     for line in lines[:60]:
         out += [line[:n] for n in range(0, len(line), max(1, len(line) // 40))]
-        out.append(line.replace(b'"dport":', b'"dport":"x', 1))
-        out.append(line.replace(b'"binary":"', b'"binary":7,"x":"', 1))
-        out.append(line.replace(b'"pod":{', b'"pod":{"name":null,', 1))
-        out.append(line.replace(b'"args":[', b'"args":[7,', 1))
-        out.append(line.replace(b'"time":"', b'"time":1,"t":"', 1))
-        out.append(line.replace(b'"policy_name":"', b'"policy_name":5,"p":"', 1))
-        out.append(line.replace(b'"function_name":"', b'"function_name":null,"f":"', 1))
-        out.append(line.replace(b'"binary":"', b'"binary":"\xff', 1))  # invalid UTF-8, read
-        out.append(line.replace(b'"time":"', b'"unread":"\xc0\xaf","time":"', 1))  # and unread
-        out.append(line.replace(b'"binary":"', b'"binary":"caf\xc3\xa9 ', 1))  # valid, not ASCII
-        # Fields the counting path's decoder skips as unknown (detection.count): another
-        # kind's key beside process_kprobe, and the one field it types but does not read.
-        out.append(line.replace(b'"time":"', b'"process_exec":{"a":[1,{}]},"time":"', 1))
-        out.append(line.replace(b'"node_name":"', b'"node_name":7,"n":"', 1))
-        out.append(line.replace(b'"time":"', b'"process_exit":null,"time":"', 1))
-        # JSON msgspec must refuse in a value it skips unread (another kind's event, an
-        # unknown key), as orjson refuses it anywhere: a lone surrogate, a control character,
-        # a bad escape, NaN, a leading zero.
-        out.append(line.replace(b'"cwd":"', b'"cwd":"\\ud800', 1))
-        out.append(line.replace(b'"cwd":"', b'"cwd":"\x01', 1))
-        out.append(line.replace(b'"cwd":"', b'"cwd":"\\q', 1))
-        out.append(line.replace(b'"uid":', b'"uid":NaN,"u":', 1))
-        out.append(line.replace(b'"uid":', b'"uid":01,"u":', 1))
+        out += [line.replace(spot, edit, 1) for spot, edit in _EDITS]
         # Cut where msgspec says "truncated" and orjson says malformed: in a literal, after a
         # lone surrogate escape.
         out.append(line.replace(b'"cwd":"', b'"cwd":no', 1)[: line.find(b'"cwd":') + 8])
         out.append(line.replace(b'"cwd":"', b'"cwd":"\\ud800"', 1)[: line.find(b'"cwd":') + 14])
-        # Ports beyond the integers orjson reads exactly (it reads a float there).
-        out.append(line.replace(b'"dport":', b'"dport":18446744073709551616,"d":', 1))
-        out.append(line.replace(b'"dport":', b'"dport":-9223372036854775809,"d":', 1))
-        out.append(line.replace(b'"dport":', b'"dport":18446744073709551615,"d":', 1))
     out += [
         b"",
         b"   ",
