@@ -146,6 +146,31 @@ def lifecycle_events(kprobe: dict[str, Any], exit_time: str) -> tuple[dict[str, 
     )
 
 
+def foreign_kprobe(kprobe: dict[str, Any]) -> dict[str, Any]:
+    """The same process seen by another TracingPolicy's kprobe on a hook agentdetect does not
+    read: security_file_permission as Tetragon's example policy "file-monitoring-filtered"
+    hooks it (examples/tracingpolicy/filename_monitoring_filtered.yaml: a file, then the
+    access mask, 2 for MAY_WRITE), which detection counts as ignored."""
+    inner = kprobe["process_kprobe"]
+    return {
+        "process_kprobe": {
+            "process": inner["process"],
+            "parent": inner["parent"],
+            "function_name": "security_file_permission",
+            "args": [
+                {"file_arg": {"path": "/etc/passwd", "permission": "-rw-r--r--"}},
+                {"int_arg": 2},
+            ],
+            "return": {"int_arg": 0},
+            "action": "KPROBE_ACTION_POST",
+            "policy_name": "file-monitoring-filtered",
+            "return_action": "KPROBE_ACTION_POST",
+        },
+        "node_name": kprobe["node_name"],
+        "time": kprobe["time"],
+    }
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A policy and what its hook sees: targets are (address, port), paths or file names."""
