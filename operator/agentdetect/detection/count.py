@@ -80,19 +80,24 @@ class LineCounter:
             # The checks of events._event_of for a line with its argument where Tetragon puts
             # it: a line that passes them is an event there, with these fields.
             kprobe = doc.process_kprobe
-            if kprobe is None and is_other_kind(doc):
-                # Another kind's event (process_exec and _exit are most of a real export):
-                # parse_line counts it as ignored, whatever else the line holds.
+            if kprobe is None:
+                if is_other_kind(doc):
+                    # Another kind's event (process_exec and _exit are most of a real
+                    # export): parse_line counts it as ignored, whatever else the line holds.
+                    ignored += 1
+                else:
+                    whole(line, stats, stream, stamp)
+                continue
+            hook = hooks.get(kprobe.function_name)
+            policy = kprobe.policy_name
+            if hook is None or not policy:
+                # Another policy's kprobe on a hook detection does not read, or no policy:
+                # ignored there too, whatever else the line holds.
                 ignored += 1
                 continue
             time = doc.time
-            if kprobe is None or time is None:
-                whole(line, stats, stream, stamp)
-                continue
-            hook = hooks.get(kprobe.function_name)
             args = kprobe.args
-            policy = kprobe.policy_name
-            if hook is None or not args or not policy:
+            if time is None or not args:
                 whole(line, stats, stream, stamp)
                 continue
             target = ""

@@ -17,7 +17,6 @@ import orjson
 
 from agentdetect.detection import events
 from agentdetect.detection.events import (
-    HOOK_OF_FUNCTION,
     KILLED_ACTIONS,
     MAX_LINE_BYTES,
     ParseStats,
@@ -184,11 +183,11 @@ def test_a_number_beyond_a_double_in_a_field_not_read_is_skipped_as_any_other_va
 
 def test_the_counting_decoder_takes_every_hook_and_every_action_of_our_events() -> None:
     """A name the counting path's decoder refuses sends its line the whole way, one line at a
-    time: counted alike (test_count), but at several times the cost. So every function name a
-    hook is read from, and every action Tetragon's recorded events from our policies carry,
-    must be one it takes."""
+    time: counted alike (test_count), but at several times the cost. So it takes every
+    function name (another policy's hooks are counted as ignored once decoded), and every
+    action Tetragon's recorded events from our policies carry."""
     hints = get_type_hints(events._CountedKprobe)
-    assert set(get_args(hints["function_name"])) == set(HOOK_OF_FUNCTION)
+    assert hints["function_name"] is str
     literal, none = get_args(hints["action"])
     assert none is type(None)
     shapes = json.loads((REPO / "tests" / "data" / "tetragon_event_shapes.json").read_text())
