@@ -263,17 +263,38 @@ class _Line(msgspec.Struct, gc=False):
     process_accept: _Skip = msgspec.UNSET
 
 
+#: Every KprobeAction Tetragon names (tetragon.proto's enum, 0 to 15, as listed in
+#: docs/content/en/docs/reference/grpc-api.md): another policy's kprobe may carry any of them.
+_KprobeAction = Literal[
+    "KPROBE_ACTION_UNKNOWN",
+    "KPROBE_ACTION_POST",
+    "KPROBE_ACTION_FOLLOWFD",
+    "KPROBE_ACTION_SIGKILL",
+    "KPROBE_ACTION_UNFOLLOWFD",
+    "KPROBE_ACTION_OVERRIDE",
+    "KPROBE_ACTION_COPYFD",
+    "KPROBE_ACTION_GETURL",
+    "KPROBE_ACTION_DNSLOOKUP",
+    "KPROBE_ACTION_NOPOST",
+    "KPROBE_ACTION_SIGNAL",
+    "KPROBE_ACTION_TRACKSOCK",
+    "KPROBE_ACTION_UNTRACKSOCK",
+    "KPROBE_ACTION_NOTIFYENFORCER",
+    "KPROBE_ACTION_CLEANUPENFORCERNOTIFICATION",
+    "KPROBE_ACTION_SET",
+]
+
+
 class _CountedKprobe(_Kprobe, gc=False):
-    """:class:`_Kprobe` (its fields, in its order) with its action typed as the few values it
-    takes (the actions of Tetragon's events from agentdetect's policies, recorded in
-    tests/data/tetragon_event_shapes.json, and KILLED_ACTIONS): msgspec returns the very
-    strings below, whose hashes are kept, instead of building one per line and hashing it for
-    the lookup. Any other value fails this decode, and the line takes the whole path. The
-    function name stays a string: another policy's kprobes, on hooks detection does not read,
-    are counted as ignored once decoded, where a name that failed the decode cost them an
+    """:class:`_Kprobe` (its fields, in its order) with its action typed as the values it
+    takes (_KprobeAction): msgspec returns the very strings above, whose hashes are kept,
+    instead of building one per line and hashing it for the killed-action lookup. A name
+    Tetragon adds later fails this decode, and the line takes the whole path. The function
+    name stays a string: another policy's kprobes, on hooks detection does not read, are
+    counted as ignored once decoded, where a name that failed the decode cost them an
     exception and a second decode (bench/events.py's fourth shape)."""
 
-    action: Literal["KPROBE_ACTION_POST", "KPROBE_ACTION_SIGKILL", "KPROBE_ACTION_OVERRIDE"] | None = None
+    action: _KprobeAction | None = None
 
 
 class _KprobeLine(_Line, gc=False):

@@ -114,10 +114,11 @@ def busy_stream(seed: int = 3) -> tuple[ProfileBoard, list[bytes | str]]:
     ]
     short_times = [raw.replace(b".000000000Z", b".5Z") for raw in lines[:300]]
     # Names the counting path's decoder does not take as they are (events._CountedKprobe): an
-    # action no policy of ours takes, and a function name written with an escape.
+    # action Tetragon does not name (one it adds later), and a function name written with an
+    # escape.
     posted = [raw for raw in lines if b'"KPROBE_ACTION_POST"' in raw][:200]
     connects = [raw for raw in lines if b'"function_name":"tcp_' in raw][:200]
-    other_names = [raw.replace(b'"KPROBE_ACTION_POST"', b'"KPROBE_ACTION_NOTIFYENFORCER"') for raw in posted]
+    other_names = [raw.replace(b'"KPROBE_ACTION_POST"', b'"KPROBE_ACTION_LATER"') for raw in posted]
     other_names += [raw.replace(b'"function_name":"tcp_', b'"function_name":"tcp\\u005f') for raw in connects]
     assert len(other_names) == 400
     # Counted lines that also carry another kind's key, any value (a number beyond a double
@@ -138,6 +139,7 @@ def busy_stream(seed: int = 3) -> tuple[ProfileBoard, list[bytes | str]]:
     # exported, without a time, and ours without a policy name.
     foreign = [orjson.dumps(foreign_kprobe(orjson.loads(raw))) for raw in posted[:100]]
     foreign += [raw.replace(b',"time":"', b',"untimed":"', 1) for raw in foreign[:20]]
+    foreign += [raw.replace(b'"KPROBE_ACTION_POST"', b'"KPROBE_ACTION_FOLLOWFD"') for raw in foreign[20:40]]
     foreign += [raw.replace(b'"policy_name":"', b'"policy_name":"","p":"', 1) for raw in posted[:20]]
     other_names += foreign
     host = [_host_line(host_policy, i, ("/root/.ssh/id_rsa", "/etc/hostname")[i % 2]) for i in range(40)]
