@@ -128,8 +128,10 @@ def verify_policies(
     for kind, namespace, name in reconciler.unsettled(listed, namespaces):
         if reconciler.desired.epoch != epoch:
             # Stood by since the LIST: another replica may have written since, and a reconcile
-            # from it would take what it shows as stored. The next pass lists again. (A
-            # standby after this check: the reconcile does nothing, by the LIST's epoch.)
+            # from it would take what it shows as stored. The next pass lists again. A standby
+            # after this check and before the reconcile reads the count under the profile's
+            # lock: it does nothing, by the LIST's epoch. A standby after that read lets its
+            # applies go out, as on the watch path, but what it stores counts for nothing.
             return
         log.info(
             "%s %s/%s: its policies are not as last applied (a watch event missed); reconciling from a list",

@@ -8,8 +8,10 @@ fields to its record in two dict lookups: (policy, hook, pod namespace, target, 
 that a match depends on (Matcher._answer), to the table of the matched rule's pods in that
 namespace (Aggregator.indexed), then the pod's name to its record.
 
-A line of another kind (process_exec and process_exit, most of a real export) is counted as
-ignored once decoded. Every other line takes the whole path, one line at a time and in order:
+A line of another kind (process_exec and process_exit, most of a real export), and a kprobe
+on a hook detection does not read or without a policy (another TracingPolicy's), is counted
+as ignored once decoded, as events._event_of decides it before it reads anything else. Every
+other line takes the whole path, one line at a time and in order:
 parse_line, then Matcher.match, then Aggregator.add or add_at, which also fill the tables.
 That is the first line of a (rule, pod), a line the short path does not read (malformed, its
 argument elsewhere, a process outside any pod), a line a record's stream position already
@@ -74,7 +76,8 @@ class LineCounter:
                 continue
             try:
                 doc = decode(line)
-            except (msgspec.MsgspecError, RecursionError, UnicodeEncodeError):  # as events._parse_one
+            except (msgspec.MsgspecError, RecursionError):  # as events._parse_one (text that
+                # has no UTF-8 is not ASCII: it took the whole path above)
                 whole(line, stats, stream, stamp)
                 continue
             # The checks of events._event_of for a line with its argument where Tetragon puts

@@ -113,9 +113,9 @@ def busy_stream(seed: int = 3) -> tuple[ProfileBoard, list[bytes | str]]:
         for i, s in enumerate(scenarios)
     ]
     short_times = [raw.replace(b".000000000Z", b".5Z") for raw in lines[:300]]
-    # Names the counting path's decoder does not take as they are (events._CountedKprobe): an
-    # action Tetragon does not name (one it adds later), and a function name written with an
-    # escape.
+    # An action the counting path's decoder does not take (events._CountedKprobe: one Tetragon
+    # adds later), whose lines take the whole path; and a function name written with an
+    # escape, which it reads as the whole path does.
     posted = [raw for raw in lines if b'"KPROBE_ACTION_POST"' in raw][:200]
     connects = [raw for raw in lines if b'"function_name":"tcp_' in raw][:200]
     other_names = [raw.replace(b'"KPROBE_ACTION_POST"', b'"KPROBE_ACTION_LATER"') for raw in posted]
