@@ -31,10 +31,12 @@ from agentdetect.detection.events import (
     HOOK_OF_FUNCTION,
     KILLED_ACTIONS,
     MAX_LINE_BYTES,
+    CountedLine,
     ParseStats,
     decode_line,
     is_other_kind,
     normalize_time,
+    parse_decoded,
     parse_line,
 )
 from agentdetect.detection.match import Matcher
@@ -89,7 +91,7 @@ class LineCounter:
                     # export): parse_line counts it as ignored, whatever else the line holds.
                     ignored += 1
                 else:
-                    whole(line, stats, stream, stamp)
+                    whole(line, stats, stream, stamp, doc)
                 continue
             hook = hooks.get(kprobe.function_name)
             policy = kprobe.policy_name
@@ -101,7 +103,7 @@ class LineCounter:
             time = doc.time
             args = kprobe.args
             if time is None or not args:
-                whole(line, stats, stream, stamp)
+                whole(line, stats, stream, stamp, doc)
                 continue
             target = ""
             port = 0
@@ -117,25 +119,25 @@ class LineCounter:
                 target = args[0].string_arg or ""
             pod = kprobe.process.pod
             if not target or pod is None:
-                whole(line, stats, stream, stamp)
+                whole(line, stats, stream, stamp, doc)
                 continue
             table = tables.get((policy, hook, pod.namespace, target, port))
             if table is None:
-                whole(line, stats, stream, stamp)
+                whole(line, stats, stream, stamp, doc)
                 continue
             if table is unmatched_table:
                 unmatched += 1
                 continue
             hit = table.get(pod.name)
             if hit is None:
-                whole(line, stats, stream, stamp)
+                whole(line, stats, stream, stamp, doc)
                 continue
             rule, entry, key = hit
             if stream is not None:
                 # Aggregator.add_at's common case: a line after all its record counts.
                 mark = entry.streams.get(stream)
                 if mark is None or stamp <= mark.through:
-                    whole(line, stats, stream, stamp)
+                    whole(line, stats, stream, stamp, doc)
                     continue
                 mark.through, mark.at_through, mark.to_skip = stamp, 1, 0
             if len(time) != 30:
@@ -160,9 +162,17 @@ class LineCounter:
         stats.ignored += ignored
         self.matcher.unmatched += unmatched
 
-    def _whole(self, line: bytes | str, stats: ParseStats, stream: str | None, stamp: int) -> None:
-        """One line through parse, match and aggregate, remembering where its key leads."""
-        event = parse_line(line, stats)
+    def _whole(
+        self,
+        line: bytes | str,
+        stats: ParseStats,
+        stream: str | None,
+        stamp: int,
+        doc: CountedLine | None = None,
+    ) -> None:
+        """One line through parse, match and aggregate, remembering where its key leads; a
+        line decode_line took (``doc``) is not decoded again."""
+        event = parse_line(line, stats) if doc is None else parse_decoded(doc, stats)
         if event is None:
             return
         match = self.matcher.match(event)
