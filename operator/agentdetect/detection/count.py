@@ -31,7 +31,7 @@ from agentdetect.detection.events import (
     HOOK_OF_FUNCTION,
     KILLED_ACTIONS,
     MAX_LINE_BYTES,
-    CountedLine,
+    DecodedLine,
     ParseStats,
     decode_line,
     is_other_kind,
@@ -168,7 +168,7 @@ class LineCounter:
         stats: ParseStats,
         stream: str | None,
         stamp: int,
-        doc: CountedLine | None = None,
+        doc: DecodedLine | None = None,
     ) -> None:
         """One line through parse, match and aggregate, remembering where its key leads; a
         line decode_line took (``doc``) is not decoded again."""

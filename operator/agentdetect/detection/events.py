@@ -220,12 +220,40 @@ class _Arg(msgspec.Struct, gc=False):
     string_arg: str | None = None
 
 
+#: Every KprobeAction Tetragon names (tetragon.proto's enum, 0 to 15, as listed in
+#: docs/content/en/docs/reference/grpc-api.md): another policy's kprobe may carry any of them.
+_KprobeAction = Literal[
+    "KPROBE_ACTION_UNKNOWN",
+    "KPROBE_ACTION_POST",
+    "KPROBE_ACTION_FOLLOWFD",
+    "KPROBE_ACTION_SIGKILL",
+    "KPROBE_ACTION_UNFOLLOWFD",
+    "KPROBE_ACTION_OVERRIDE",
+    "KPROBE_ACTION_COPYFD",
+    "KPROBE_ACTION_GETURL",
+    "KPROBE_ACTION_DNSLOOKUP",
+    "KPROBE_ACTION_NOPOST",
+    "KPROBE_ACTION_SIGNAL",
+    "KPROBE_ACTION_TRACKSOCK",
+    "KPROBE_ACTION_UNTRACKSOCK",
+    "KPROBE_ACTION_NOTIFYENFORCER",
+    "KPROBE_ACTION_CLEANUPENFORCERNOTIFICATION",
+    "KPROBE_ACTION_SET",
+]
+
+
 class _Kprobe(msgspec.Struct, gc=False):
+    """The action is typed as the values it takes (_KprobeAction): msgspec returns the very
+    strings above, whose hashes are kept, instead of building one per line and hashing it for
+    the killed-action lookup. A name Tetragon adds later fails the decode, and the reference
+    parser answers. The function name is a string: another policy's kprobes, on hooks
+    detection does not read, are counted as ignored once decoded."""
+
     function_name: str
     process: _Process
     policy_name: str | None = None
     args: list[_Arg] | None = None
-    action: str | None = None
+    action: _KprobeAction | None = None
 
 
 #: Any JSON value, left unparsed (msgspec skips it in C, checking its syntax as orjson would,
@@ -263,55 +291,13 @@ class _Line(msgspec.Struct, gc=False):
     process_accept: _Skip = msgspec.UNSET
 
 
-#: Every KprobeAction Tetragon names (tetragon.proto's enum, 0 to 15, as listed in
-#: docs/content/en/docs/reference/grpc-api.md): another policy's kprobe may carry any of them.
-_KprobeAction = Literal[
-    "KPROBE_ACTION_UNKNOWN",
-    "KPROBE_ACTION_POST",
-    "KPROBE_ACTION_FOLLOWFD",
-    "KPROBE_ACTION_SIGKILL",
-    "KPROBE_ACTION_UNFOLLOWFD",
-    "KPROBE_ACTION_OVERRIDE",
-    "KPROBE_ACTION_COPYFD",
-    "KPROBE_ACTION_GETURL",
-    "KPROBE_ACTION_DNSLOOKUP",
-    "KPROBE_ACTION_NOPOST",
-    "KPROBE_ACTION_SIGNAL",
-    "KPROBE_ACTION_TRACKSOCK",
-    "KPROBE_ACTION_UNTRACKSOCK",
-    "KPROBE_ACTION_NOTIFYENFORCER",
-    "KPROBE_ACTION_CLEANUPENFORCERNOTIFICATION",
-    "KPROBE_ACTION_SET",
-]
-
-
-class _CountedKprobe(_Kprobe, gc=False):
-    """:class:`_Kprobe` (its fields, in its order) with its action typed as the values it
-    takes (_KprobeAction): msgspec returns the very strings above, whose hashes are kept,
-    instead of building one per line and hashing it for the killed-action lookup. A name
-    Tetragon adds later fails this decode, and the line takes the whole path. The function
-    name stays a string: another policy's kprobes, on hooks detection does not read, are
-    counted as ignored once decoded, where a name that failed the decode cost them an
-    exception and a second decode (bench/events.py's fourth shape)."""
-
-    action: _KprobeAction | None = None
-
-
-class _KprobeLine(_Line, gc=False):
-    """:class:`_Line` as the counting path reads it (detection.count): the same fields, in the
-    same order, typed alike but for ``process_kprobe`` (:class:`_CountedKprobe`, narrower), so
-    a line decodes here only when it decodes there, to the same values."""
-
-    process_kprobe: _CountedKprobe | None = None
-
-
-#: In _Line's order, the most frequent first (:func:`is_other_kind` stops at the first found).
 OTHER_KINDS = tuple(f for f in _Line.__struct_fields__ if f not in {"process_kprobe", "time", "node_name"})
 _decode = msgspec.json.Decoder(_Line).decode
-#: The counting path's typed decode (bench/events.py times it alone beside the whole parse).
-decode_line = msgspec.json.Decoder(_KprobeLine).decode
+#: The typed decode, for the counting path (bench/events.py times it alone beside the whole
+#: parse).
+decode_line = _decode
 #: What decode_line returns.
-CountedLine = _KprobeLine
+DecodedLine = _Line
 _NO_POD_TYPED = _Pod("", "")
 _COUNTED = ("events", "ignored", "malformed", "truncated", "unknown", "oversized")
 
@@ -413,11 +399,10 @@ def _event_of(doc: _Line, stats: ParseStats) -> Event | None:
     )
 
 
-def parse_decoded(doc: CountedLine, stats: ParseStats) -> Event | None:
+def parse_decoded(doc: DecodedLine, stats: ParseStats) -> Event | None:
     """:func:`parse_line`'s answer for a line decode_line took (within MAX_LINE_BYTES and
-    ASCII, as the counting path sends it): _Line decodes any such line to the same values,
-    so it is not decoded twice (nor, near msgspec's recursion limit, decoded otherwise at a
-    deeper stack)."""
+    ASCII, as the counting path sends it), so that it is not decoded twice (nor, near
+    msgspec's recursion limit, decoded otherwise at a deeper stack)."""
     stats.lines += 1
     return _event_of(doc, stats)
 

@@ -113,7 +113,7 @@ def busy_stream(seed: int = 3) -> tuple[ProfileBoard, list[bytes | str]]:
         for i, s in enumerate(scenarios)
     ]
     short_times = [raw.replace(b".000000000Z", b".5Z") for raw in lines[:300]]
-    # An action the counting path's decoder does not take (events._CountedKprobe: one Tetragon
+    # An action the counting path's decoder does not take (events._Kprobe: one Tetragon
     # adds later), whose lines take the whole path; and a function name written with an
     # escape, which it reads as the whole path does.
     posted = [raw for raw in lines if b'"KPROBE_ACTION_POST"' in raw][:200]

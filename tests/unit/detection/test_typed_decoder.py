@@ -185,7 +185,7 @@ def test_the_counting_decoder_takes_every_hook_and_every_action_of_our_events() 
     time: counted alike (test_count), but at several times the cost. So it takes every
     function name (another policy's hooks are counted as ignored once decoded), and every
     action Tetragon names, those its recorded events from our policies carry among them."""
-    hints = get_type_hints(events._CountedKprobe)
+    hints = get_type_hints(events._Kprobe)
     assert hints["function_name"] is str
     literal, none = get_args(hints["action"])
     assert none is type(None) and len(set(get_args(literal))) == 16  # the enum's 0 to 15
