@@ -8,6 +8,7 @@ writer touches only those.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -27,6 +28,11 @@ class RuleStats:
     killed: int
     example_binary: str
     example_target: str
+    #: The counting path's way on to the pod's entry from the rule (Aggregator.indexed sets
+    #: both): the index table holds the rule itself, so an event reaches its counts through
+    #: one object, not a tuple of three. Not part of the record (compare, repr).
+    entry: PodDetections | None = field(default=None, compare=False, repr=False)
+    pod_key: PodKey | None = field(default=None, compare=False, repr=False)
 
     @property
     def action(self) -> str:
@@ -84,10 +90,6 @@ class PodDetections:
     node: str = ""
 
 
-#: What an indexed event counts into: its rule, its pod's entry, and that entry's key.
-Indexed = tuple[RuleStats, PodDetections, PodKey]
-
-
 @dataclass(slots=True)
 class HostDetections:
     """A profile's matches from processes outside any pod: no pod to own an AgentDetection, so
@@ -129,12 +131,12 @@ class Aggregator:
         self.host: dict[ProfileKey, HostDetections] = {}
         #: Profiles whose host detections changed since the last flush.
         self.host_dirty: set[ProfileKey] = set()
-        #: (profile, rule, pod namespace) -> pod name -> what an event of that rule from that pod
-        #: counts into: the counting path's way straight to it (see indexed), where the (profile,
+        #: (profile, rule, pod namespace) -> pod name -> the rule's counts in that pod's entry:
+        #: the counting path's way straight to them (see indexed), where the (profile,
         #: namespace, pod) key and the pod's rules dict each cost a lookup in memory the cache no
         #: longer holds once pods number in the thousands. Holds only what ``pods`` holds:
         #: entries go when their pod or profile does.
-        self._index: dict[tuple[ProfileKey, str, str], dict[str, Indexed]] = {}
+        self._index: dict[tuple[ProfileKey, str, str], dict[str, RuleStats]] = {}
 
     def add_at(self, event: Event, match: Match, stream: str, stamp_ns: int) -> None:
         """``add`` for a line of a followed stream: a line at or before what the record (the
@@ -229,17 +231,22 @@ class Aggregator:
             pod.dirty = True
             self.dirty.add(key)
 
-    def indexed(self, match: Match, namespace: str, pod: str) -> dict[str, Indexed]:
-        """The index table of ``match``'s rule in ``namespace``: pod name to what an event of
-        that rule from that pod counts into, with ``pod`` in it once its entry has the rule.
-        The counting path (detection.count) remembers the table itself, so a table this
-        aggregator lets go of is emptied first (forget_profile): never a way to a dropped entry."""
+    def indexed(self, match: Match, namespace: str, pod: str) -> dict[str, RuleStats]:
+        """The index table of ``match``'s rule in ``namespace``: pod name to that rule's counts
+        in the pod's entry (linked to the entry and its key), with ``pod`` in it once its entry
+        has the rule. The counting path (detection.count) remembers the table itself, so a
+        table this aggregator lets go of is emptied first (forget_profile): never a way to a
+        dropped entry."""
         table = self._index.setdefault((match.profile, match.rule, namespace), {})
         key = (match.profile, namespace, pod)
         entry = self.pods.get(key)
         rule = None if entry is None else entry.rules.get(match.rule)
         if entry is not None and rule is not None:
-            table[pod] = (rule, entry, key)
+            rule.entry, rule.pod_key = entry, key
+            # One string object per pod name for all its tables (sys.intern: freed with its
+            # last use): a lookup compares the decoded name with it, and a few thousand
+            # strings stay in the cache where one per (rule, pod) did not.
+            table[sys.intern(pod)] = rule
         return table
 
     def mark_dirty(self, key: PodKey) -> None:
@@ -259,6 +266,7 @@ class Aggregator:
                 table = self._index.get((k[0], rule_name, namespace))
                 if table is not None:
                     table.pop(name, None)
+                rule.entry = None  # the entry and its rules refer to each other: no cycle left
             del self.pods[k]
             self.dirty.discard(k)
         self.stats.pods_forgotten += len(keys)
@@ -268,7 +276,8 @@ class Aggregator:
         for t in [t for t in self._index if t[0] == profile]:
             self._index.pop(t).clear()
         for k in [k for k in self.pods if k[0] == profile]:
-            del self.pods[k]
+            for rule in self.pods.pop(k).rules.values():
+                rule.entry = None
             self.dirty.discard(k)
         for t in [t for t in self._retired if t[0] == profile]:
             del self._retired[t]

@@ -6,7 +6,7 @@ and a dirty mark. Building an Event and a Match for it, and keys for two more lo
 most of the Python per event (bench/events.py). Here such a line goes from its decoded
 fields to its record in two dict lookups: (policy, hook, pod namespace, target, port), all
 that a match depends on (Matcher._answer), to the table of the matched rule's pods in that
-namespace (Aggregator.indexed), then the pod's name to its record.
+namespace (Aggregator.indexed), then the pod's name to the rule's counts in its record.
 
 A line of another kind (process_exec and process_exit, most of a real export), and a kprobe
 on a hook detection does not read or without a policy (another TracingPolicy's), is counted
@@ -26,7 +26,7 @@ from typing import Final
 
 import msgspec
 
-from agentdetect.detection.aggregate import Aggregator, Indexed
+from agentdetect.detection.aggregate import Aggregator, RuleStats
 from agentdetect.detection.events import (
     HOOK_OF_FUNCTION,
     KILLED_ACTIONS,
@@ -44,7 +44,7 @@ from agentdetect.detection.match import Matcher
 #: What a match depends on: policy, hook, pod namespace, target, port.
 MatchKey = tuple[str, str, str, str, int]
 #: The table of a key that matches no rule (its events are counted as unmatched).
-_UNMATCHED: Final[dict[str, Indexed]] = {}
+_UNMATCHED: Final[dict[str, RuleStats]] = {}
 #: Keys remembered before the memory starts again: the keys a stream repeats are few, but
 #: paths and binaries come from the workload and need a bound.
 _LIMIT = 65536
@@ -57,7 +57,7 @@ class LineCounter:
     def __init__(self, matcher: Matcher, aggregator: Aggregator) -> None:
         self.matcher = matcher
         self.aggregator = aggregator
-        self._tables: dict[MatchKey, dict[str, Indexed]] = {}
+        self._tables: dict[MatchKey, dict[str, RuleStats]] = {}
 
     def count(
         self,
@@ -128,11 +128,11 @@ class LineCounter:
             if table is unmatched_table:
                 unmatched += 1
                 continue
-            hit = table.get(pod.name)
-            if hit is None:
+            rule = table.get(pod.name)
+            entry = None if rule is None else rule.entry
+            if rule is None or entry is None:
                 whole(line, stats, stream, stamp, doc)
                 continue
-            rule, entry, key = hit
             if stream is not None:
                 # Aggregator.add_at's common case: a line after all its record counts.
                 mark = entry.streams.get(stream)
@@ -155,7 +155,9 @@ class LineCounter:
                 entry.last = time
             if not entry.dirty:
                 entry.dirty = True
-                dirty.add(key)
+                key = rule.pod_key
+                if key is not None:  # set with the entry (Aggregator.indexed)
+                    dirty.add(key)
             counted += 1
         stats.lines += counted + unmatched + ignored
         stats.events += counted + unmatched

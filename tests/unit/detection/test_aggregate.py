@@ -251,6 +251,32 @@ def test_forget_profile() -> None:
     assert list(agg.pods) == [_key(P2, pod="a")]
 
 
+def test_an_indexed_rule_leads_to_its_entry_until_the_pod_or_profile_goes() -> None:
+    """An index table holds the rule, linked to its pod's entry (the counting path's way to
+    both); the entry holds the rule too. Forgetting cuts the link, so that reference counting
+    frees what is forgotten without waiting for the cyclic collector."""
+    agg = Aggregator()
+    for pod in ("a", "b"):
+        agg.add(_ev(pod=pod), Match(P1, "openai"))
+    agg.add(_ev(pod="a"), Match(P2, "credentials"))
+    indexed = {
+        (match.profile, pod): agg.indexed(match, "team-a", pod)[pod]
+        for match in (Match(P1, "openai"), Match(P2, "credentials"))
+        for pod in ("a", "b")
+        if _key(match.profile, pod) in agg.pods
+    }
+    assert len(indexed) == 3
+    for (profile, pod), rule in indexed.items():
+        assert rule.entry is agg.pods[_key(profile, pod)] and rule.pod_key == _key(profile, pod)
+        assert rule in rule.entry.rules.values()
+    assert agg.forget_pod("team-a", "a") == 2
+    assert indexed[(P1, "a")].entry is None and indexed[(P2, "a")].entry is None
+    assert agg.indexed(Match(P1, "openai"), "team-a", "b") == {"b": indexed[(P1, "b")]}
+    agg.forget_profile(P1)
+    assert indexed[(P1, "b")].entry is None
+    assert agg.indexed(Match(P1, "openai"), "team-a", "b") == {}
+
+
 # ---- dirty tracking ----------------------------------------------------------------------------
 
 
