@@ -33,6 +33,10 @@ class RuleStats:
     #: one object, not a tuple of three. Not part of the record (compare, repr).
     entry: PodDetections | None = field(default=None, compare=False, repr=False)
     pod_key: PodKey | None = field(default=None, compare=False, repr=False)
+    #: Whether its entry's key is in Aggregator.dirty: set by the event that puts it there and
+    #: cleared with the key (take_dirty), so an event reads the rule it updates and not its
+    #: entry (one set insertion per flush, not per event). Not part of the record.
+    queued: bool = field(default=False, compare=False, repr=False)
 
     @property
     def action(self) -> str:
@@ -74,13 +78,18 @@ def _advance(marks: dict[str, StreamMark], stream: str, stamp_ns: int) -> None:
 
 @dataclass(slots=True)
 class PodDetections:
+    """A (profile, pod) record. Its events and last time are its rules' sum and latest, read
+    when asked (a flush, a scrape), not kept per event: an event updates its rule alone, and
+    with thousands of pods the entry is one more object the cache no longer holds."""
+
     workload: str
     rules: dict[str, RuleStats] = field(default_factory=dict)
-    events: int = 0
-    last: str = ""
+    #: What a restored record's summary counts beyond its rules (none in a record this writes:
+    #: its summary is derived from its rules), kept so that its events go on from there.
+    events_beyond_rules: int = 0
+    #: A restored summary's last time (its rules' latest when they go further).
+    last_restored: str = ""
     dropped_rules: int = 0
-    #: Mirrors membership in Aggregator.dirty: one set insertion per flush, not per event.
-    dirty: bool = False
     #: Per Tetragon stream, how far the counts go.
     streams: dict[str, StreamMark] = field(default_factory=dict)
     #: A record written before records carried stream positions: it counts every line its
@@ -88,6 +97,23 @@ class PodDetections:
     legacy: bool = False
     #: The node the pod runs on, as its events say (a label of its record).
     node: str = ""
+
+    @property
+    def events(self) -> int:
+        return self.events_beyond_rules + sum(rule.count for rule in self.rules.values())
+
+    @events.setter
+    def events(self, total: int) -> None:
+        """A restored summary's count: what it holds beyond its rules goes on from there."""
+        self.events_beyond_rules = total - sum(rule.count for rule in self.rules.values())
+
+    @property
+    def last(self) -> str:
+        return max([self.last_restored, *(rule.last for rule in self.rules.values())])
+
+    @last.setter
+    def last(self, restored: str) -> None:
+        self.last_restored = restored
 
 
 @dataclass(slots=True)
@@ -212,7 +238,7 @@ class Aggregator:
                 pod.dropped_rules += 1
                 self.stats.dropped_over_rule_cap += 1
                 return
-            pod.rules[match.rule] = RuleStats(
+            rule = pod.rules[match.rule] = RuleStats(
                 event.hook, 1, time, time, int(event.killed), event.binary, event.target
             )
         else:
@@ -224,11 +250,8 @@ class Aggregator:
                 rule.first = time
             if event.killed:
                 rule.killed += 1
-        pod.events += 1
-        if time > pod.last:
-            pod.last = time
-        if not pod.dirty:
-            pod.dirty = True
+        if not rule.queued:
+            rule.queued = True
             self.dirty.add(key)
 
     def indexed(self, match: Match, namespace: str, pod: str) -> dict[str, RuleStats]:
@@ -251,9 +274,7 @@ class Aggregator:
 
     def mark_dirty(self, key: PodKey) -> None:
         """Write this entry at the next flush (again: the last write failed)."""
-        pod = self.pods.get(key)
-        if pod is not None:
-            pod.dirty = True
+        if key in self.pods:
             self.dirty.add(key)
 
     def forget_pod(self, namespace: str, name: str) -> int:
@@ -304,7 +325,8 @@ class Aggregator:
         for k in keys:
             pod = self.pods.get(k)
             if pod is not None:
-                pod.dirty = False
+                for rule in pod.rules.values():
+                    rule.queued = False
         return keys
 
     def by_profile(self) -> Iterator[tuple[ProfileKey, list[tuple[PodKey, PodDetections]]]]:

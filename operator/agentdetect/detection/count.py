@@ -1,8 +1,9 @@
 """Lines counted straight into the records they add to: parse, match and aggregate in one pass.
 
 A stream repeats itself: the same pods reach the same few destinations, paths and binaries,
-and once a (profile, pod) record has a rule, another event of it changes a count, two times
-and a dirty mark. Building an Event and a Match for it, and keys for two more lookups, was
+and once a (profile, pod) record has a rule, another event of it changes that rule alone: a
+count, two times and a dirty mark (the record's events and last time are read from its rules,
+PodDetections). Building an Event and a Match for it, and keys for two more lookups, was
 most of the Python per event (bench/events.py). Here such a line goes from its decoded
 fields to its record in two dict lookups: (policy, hook, pod namespace, target, port), all
 that a match depends on (Matcher._answer), to the table of the matched rule's pods in that
@@ -150,13 +151,10 @@ class LineCounter:
                 rule.first = time
             if kprobe.action in killed_actions:
                 rule.killed += 1
-            entry.events += 1
-            if time > entry.last:
-                entry.last = time
-            if not entry.dirty:
-                entry.dirty = True
+            if not rule.queued:
                 key = rule.pod_key
                 if key is not None:  # set with the entry (Aggregator.indexed)
+                    rule.queued = True
                     dirty.add(key)
             counted += 1
         stats.lines += counted + unmatched + ignored

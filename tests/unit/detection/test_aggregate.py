@@ -294,6 +294,26 @@ def test_take_dirty_returns_each_changed_key_once_and_clears() -> None:
     assert agg.take_dirty() == []
 
 
+def test_a_rule_is_queued_while_its_entry_is_dirty() -> None:
+    """The event path marks the rule it updates, not the entry (detection.count): a rule
+    marked queued always has its entry's key in the dirty set, and taking the key clears the
+    marks of all the entry's rules, so the next event queues the key again."""
+    agg = Aggregator()
+    agg.add(_ev(), Match(P1, "openai"))
+    agg.add(_ev(target="160.79.104.10"), Match(P1, "anthropic"))
+    rules = agg.pods[_key()].rules
+    assert all(rule.queued for rule in rules.values()) and agg.dirty == {_key()}
+    assert agg.take_dirty() == [_key()]
+    assert not any(rule.queued for rule in rules.values())
+    agg.mark_dirty(_key())  # a failed write: written again, with no rule changed
+    assert agg.take_dirty() == [_key()] and agg.take_dirty() == []
+    agg.add(_ev(target="160.79.104.10"), Match(P1, "anthropic"))
+    assert [r for r, rule in rules.items() if rule.queued] == ["anthropic"]
+    assert agg.take_dirty() == [_key()]
+    agg.mark_dirty(_key(pod="never-seen"))
+    assert agg.take_dirty() == []
+
+
 def test_take_dirty_is_sorted_with_cluster_profiles_without_namespace() -> None:
     agg = Aggregator()
     keys = [
@@ -480,6 +500,36 @@ def test_a_restored_record_keeps_first_seen_and_examples() -> None:
     record = record_of(obj.dump())
     assert record is not None
     assert detection_object(*record).dump() == obj.dump()
+
+
+def test_a_restored_summary_goes_on_from_what_it_says_beyond_its_rules() -> None:
+    """A record's events and last seen are its rules' sum and latest, read when asked. A
+    summary that says more than its rules (edited, or written by another version) keeps what
+    it says beyond them, and its events and last seen go on from there."""
+    from agentdetect.detection.records import detection_object, record_of
+
+    agg = Aggregator()
+    agg.add(_ev(time=ts(3)), Match(P1, "openai"))
+    agg.add(_ev(time=ts(5), target="160.79.104.10"), Match(P1, "anthropic"))
+    body = detection_object(_key(), agg.pods[_key()]).dump()
+    assert (body["summary"]["events"], body["summary"]["lastSeen"]) == (2, ts(5))
+    body["summary"]["events"], body["summary"]["lastSeen"] = 10, ts(7)
+    record = record_of(body)
+    assert record is not None
+    key, pod = record
+    assert (pod.events, pod.last) == (10, ts(7)) and pod.events_beyond_rules == 8
+    again = Aggregator()
+    again.restore(key, pod)
+    again.add(_ev(time=ts(6)), Match(P1, "openai"))
+    assert (pod.events, pod.last) == (11, ts(7))
+    again.add(_ev(time=ts(8), target="160.79.104.10"), Match(P1, "anthropic"))
+    again.add(_ev(time=ts(4)), Match(P1, "mistral"))
+    assert (pod.events, pod.last) == (13, ts(8))
+    assert detection_object(key, pod).summary.events == 13
+    # A summary behind its rules reads as its rules' latest.
+    body["summary"]["lastSeen"] = ts(1)
+    behind = record_of(body)
+    assert behind is not None and behind[1].last == ts(5)
 
 
 def test_a_record_from_before_stream_positions_is_not_counted_again() -> None:
