@@ -73,15 +73,14 @@ class LineCounter:
         decode, hooks, killed_actions = decode_line, HOOK_OF_FUNCTION, KILLED_ACTIONS
         counted = unmatched = ignored = 0
         for i, line in enumerate(lines):
-            stamp = stamps[i] if stream is not None else 0
             if len(line) > MAX_LINE_BYTES or not line.isascii():
-                whole(line, stats, stream, stamp)
+                whole(line, stats, stream, stamps, i)
                 continue
             try:
                 doc = decode(line)
             except (msgspec.MsgspecError, RecursionError):  # as events._parse_one (text that
                 # has no UTF-8 is not ASCII: it took the whole path above)
-                whole(line, stats, stream, stamp)
+                whole(line, stats, stream, stamps, i)
                 continue
             # The checks of events._event_of for a line with its argument where Tetragon puts
             # it: a line that passes them is an event there, with these fields.
@@ -92,7 +91,7 @@ class LineCounter:
                     # export): parse_line counts it as ignored, whatever else the line holds.
                     ignored += 1
                 else:
-                    whole(line, stats, stream, stamp, doc)
+                    whole(line, stats, stream, stamps, i, doc)
                 continue
             hook = hooks.get(kprobe.function_name)
             policy = kprobe.policy_name
@@ -104,7 +103,7 @@ class LineCounter:
             time = doc.time
             args = kprobe.args
             if time is None or not args:
-                whole(line, stats, stream, stamp, doc)
+                whole(line, stats, stream, stamps, i, doc)
                 continue
             target = ""
             port = 0
@@ -120,25 +119,32 @@ class LineCounter:
                 target = args[0].string_arg or ""
             pod = kprobe.process.pod
             if not target or pod is None:
-                whole(line, stats, stream, stamp, doc)
+                whole(line, stats, stream, stamps, i, doc)
                 continue
             table = tables.get((policy, hook, pod.namespace, target, port))
             if table is None:
-                whole(line, stats, stream, stamp, doc)
+                whole(line, stats, stream, stamps, i, doc)
                 continue
             if table is unmatched_table:
                 unmatched += 1
                 continue
+            # A table holds only rules of entries the aggregator holds (forget_pod and
+            # forget_profile take them out): without a stream the rule is all an event
+            # updates, and its entry (another object, out of the cache) is not read.
             rule = table.get(pod.name)
-            entry = None if rule is None else rule.entry
-            if rule is None or entry is None:
-                whole(line, stats, stream, stamp, doc)
+            if rule is None:
+                whole(line, stats, stream, stamps, i, doc)
                 continue
             if stream is not None:
+                entry = rule.entry
+                if entry is None:
+                    whole(line, stats, stream, stamps, i, doc)
+                    continue
+                stamp = stamps[i]
                 # Aggregator.add_at's common case: a line after all its record counts.
                 mark = entry.streams.get(stream)
                 if mark is None or stamp <= mark.through:
-                    whole(line, stats, stream, stamp, doc)
+                    whole(line, stats, stream, stamps, i, doc)
                     continue
                 mark.through, mark.at_through, mark.to_skip = stamp, 1, 0
             if len(time) != 30:
@@ -167,11 +173,13 @@ class LineCounter:
         line: bytes | str,
         stats: ParseStats,
         stream: str | None,
-        stamp: int,
+        stamps: Sequence[int],
+        i: int,
         doc: DecodedLine | None = None,
     ) -> None:
-        """One line through parse, match and aggregate, remembering where its key leads; a
-        line decode_line took (``doc``) is not decoded again."""
+        """One line (the ``i``-th of its batch) through parse, match and aggregate, remembering
+        where its key leads; a line decode_line took (``doc``) is not decoded again."""
+        stamp = stamps[i] if stream is not None else 0
         event = parse_line(line, stats) if doc is None else parse_decoded(doc, stats)
         if event is None:
             return
