@@ -264,7 +264,7 @@ class _Kprobe(msgspec.Struct, gc=False):
 _Skip = msgspec.Raw | msgspec.UnsetType
 
 
-class _Line(msgspec.Struct, gc=False):
+class DecodedLine(msgspec.Struct, gc=False):
     """One line of the export, as far as detection reads it. Besides ours, the event kinds
     Tetragon exports that are not ours, counted as ignored, not as unknown (OTHER_KINDS is
     these fields): the oneof of GetEventsResponse (api/v1/tetragon/events.proto, v1.7.0), and
@@ -291,13 +291,12 @@ class _Line(msgspec.Struct, gc=False):
     process_accept: _Skip = msgspec.UNSET
 
 
-OTHER_KINDS = tuple(f for f in _Line.__struct_fields__ if f not in {"process_kprobe", "time", "node_name"})
-_decode = msgspec.json.Decoder(_Line).decode
-#: The typed decode, for the counting path (bench/events.py times it alone beside the whole
-#: parse).
-decode_line = _decode
-#: What decode_line returns.
-DecodedLine = _Line
+OTHER_KINDS = tuple(
+    f for f in DecodedLine.__struct_fields__ if f not in {"process_kprobe", "time", "node_name"}
+)
+#: The typed decode: parse_line's first step, and the counting path's (bench/events.py times
+#: it alone beside the whole parse).
+decode_line = msgspec.json.Decoder(DecodedLine).decode
 _NO_POD_TYPED = _Pod("", "")
 _COUNTED = ("events", "ignored", "malformed", "truncated", "unknown", "oversized")
 
@@ -312,7 +311,7 @@ def _by_reference(line: bytes | str, stats: ParseStats) -> Event | None:
     return event
 
 
-def is_other_kind(doc: _Line) -> bool:
+def is_other_kind(doc: DecodedLine) -> bool:
     """Whether a decoded line carries an event kind detection does not read."""
     return any(getattr(doc, kind) is not msgspec.UNSET for kind in OTHER_KINDS)
 
@@ -331,7 +330,7 @@ def _parse_one(line: bytes | str, stats: ParseStats) -> Event | None:
             stats.malformed += 1
             return None
     try:
-        doc = _decode(line)
+        doc = decode_line(line)
     except (msgspec.MsgspecError, RecursionError, UnicodeEncodeError):
         # Valid JSON of the wrong shape (not an object, one of our fields mistyped), JSON
         # nested deeper than the decoder recurses (RecursionError: under 1,000 levels on
@@ -344,7 +343,7 @@ def _parse_one(line: bytes | str, stats: ParseStats) -> Event | None:
     return _event_of(doc, stats)
 
 
-def _event_of(doc: _Line, stats: ParseStats) -> Event | None:
+def _event_of(doc: DecodedLine, stats: ParseStats) -> Event | None:
     """A decoded line, whatever its shape, to an event or a count of why not."""
     kprobe = doc.process_kprobe
     if kprobe is None:

@@ -498,13 +498,13 @@ def test_line_of_exactly_the_limit_is_parsed() -> None:
 def test_oversized_line_is_skipped_unparsed(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
 
-    decode = events._decode
+    decode = events.decode_line
 
     def counting(raw: bytes | str) -> Any:
         calls.append(len(raw))
         return decode(raw)
 
-    monkeypatch.setattr(events, "_decode", counting)
+    monkeypatch.setattr(events, "decode_line", counting)
     for raw in (_padded(MAX_LINE_BYTES + 1), b"{" * (MAX_LINE_BYTES + 1), b"x" * (4 * MAX_LINE_BYTES)):
         event, stats = _parse(raw)
         assert event is None
