@@ -25,6 +25,7 @@ import itertools
 import pstats
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import orjson
@@ -108,7 +109,24 @@ def _median_spread(rates: list[float]) -> str:
 #: Lines per slice of a round: each side's pass over a slice follows the other's within a
 #: fraction of a second, so the machine's drift (a fifth, over seconds, on a shared 2-core
 #: machine) falls on both alike.
-_SLICE = 20_000
+SLICE = 20_000
+
+
+def parse_all(lines: list[bytes]) -> None:
+    """The floor: each line merely parsed with orjson."""
+    for line in lines:
+        orjson.loads(line)
+
+
+def take_turns(
+    chunk: list[bytes], sides: Mapping[str, Callable[[list[bytes]], object]], took: dict[str, float]
+) -> None:
+    """Each side over the same slice in turn, its time added to ``took`` (bench/events_ab.py
+    too)."""
+    for name, side in sides.items():
+        start = time.perf_counter()
+        side(chunk)
+        took[name] += time.perf_counter() - start
 
 
 def _with_lifecycle(lines: list[bytes]) -> list[bytes]:
@@ -161,30 +179,32 @@ def throughput(
     stream_rates: list[float] = []
     ratios: list[float] = []
     rss_after: list[float] = []
+    positioned: list[tuple[bytes, int]] = []
+
+    def decode_all(lines: list[bytes]) -> None:
+        for line in lines:
+            decode_line(line)
+
+    def feed_stream(_: list[bytes]) -> None:
+        for at in range(0, len(positioned), 256):
+            streamed.feed_stream(positioned[at : at + 256], "kube-system/tetragon-bench")
+
+    sides = {"orjson": parse_all, "pipeline": pipeline.feed_many, "decode": decode_all, "stream": feed_stream}
     for _ in range(rounds):
-        spent = [0.0, 0.0, 0.0, 0.0]  # orjson, pipeline, decode alone, node agent's path
-        for done in range(0, events, _SLICE):
-            chunk = list(itertools.islice(endless, min(_SLICE, events - done)))
-            positioned = list(zip(chunk, stamps, strict=False))  # stamps: endless
-            start = time.perf_counter()
-            for line in chunk:
-                orjson.loads(line)
-            spent[0] += time.perf_counter() - start
-            start = time.perf_counter()
-            pipeline.feed_many(chunk)
-            spent[1] += time.perf_counter() - start
-            start = time.perf_counter()
-            for line in chunk:
-                decode_line(line)
-            spent[2] += time.perf_counter() - start
-            start = time.perf_counter()
-            for at in range(0, len(positioned), 256):
-                streamed.feed_stream(positioned[at : at + 256], "kube-system/tetragon-bench")
-            spent[3] += time.perf_counter() - start
+        spent = dict.fromkeys(sides, 0.0)
+        for done in range(0, events, SLICE):
+            chunk = list(itertools.islice(endless, min(SLICE, events - done)))
+            positioned[:] = zip(chunk, stamps, strict=False)  # stamps: endless; not timed
+            take_turns(chunk, sides, spent)
         rss_after.append(rss_mib())
-        for rates_of, seconds in zip((parse_rates, rates, decode_rates, stream_rates), spent, strict=True):
-            rates_of.append(events / seconds)
-        ratios.append(spent[0] / spent[1])
+        for rates_of, side in (
+            (parse_rates, "orjson"),
+            (rates, "pipeline"),
+            (decode_rates, "decode"),
+            (stream_rates, "stream"),
+        ):
+            rates_of.append(events / spent[side])
+        ratios.append(spent["orjson"] / spent["pipeline"])
     st = pipeline.stats
     assert st.lines == streamed.stats.lines == rounds * events, (st, streamed.stats)
     # With exec and exit lines, two of every three lines are ignored, with another policy's

@@ -18,14 +18,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 REPO = Path(__file__).resolve().parent.parent
-_SLICE = 20_000
 
 
 def load(operator_dir: str) -> tuple[Any, Any]:
@@ -65,19 +61,14 @@ def main() -> None:
     tune_gc()
     for pipeline in pipelines.values():
         pipeline.feed_many(pool)
-    spent: dict[str, list[float]] = {name: [] for name in ["orjson", *pipelines]}
+    from bench.events import SLICE, parse_all, take_turns
+
+    sides = {"orjson": parse_all, **{name: pipeline.feed_many for name, pipeline in pipelines.items()}}
+    spent: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(args.rounds):
-        took = dict.fromkeys(spent, 0.0)
-        for at in range(0, len(pool), _SLICE):
-            chunk = pool[at : at + _SLICE]
-            start = time.perf_counter()
-            for line in chunk:
-                orjson.loads(line)
-            took["orjson"] += time.perf_counter() - start
-            for name, pipeline in pipelines.items():
-                start = time.perf_counter()
-                pipeline.feed_many(chunk)
-                took[name] += time.perf_counter() - start
+        took = dict.fromkeys(sides, 0.0)
+        for at in range(0, len(pool), SLICE):
+            take_turns(pool[at : at + SLICE], sides, took)
         for name, total in took.items():
             spent[name].append(total)
     shape = "full" if args.full_parent else "short"
