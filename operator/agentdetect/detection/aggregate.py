@@ -100,7 +100,7 @@ class PodDetections:
 
     @property
     def events(self) -> int:
-        return self.events_beyond_rules + sum(rule.count for rule in self.rules.values())
+        return self.events_beyond_rules + sum([rule.count for rule in self.rules.values()])
 
     @events.setter
     def events(self, total: int) -> None:
@@ -109,7 +109,11 @@ class PodDetections:
 
     @property
     def last(self) -> str:
-        return max([self.last_restored, *(rule.last for rule in self.rules.values())])
+        last = self.last_restored
+        for rule in self.rules.values():
+            if rule.last > last:
+                last = rule.last
+        return last
 
     @last.setter
     def last(self, restored: str) -> None:
