@@ -229,7 +229,7 @@ def throughput(
         (f"[{shape}] {unit} merely parsed with orjson", _median_spread(parse_rates), ""),
         (
             f"[{shape}] pipeline / parse-only, per round",
-            f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})",
+            f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})",
             ">= 1.0",
         ),
         (f"[{shape}] lines through the typed decode alone", _median_spread(decode_rates), ""),
