@@ -97,6 +97,12 @@ class PodDetections:
     legacy: bool = False
     #: The node the pod runs on, as its events say (a label of its record).
     node: str = ""
+    #: Its events and last time when take_dirty last took it. A profile's status reads these
+    #: for every pod of the profile at each flush, under the pipeline's lock: one read a pod,
+    #: where the summary itself is a pass over the rules, and the same counts as the records
+    #: that flush writes (a change since puts its key in the dirty set, so its profile's
+    #: status is written again at the next flush). None until taken.
+    flushed: tuple[int, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def events(self) -> int:
@@ -118,6 +124,11 @@ class PodDetections:
     @last.setter
     def last(self, restored: str) -> None:
         self.last_restored = restored
+
+    def as_flushed(self) -> tuple[int, str]:
+        """Its events and last time as the records of its last flush have them (``flushed``),
+        or as of now if no flush has taken it yet."""
+        return self.flushed if self.flushed is not None else (self.events, self.last)
 
 
 @dataclass(slots=True)
@@ -205,6 +216,7 @@ class Aggregator:
     def restore(self, key: PodKey, pod: PodDetections) -> None:
         """Start from the record (an AgentDetection read back): counts go on from there."""
         if key not in self.pods and len(self.pods) < self.max_pods:
+            pod.flushed = (pod.events, pod.last)  # what the record says: written already
             self.pods[key] = pod
 
     def restore_host(self, profile: ProfileKey, host: HostDetections) -> None:
@@ -329,8 +341,13 @@ class Aggregator:
         for k in keys:
             pod = self.pods.get(k)
             if pod is not None:
+                events, last = pod.events_beyond_rules, pod.last_restored
                 for rule in pod.rules.values():
                     rule.queued = False
+                    events += rule.count
+                    if rule.last > last:
+                        last = rule.last
+                pod.flushed = (events, last)
         return keys
 
     def by_profile(self) -> Iterator[tuple[ProfileKey, list[tuple[PodKey, PodDetections]]]]:

@@ -218,21 +218,23 @@ def profile_detections(
     pods: list[tuple[PodKey, PodDetections]], cap: int, host: HostDetections | None = None
 ) -> ProfileDetections:
     """The profile-level summary; the per-pod list keeps the ``cap`` most recently active pods."""
-    recent = sorted(pods, key=lambda kp: kp[1].last, reverse=True)
+    # Each pod's summary as its last flush wrote it: one read a pod, not a pass over its rules.
+    summed = [(key, pod, *pod.as_flushed()) for key, pod in pods]
+    recent = sorted(summed, key=lambda row: row[3], reverse=True)
     return ProfileDetections(
         pods=len(pods),
-        events=sum(p.events for _, p in pods),
-        last_detection=recent[0][1].last if recent else None,
+        events=sum(row[2] for row in summed),
+        last_detection=recent[0][3] if recent else None,
         by_pod=[
             PodDetectionSummary(
                 pod=k[2],
                 namespace=k[1],
                 workload=p.workload,
                 targets=", ".join(_by_count(p))[:256],
-                events=p.events,
-                last_seen=p.last or None,
+                events=events,
+                last_seen=last or None,
             )
-            for k, p in recent[:cap]
+            for k, p, events, last in recent[:cap]
         ],
         truncated=len(recent) > cap,
         host_processes=host_detections(host),

@@ -15,12 +15,13 @@ from kubernetes.client.exceptions import ApiException
 from agentdetect.api.models import AgentDetection, ProfileDetections
 from agentdetect.cluster.kube import Cluster
 from agentdetect.detection.aggregate import Aggregator, PodDetections, PodKey, RuleStats
+from agentdetect.detection.match import Match
 from agentdetect.detection.pipeline import Pipeline
-from agentdetect.detection.records import detection_name, detection_object, profile_detections
+from agentdetect.detection.records import detection_name, detection_object, profile_detections, record_of
 from agentdetect.detection.writer import DetectionWriter
 from agentdetect.policy.board import ProfileBoard, ProfileKey
 from agentdetect.policy.profiles import parse_profile
-from tests.unit.detect_helpers import example, line, policy_of, state_of, ts
+from tests.unit.detect_helpers import event, example, line, policy_of, state_of, ts
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -252,6 +253,30 @@ def test_profile_detections_caps_by_pod_at_the_most_recent() -> None:
     first = summary.by_pod[0]
     # Most frequent first, as in the AgentDetection's own summary (openai 3 events, anthropic 1).
     assert (first.namespace, first.workload, first.targets) == ("support", "bot", "openai, anthropic")
+
+
+def test_profile_detections_read_each_pod_as_its_last_flush_wrote_it() -> None:
+    """A profile's status is built at each flush for every pod of the profile, under the
+    pipeline's lock: it reads each pod's summary as take_dirty left it (the records that
+    flush writes), not its rules. A pod changed since is in the dirty set, so the next flush
+    takes it and writes the status again; a restored pod reads as its record says."""
+    profile: ProfileKey = ("AgentDetectionProfile", "support", "agents")
+    agg = Aggregator()
+    agg.add(event(pod="bot-1", namespace="support", time=ts(1)), Match(profile, "openai"))
+    assert profile_detections(list(agg.pods.items()), cap=5).events == 1  # not flushed yet
+    keys = agg.take_dirty()
+    agg.add(event(pod="bot-1", namespace="support", time=ts(2)), Match(profile, "openai"))
+    status = profile_detections(list(agg.pods.items()), cap=5)
+    assert (status.events, status.last_detection) == (1, ts(1))  # as this flush's record
+    assert agg.take_dirty() == keys
+    status = profile_detections(list(agg.pods.items()), cap=5)
+    assert (status.events, status.last_detection) == (2, ts(2))
+    record = record_of(detection_object(keys[0], agg.pods[keys[0]]).dump())
+    assert record is not None
+    again = Aggregator()
+    again.restore(*record)
+    status = profile_detections(list(again.pods.items()), cap=5)
+    assert (status.events, status.last_detection, status.by_pod[0].events) == (2, ts(2), 2)
 
 
 @pytest.mark.parametrize("cap", [5, 6, 50])
