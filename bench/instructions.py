@@ -20,13 +20,11 @@ import shutil
 import subprocess
 import sys
 
-import orjson
-
 from agentdetect.detection.aggregate import Aggregator
 from agentdetect.detection.events import decode_line
 from agentdetect.detection.pipeline import Pipeline, tune_gc
 from agentdetect.local.samples import stream
-from bench.events import board_and_scenarios
+from bench.events import board_and_scenarios, parse_all
 
 WHAT = ("pipeline", "orjson", "decode")
 
@@ -41,8 +39,7 @@ def inner(what: str, passes: int, lines: int, full_parent: bool) -> None:
         if what == "pipeline":
             pipeline.feed_many(pool)
         elif what == "orjson":
-            for line in pool:
-                orjson.loads(line)
+            parse_all(pool)
         else:
             for line in pool:
                 decode_line(line)

@@ -115,20 +115,25 @@ class PodDetections:
 
     @property
     def last(self) -> str:
-        last = self.last_restored
-        for rule in self.rules.values():
-            if rule.last > last:
-                last = rule.last
-        return last
+        return self.summary()[1]
 
     @last.setter
     def last(self, restored: str) -> None:
         self.last_restored = restored
 
+    def summary(self) -> tuple[int, str]:
+        """Its events and last time as of now, in one pass over its rules."""
+        events, last = self.events_beyond_rules, self.last_restored
+        for rule in self.rules.values():
+            events += rule.count
+            if rule.last > last:
+                last = rule.last
+        return events, last
+
     def as_flushed(self) -> tuple[int, str]:
         """Its events and last time as the records of its last flush have them (``flushed``),
         or as of now if no flush has taken it yet."""
-        return self.flushed if self.flushed is not None else (self.events, self.last)
+        return self.flushed if self.flushed is not None else self.summary()
 
 
 @dataclass(slots=True)
@@ -216,7 +221,7 @@ class Aggregator:
     def restore(self, key: PodKey, pod: PodDetections) -> None:
         """Start from the record (an AgentDetection read back): counts go on from there."""
         if key not in self.pods and len(self.pods) < self.max_pods:
-            pod.flushed = (pod.events, pod.last)  # what the record says: written already
+            pod.flushed = pod.summary()  # what the record says: written already
             self.pods[key] = pod
 
     def restore_host(self, profile: ProfileKey, host: HostDetections) -> None:
@@ -341,13 +346,9 @@ class Aggregator:
         for k in keys:
             pod = self.pods.get(k)
             if pod is not None:
-                events, last = pod.events_beyond_rules, pod.last_restored
                 for rule in pod.rules.values():
                     rule.queued = False
-                    events += rule.count
-                    if rule.last > last:
-                        last = rule.last
-                pod.flushed = (events, last)
+                pod.flushed = pod.summary()
         return keys
 
     def by_profile(self) -> Iterator[tuple[ProfileKey, list[tuple[PodKey, PodDetections]]]]:
