@@ -96,6 +96,13 @@ def list_segments(current: Path) -> list[Segment]:
     return out
 
 
+def rotated_since(current: Path, listed: list[Segment]) -> bool:
+    """Whether a backup is on disk now that ``listed`` (an earlier listing) did not have: a
+    rotation between the two. Renamed to .gz keeps its timestamp; deleted old ones don't count."""
+    before = {seg.order for seg in listed}
+    return any(seg.order not in before for seg in list_segments(current) if seg.path != current)
+
+
 @dataclass(frozen=True)
 class FilePosition:
     """After the line ending at ``offset`` in the file whose first line hashes to ``file``."""
@@ -172,7 +179,8 @@ class ExportFileFollower:
         would sort after it. :attr:`complete` says whether the pass reached the end."""
         out = []
         self.complete = True
-        for seg in list_segments(self.current):
+        listed = list_segments(self.current)
+        for seg in listed:
             first = seg.first_line()
             if first is None:
                 if seg.path == self.current:
@@ -187,6 +195,11 @@ class ExportFileFollower:
                 self.complete = False
                 break
             self._failures.pop(seg.path, None)
+            if seg.path == self.current and rotated_since(self.current, listed):
+                # The first line read is a newer file's than the listing's current one: the
+                # file rotated away meanwhile would take an ordinal after it.
+                self.complete = False
+                break
             fp = fingerprint(first)
             self.segments.ordinal(fp)
             out.append((seg, fp))

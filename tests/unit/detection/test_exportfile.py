@@ -8,7 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-from agentdetect.detection.exportfile import ExportFileFollower, read_all
+import pytest
+
+from agentdetect.detection.exportfile import ExportFileFollower, Segment, read_all
 from tests.lumberjack import Lumberjack
 
 
@@ -176,3 +178,60 @@ def test_a_reader_behind_several_rotations_reads_the_backups_before_the_new_file
     thread.join(5)
     assert seen == lj.written
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+
+
+def test_a_rotation_between_listing_and_reading_the_current_file_keeps_the_files_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rotation lands after the directory is listed and before the current file's first
+    line is read, so that line is the new file's. Registered then, the new file would take an
+    ordinal before the rotated one, whose lines would then read as already counted (CI caught
+    this race in the threaded test above)."""
+    lj = Lumberjack(tmp_path)
+    lj.write(3)
+    real_first_line = Segment.first_line
+    rotations: list[Path] = []
+
+    def rotate_first(seg: Segment) -> bytes | None:
+        if seg.path == lj.path and not rotations:
+            rotations.append(lj.rotate())
+            lj.write(2)
+        return real_first_line(seg)
+
+    monkeypatch.setattr(Segment, "first_line", rotate_first)
+    follower = ExportFileFollower(lj.path, lambda batch: None)
+    assert follower.index() == [] and not follower.complete
+    found = follower.index_settled()
+    assert follower.complete and [seg.path for seg, _ in found] == [rotations[0], lj.path]
+    assert [follower.segments.ordinal(fp) for _, fp in found] == [1, 2]
+
+
+def test_a_rotation_while_the_follower_starts_is_read_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race through :meth:`ExportFileFollower.run`: every line once, stamps rising."""
+    lj = Lumberjack(tmp_path)
+    lj.write(3)
+    real_first_line = Segment.first_line
+    rotated = threading.Event()
+
+    def rotate_first(seg: Segment) -> bytes | None:
+        if seg.path == lj.path and not rotated.is_set():
+            rotated.set()
+            lj.rotate()
+            lj.write(2)
+        return real_first_line(seg)
+
+    monkeypatch.setattr(Segment, "first_line", rotate_first)
+    seen: list[tuple[bytes, int]] = []
+    follower = ExportFileFollower(lj.path, seen.extend, poll=0.01)
+    thread = threading.Thread(target=follower.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while len(seen) < len(lj.written) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    follower.stop()
+    thread.join(5)
+    assert [line for line, _ in seen] == lj.written
+    stamps = [stamp for _, stamp in seen]
+    assert stamps == sorted(stamps)
