@@ -6,12 +6,41 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from agentdetect.detection.exportfile import ExportFileFollower, Segment, read_all
 from tests.lumberjack import Lumberjack
+
+
+@contextmanager
+def following(lj: Lumberjack, pause_per_line: float = 0.0) -> Iterator[tuple[list[bytes], list[int]]]:
+    """A follower on its own thread while the block writes; on leaving, the lines it read and
+    their stamps once it has caught up with everything written (or after 30 s)."""
+    seen: list[bytes] = []
+    stamps: list[int] = []
+
+    def sink(batch: list[tuple[bytes, int]]) -> None:
+        for line, stamp in batch:
+            seen.append(line)
+            stamps.append(stamp)
+        if pause_per_line:
+            time.sleep(pause_per_line * len(batch))
+
+    follower = ExportFileFollower(lj.path, sink, poll=0.01)
+    thread = threading.Thread(target=follower.run, daemon=True)
+    thread.start()
+    try:
+        yield seen, stamps
+        deadline = time.monotonic() + 30
+        while len(seen) < len(lj.written) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        follower.stop()
+        thread.join(5)
 
 
 def test_everything_on_disk_in_order_through_plain_and_compressed_backups(tmp_path: Path) -> None:
@@ -29,27 +58,12 @@ def test_everything_on_disk_in_order_through_plain_and_compressed_backups(tmp_pa
 
 def test_the_follower_sees_every_line_once_while_the_file_rotates(tmp_path: Path) -> None:
     lj = Lumberjack(tmp_path)
-    seen: list[bytes] = []
-    stamps: list[int] = []
-
-    def sink(batch: list[tuple[bytes, int]]) -> None:
-        for line, stamp in batch:
-            seen.append(line)
-            stamps.append(stamp)
-
-    follower = ExportFileFollower(lj.path, sink, poll=0.01)
-    thread = threading.Thread(target=follower.run, daemon=True)
-    thread.start()
-    for i in range(30):
-        lj.write(37)
-        if i % 4 == 3:
-            lj.rotate(compress=i % 8 == 7)
-        time.sleep(0.005)
-    deadline = time.monotonic() + 20
-    while len(seen) < len(lj.written) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    follower.stop()
-    thread.join(5)
+    with following(lj) as (seen, stamps):
+        for i in range(30):
+            lj.write(37)
+            if i % 4 == 3:
+                lj.rotate(compress=i % 8 == 7)
+            time.sleep(0.005)
     assert seen == lj.written
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
 
@@ -156,26 +170,10 @@ def test_a_reader_behind_several_rotations_reads_the_backups_before_the_new_file
     first: read after it, their lines would sit after its own, and a position past them would
     pass them over as counted (found by bench/scale.py, where the reader lags the writer)."""
     lj = Lumberjack(tmp_path)
-    seen: list[bytes] = []
-    stamps: list[int] = []
-
-    def slow_sink(batch: list[tuple[bytes, int]]) -> None:
-        for line, stamp in batch:
-            seen.append(line)
-            stamps.append(stamp)
-        time.sleep(0.002 * len(batch))
-
-    follower = ExportFileFollower(lj.path, slow_sink, poll=0.01)
-    thread = threading.Thread(target=follower.run, daemon=True)
-    thread.start()
-    for _ in range(12):
-        lj.write(150)
-        lj.rotate()
-    deadline = time.monotonic() + 30
-    while len(seen) < len(lj.written) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    follower.stop()
-    thread.join(5)
+    with following(lj, pause_per_line=0.002) as (seen, stamps):
+        for _ in range(12):
+            lj.write(150)
+            lj.rotate()
     assert seen == lj.written
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
 
@@ -223,15 +221,7 @@ def test_a_rotation_while_the_follower_starts_is_read_in_order(
         return real_first_line(seg)
 
     monkeypatch.setattr(Segment, "first_line", rotate_first)
-    seen: list[tuple[bytes, int]] = []
-    follower = ExportFileFollower(lj.path, seen.extend, poll=0.01)
-    thread = threading.Thread(target=follower.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while len(seen) < len(lj.written) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    follower.stop()
-    thread.join(5)
-    assert [line for line, _ in seen] == lj.written
-    stamps = [stamp for _, stamp in seen]
+    with following(lj) as (seen, stamps):
+        pass
+    assert seen == lj.written
     assert stamps == sorted(stamps)
