@@ -118,6 +118,12 @@ def parse_all(lines: list[bytes]) -> None:
         orjson.loads(line)
 
 
+def decode_all(lines: list[bytes]) -> None:
+    """Each line through the pipeline's typed decode alone (its first step)."""
+    for line in lines:
+        decode_line(line)
+
+
 def take_turns(
     chunk: list[bytes], sides: Mapping[str, Callable[[list[bytes]], object]], took: dict[str, float]
 ) -> None:
@@ -180,10 +186,6 @@ def throughput(
     ratios: list[float] = []
     rss_after: list[float] = []
     positioned: list[tuple[bytes, int]] = []
-
-    def decode_all(lines: list[bytes]) -> None:
-        for line in lines:
-            decode_line(line)
 
     def feed_stream(_: list[bytes]) -> None:
         for at in range(0, len(positioned), 256):

@@ -21,10 +21,9 @@ import subprocess
 import sys
 
 from agentdetect.detection.aggregate import Aggregator
-from agentdetect.detection.events import decode_line
 from agentdetect.detection.pipeline import Pipeline, tune_gc
 from agentdetect.local.samples import stream
-from bench.events import board_and_scenarios, parse_all
+from bench.events import board_and_scenarios, decode_all, parse_all
 
 WHAT = ("pipeline", "orjson", "decode")
 
@@ -41,8 +40,7 @@ def inner(what: str, passes: int, lines: int, full_parent: bool) -> None:
         elif what == "orjson":
             parse_all(pool)
         else:
-            for line in pool:
-                decode_line(line)
+            decode_all(pool)
 
 
 def collected(what: str, passes: int, lines: int, full_parent: bool) -> int:

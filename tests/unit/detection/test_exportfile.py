@@ -43,6 +43,23 @@ def following(lj: Lumberjack, pause_per_line: float = 0.0) -> Iterator[tuple[lis
         thread.join(5)
 
 
+def rotate_at_first_read(lj: Lumberjack, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Makes the first read of the current file's first line land just after a rotation (and
+    two lines in the new file): the race between listing the directory and reading that line.
+    Returns the rotated file's path, once rotated."""
+    real_first_line = Segment.first_line
+    rotated: list[Path] = []
+
+    def rotate_first(seg: Segment) -> bytes | None:
+        if seg.path == lj.path and not rotated:
+            rotated.append(lj.rotate())
+            lj.write(2)
+        return real_first_line(seg)
+
+    monkeypatch.setattr(Segment, "first_line", rotate_first)
+    return rotated
+
+
 def test_everything_on_disk_in_order_through_plain_and_compressed_backups(tmp_path: Path) -> None:
     lj = Lumberjack(tmp_path)
     lj.write(10)
@@ -187,16 +204,7 @@ def test_a_rotation_between_listing_and_reading_the_current_file_keeps_the_files
     this race in the threaded test above)."""
     lj = Lumberjack(tmp_path)
     lj.write(3)
-    real_first_line = Segment.first_line
-    rotations: list[Path] = []
-
-    def rotate_first(seg: Segment) -> bytes | None:
-        if seg.path == lj.path and not rotations:
-            rotations.append(lj.rotate())
-            lj.write(2)
-        return real_first_line(seg)
-
-    monkeypatch.setattr(Segment, "first_line", rotate_first)
+    rotations = rotate_at_first_read(lj, monkeypatch)
     follower = ExportFileFollower(lj.path, lambda batch: None)
     assert follower.index() == [] and not follower.complete
     found = follower.index_settled()
@@ -210,17 +218,7 @@ def test_a_rotation_while_the_follower_starts_is_read_in_order(
     """The same race through :meth:`ExportFileFollower.run`: every line once, stamps rising."""
     lj = Lumberjack(tmp_path)
     lj.write(3)
-    real_first_line = Segment.first_line
-    rotated = threading.Event()
-
-    def rotate_first(seg: Segment) -> bytes | None:
-        if seg.path == lj.path and not rotated.is_set():
-            rotated.set()
-            lj.rotate()
-            lj.write(2)
-        return real_first_line(seg)
-
-    monkeypatch.setattr(Segment, "first_line", rotate_first)
+    rotate_at_first_read(lj, monkeypatch)
     with following(lj) as (seen, stamps):
         pass
     assert seen == lj.written
